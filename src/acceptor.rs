@@ -1,0 +1,107 @@
+//! The accept loop: one thread that accepts sockets until `WouldBlock` and
+//! hands each to a shard, round-robin, through the bus.
+//!
+//! One acceptor (rather than an SO_REUSEPORT listener per shard) spreads
+//! connections evenly whatever their source ports hash to, and keeps a
+//! single place where accept errors are handled. Accept errors never stop
+//! it: on EMFILE/ENFILE/ENOBUFS/ENOMEM it backs off briefly and goes on.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::bus::Command;
+use crate::handle::Handle;
+
+const LISTENER: Token = Token(0);
+const STOP: Token = Token(1);
+
+/// How long to pause accepting after the process ran out of descriptors or memory.
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A handle to stop the acceptor.
+pub struct AcceptorControl {
+    pub waker: Arc<Waker>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Prepares the acceptor's poll; run it with [`run`] on its own thread.
+pub fn prepare(listener: &mut TcpListener) -> io::Result<(Poll, AcceptorControl)> {
+    let poll = Poll::new()?;
+    poll.registry().register(listener, LISTENER, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), STOP)?);
+    Ok((
+        poll,
+        AcceptorControl {
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+        },
+    ))
+}
+
+/// Accepts until stopped.
+pub fn run(mut poll: Poll, listener: TcpListener, handle: Handle, stop: Arc<AtomicBool>) {
+    let bus = &handle.core.bus;
+    let metrics = &handle.core.metrics;
+    let mut events = Events::with_capacity(64);
+    let mut next = 0usize;
+    let mut backoff: Option<Duration> = None;
+    loop {
+        if let Err(e) = poll.poll(&mut events, backoff) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("acceptor: poll failed: {e}");
+                return;
+            }
+        }
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        // Accept on any wakeup, including the end of a backoff: with
+        // edge-triggered readiness no new event comes for queued connections.
+        backoff = None;
+        loop {
+            match listener.accept() {
+                Ok((sock, _peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let shard = next % bus.shard_count();
+                    next = next.wrapping_add(1);
+                    if !bus.send(shard, Command::Adopt(sock)) {
+                        log::warn!("acceptor: shard {shard} is gone");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_resource_error(&e) => {
+                    metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("acceptor: {e}; pausing accepts for {ERROR_BACKOFF:?}");
+                    backoff = Some(ERROR_BACKOFF);
+                    break;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends concern one peer only.
+                    metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("acceptor: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// The errno values we back off on (Linux numbering).
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+}

@@ -1,0 +1,316 @@
+//! Token checks: user JWTs on `GET /ws` and admin credentials on the REST API.
+//!
+//! A [`Verifier`] is built once from [`Config`] and shared by every shard.
+//! It owns the decoding key and the validation rules; it never logs a token,
+//! and the reason a check failed ([`AuthError`]) goes to the log only, never
+//! to the client (the HTTP layer answers a bare `401`).
+
+use std::fmt;
+
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, ConfigError};
+
+/// Why a token was refused. Logged, never sent to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("expired")]
+    Expired,
+    #[error("not yet valid (nbf)")]
+    NotYetValid,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("missing or empty sub")]
+    BadSubject,
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+impl AuthError {
+    /// A short label for the `wsedge_handshakes_rejected_total{reason}` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::WrongIssuer | AuthError::WrongAudience => "token_wrong_claims",
+            AuthError::BadSubject => "token_bad_sub",
+            AuthError::Malformed(_) => "token_malformed",
+        }
+    }
+}
+
+/// What a valid user token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserClaims {
+    /// The `sub` claim: the user id.
+    pub user_id: String,
+    /// The `exp` claim, unix seconds.
+    pub exp: u64,
+}
+
+/// Result of checking a REST credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCheck {
+    Admin,
+    /// A valid token without the admin role: `403`.
+    NotAdmin,
+    /// Missing or invalid: `401`.
+    Refused(AuthError),
+}
+
+/// Validates tokens with the server's key.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+    admin_key: Option<Vec<u8>>,
+    admin_claim: String,
+    admin_value: String,
+    leeway: u64,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `--jwt-algorithm`.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
+    name.parse::<Algorithm>()
+        .map_err(|_| ConfigError::UnknownAlgorithm(name.to_string()))
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+impl Verifier {
+    /// Builds the key and the rules. `secret` is the effective HMAC secret
+    /// (the configured one, or the one dev mode made up).
+    pub fn from_config(cfg: &Config, secret: Option<&str>) -> Result<Verifier, ConfigError> {
+        let alg = parse_algorithm(&cfg.jwt_algorithm)?;
+        let key = if is_hmac(alg) {
+            if cfg.jwt_public_key.is_some() {
+                return Err(ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()));
+            }
+            let secret = secret.ok_or_else(|| ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()))?;
+            DecodingKey::from_secret(secret.as_bytes())
+        } else {
+            let path = cfg
+                .jwt_public_key
+                .as_ref()
+                .ok_or_else(|| ConfigError::NeedsPublicKey(cfg.jwt_algorithm.clone()))?;
+            let pem = std::fs::read(path).map_err(|e| ConfigError::PublicKey {
+                path: path.clone(),
+                err: e.to_string(),
+            })?;
+            let key = match alg {
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            };
+            key.map_err(|e| ConfigError::PublicKey {
+                path: path.clone(),
+                err: e.to_string(),
+            })?
+        };
+        let mut validation = Validation::new(alg);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = cfg.jwt_leeway_secs;
+        match &cfg.jwt_audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &cfg.jwt_issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Verifier {
+            key,
+            validation,
+            admin_key: cfg.admin_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            admin_claim: cfg.admin_role_claim.clone(),
+            admin_value: cfg.admin_role_value.clone(),
+            leeway: cfg.jwt_leeway_secs,
+        })
+    }
+
+    /// Clock-skew leeway in seconds: an open connection lives until `exp + leeway`.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
+    fn claims(&self, token: &str) -> Result<serde_json::Map<String, Value>, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        decode::<serde_json::Map<String, Value>>(token, &self.key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                other => AuthError::Malformed(format!("{other:?}")),
+            })
+    }
+
+    /// Checks a user token: signature, `exp`, `nbf`, issuer, audience and a
+    /// non-empty string `sub`.
+    pub fn verify_user(&self, token: &str) -> Result<UserClaims, AuthError> {
+        let claims = self.claims(token)?;
+        let user_id = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(AuthError::BadSubject),
+        };
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| AuthError::Malformed("exp is not a number".into()))?;
+        Ok(UserClaims { user_id, exp })
+    }
+
+    /// Checks a REST credential: the static admin key (constant time) or a
+    /// JWT carrying the admin role claim.
+    pub fn check_admin(&self, bearer: Option<&str>) -> AdminCheck {
+        let Some(token) = bearer.filter(|t| !t.is_empty()) else {
+            return AdminCheck::Refused(AuthError::Missing);
+        };
+        if let Some(key) = &self.admin_key {
+            // `ct_eq` on slices of different length returns false without
+            // leaking where they differ; the length itself is not secret.
+            if bool::from(key.as_slice().ct_eq(token.as_bytes())) {
+                return AdminCheck::Admin;
+            }
+        }
+        match self.claims(token) {
+            Ok(claims) => match claims.get(&self.admin_claim) {
+                Some(Value::String(v)) if *v == self.admin_value => AdminCheck::Admin,
+                Some(Value::Array(vs)) if vs.iter().any(|v| v.as_str() == Some(&self.admin_value)) => {
+                    AdminCheck::Admin
+                }
+                _ => AdminCheck::NotAdmin,
+            },
+            Err(e) => AdminCheck::Refused(e),
+        }
+    }
+}
+
+/// Where the upgrade request carried its token: the `Authorization: Bearer`
+/// header wins whenever present (even when its token is bad), else the
+/// percent-decoded `?token=` query parameter.
+pub fn extract_token(authorization: Option<&[u8]>, query: Option<&str>) -> Option<String> {
+    if let Some(h) = authorization {
+        return Some(bearer_token(h).unwrap_or_default().to_string());
+    }
+    let query = query?;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "token" {
+            return Some(crate::http::percent_decode(v));
+        }
+    }
+    None
+}
+
+/// The token of an `Authorization: Bearer <token>` header value, if it is one.
+pub fn bearer_token(value: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, rest) = s.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(rest.trim())
+    } else {
+        None
+    }
+}
+
+/// Mints an HS256 token; used by dev mode, the examples and the tests.
+pub fn mint_hs256(secret: &str, claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    // Encoding a JSON object with an HMAC key cannot fail.
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn verifier(secret: &str) -> Verifier {
+        let cfg = Config {
+            admin_key: Some("k3y".into()),
+            ..Config::default()
+        };
+        Verifier::from_config(&cfg, Some(secret)).expect("verifier")
+    }
+
+    #[test]
+    fn good_token_and_its_claims() {
+        let v = verifier("s");
+        let exp = now_secs() + 60;
+        let t = mint_hs256("s", &json!({"sub":"u1","exp":exp}));
+        assert_eq!(v.verify_user(&t), Ok(UserClaims { user_id: "u1".into(), exp }));
+    }
+
+    #[test]
+    fn refusals_have_reasons() {
+        let v = verifier("s");
+        let now = now_secs();
+        assert_eq!(v.verify_user(""), Err(AuthError::Missing));
+        let t = mint_hs256("other", &json!({"sub":"u1","exp":now+60}));
+        assert_eq!(v.verify_user(&t), Err(AuthError::BadSignature));
+        let t = mint_hs256("s", &json!({"sub":"u1","exp":now-120}));
+        assert_eq!(v.verify_user(&t), Err(AuthError::Expired));
+        let t = mint_hs256("s", &json!({"sub":"u1","exp":now+600,"nbf":now+300}));
+        assert_eq!(v.verify_user(&t), Err(AuthError::NotYetValid));
+        let t = mint_hs256("s", &json!({"sub":"","exp":now+60}));
+        assert_eq!(v.verify_user(&t), Err(AuthError::BadSubject));
+        let t = mint_hs256("s", &json!({"sub":5,"exp":now+60}));
+        assert_eq!(v.verify_user(&t), Err(AuthError::BadSubject));
+        let t = mint_hs256("s", &json!({"sub":"u"}));
+        assert!(matches!(v.verify_user(&t), Err(AuthError::Malformed(_))));
+        assert!(matches!(v.verify_user("a.b.c"), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn admin_by_key_or_role() {
+        let v = verifier("s");
+        let exp = now_secs() + 60;
+        assert_eq!(v.check_admin(Some("k3y")), AdminCheck::Admin);
+        assert!(matches!(v.check_admin(Some("k3")), AdminCheck::Refused(_)));
+        assert!(matches!(v.check_admin(None), AdminCheck::Refused(AuthError::Missing)));
+        let t = mint_hs256("s", &json!({"sub":"a","exp":exp,"role":"admin"}));
+        assert_eq!(v.check_admin(Some(&t)), AdminCheck::Admin);
+        let t = mint_hs256("s", &json!({"sub":"a","exp":exp}));
+        assert_eq!(v.check_admin(Some(&t)), AdminCheck::NotAdmin);
+    }
+
+    #[test]
+    fn header_wins_over_query() {
+        assert_eq!(extract_token(Some(b"Bearer abc"), Some("token=xyz")), Some("abc".into()));
+        assert_eq!(extract_token(Some(b"Basic abc"), Some("token=xyz")), Some(String::new()));
+        assert_eq!(extract_token(None, Some("a=1&token=x%2Ey")), Some("x.y".into()));
+        assert_eq!(extract_token(None, Some("a=1")), None);
+        assert_eq!(extract_token(None, None), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! Every option of the server, with its documented default, in one struct.
+//!
+//! `Config` is what the library consumes; the binary builds it from flags,
+//! environment and an optional TOML file (see `main.rs`), the library from
+//! [`crate::ServerBuilder`]. Nothing here touches a socket: `validate()` only
+//! rejects combinations that could never work, before any thread starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The server's configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`--bind`). Default `0.0.0.0:3000`.
+    pub bind: SocketAddr,
+    /// Reactor threads (`--shards`). Default: number of CPUs.
+    pub shards: usize,
+    /// Static admin credential for the REST API (`--admin-key`).
+    pub admin_key: Option<String>,
+    /// Shared HMAC secret (`JWT_SECRET`). Neither this nor a public key: dev mode.
+    pub jwt_secret: Option<String>,
+    /// JWT algorithm accepted (`--jwt-algorithm`). Default `HS256`.
+    pub jwt_algorithm: String,
+    /// PEM public key file for RS*/PS*/ES*/EdDSA (`--jwt-public-key`).
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim, when set (`--jwt-issuer`).
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set (`--jwt-audience`).
+    pub jwt_audience: Option<String>,
+    /// Clock-skew leeway for `exp`/`nbf` (`--jwt-leeway-secs`). Default 30.
+    pub jwt_leeway_secs: u64,
+    /// Claim that marks an admin token (`--admin-role-claim`). Default `role`.
+    pub admin_role_claim: String,
+    /// Value of that claim for admins (`--admin-role-value`). Default `admin`.
+    pub admin_role_value: String,
+    /// Largest WebSocket message accepted (`--max-message-bytes`). Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// WebSocket connections in total before `503` (`--max-connections`). Default 1,000,000.
+    pub max_connections: usize,
+    /// WebSocket connections per user before `429` (`--max-connections-per-user`). Default 100.
+    pub max_connections_per_user: usize,
+    /// Outbound bytes queued per connection before `1008 slow consumer`
+    /// (`--outbound-buffer-bytes`). Default 1 MiB.
+    pub outbound_buffer_bytes: usize,
+    /// Allowed `Origin` values; empty means any (`--allowed-origins`).
+    pub allowed_origins: Vec<String>,
+    /// Seconds between server pings (`--ping-interval-secs`). Default 25; 0 disables.
+    pub ping_interval_secs: u64,
+    /// Seconds to wait for a pong (`--pong-timeout-secs`). Default 20.
+    pub pong_timeout_secs: u64,
+    /// Seconds for a client to send a whole HTTP request (`--handshake-timeout-secs`). Default 10.
+    pub handshake_timeout_secs: u64,
+    /// Seconds an idle keep-alive REST connection is kept (`--idle-timeout-secs`). Default 60.
+    pub idle_timeout_secs: u64,
+    /// Largest HTTP request head (`--max-header-bytes`). Default 8 KiB.
+    pub max_header_bytes: usize,
+    /// Largest REST request body (`--max-body-bytes`). Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Seconds graceful shutdown waits for output to drain (`--drain-timeout-secs`). Default 5.
+    pub drain_timeout_secs: u64,
+    /// Serve the test page and `realtime.js` (`--no-web` turns off). Default on.
+    pub serve_web: bool,
+}
+
+/// The largest number of shards accepted; more threads than this on one
+/// process only adds contention.
+pub const MAX_SHARDS: usize = 256;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            shards: default_shards(),
+            admin_key: None,
+            jwt_secret: None,
+            jwt_algorithm: "HS256".to_string(),
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 30,
+            admin_role_claim: "role".to_string(),
+            admin_role_value: "admin".to_string(),
+            max_message_bytes: 64 * 1024,
+            max_connections: 1_000_000,
+            max_connections_per_user: 100,
+            outbound_buffer_bytes: 1024 * 1024,
+            allowed_origins: Vec::new(),
+            ping_interval_secs: 25,
+            pong_timeout_secs: 20,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_header_bytes: 8 * 1024,
+            max_body_bytes: 1024 * 1024,
+            drain_timeout_secs: 5,
+            serve_web: true,
+        }
+    }
+}
+
+/// Number of CPUs, the default shard count.
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("--shards must be at most {MAX_SHARDS}")]
+    TooManyShards,
+    #[error("unknown --jwt-algorithm {0:?} (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)")]
+    UnknownAlgorithm(String),
+    #[error("--jwt-algorithm {0} needs --jwt-public-key")]
+    NeedsPublicKey(String),
+    #[error("--jwt-algorithm {0} is an HMAC algorithm and needs JWT_SECRET, not a public key")]
+    NeedsSecret(String),
+    #[error("cannot read --jwt-public-key {path}: {err}")]
+    PublicKey { path: PathBuf, err: String },
+    #[error("cannot read config file {path}: {err}")]
+    File { path: PathBuf, err: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file into a config whose missing keys keep their defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            err: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            err: e.to_string(),
+        })
+    }
+
+    /// True when no key is configured: the server makes up a secret.
+    pub fn is_dev_mode(&self) -> bool {
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+    }
+
+    /// Rejects settings that can never work. Keys are checked when the
+    /// verifier is built (`auth::Verifier::from_config`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("--shards", self.shards),
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--max-connections", self.max_connections),
+            ("--max-connections-per-user", self.max_connections_per_user),
+            ("--outbound-buffer-bytes", self.outbound_buffer_bytes),
+            ("--max-header-bytes", self.max_header_bytes),
+            ("--handshake-timeout-secs", self.handshake_timeout_secs as usize),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.shards > MAX_SHARDS {
+            return Err(ConfigError::TooManyShards);
+        }
+        if self.ping_interval_secs > 0 && self.pong_timeout_secs == 0 {
+            return Err(ConfigError::Zero("--pong-timeout-secs"));
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}

@@ -1,0 +1,158 @@
+//! Typed errors of the HTTP layer and the WebSocket close codes, each mapped
+//! to what the peer sees in exactly one place.
+//!
+//! `HttpError::status` and `HttpError::body` decide the status line and JSON
+//! body of every refusal; `CloseCode` lists every close code the server sends
+//! (SPEC §3). Nothing else in the crate invents a status or a close code.
+
+/// A request the server refuses, and why. Turned into a response by
+/// [`crate::http::Response::error`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("request timeout")]
+    RequestTimeout,
+    #[error("Content-Length or chunked Transfer-Encoding required")]
+    LengthRequired,
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UpgradeRequired(String),
+    #[error("too many connections for this user")]
+    TooManyRequests,
+    #[error("request header fields larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("server at connection limit")]
+    ServiceUnavailable,
+}
+
+impl HttpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::Unauthorized => 401,
+            HttpError::Forbidden => 403,
+            HttpError::NotFound(_) => 404,
+            HttpError::MethodNotAllowed { .. } => 405,
+            HttpError::RequestTimeout => 408,
+            HttpError::LengthRequired => 411,
+            HttpError::PayloadTooLarge { .. } => 413,
+            HttpError::UpgradeRequired(_) => 426,
+            HttpError::TooManyRequests => 429,
+            HttpError::HeadersTooLarge { .. } => 431,
+            HttpError::ServiceUnavailable => 503,
+        }
+    }
+
+    /// The `error` field of the JSON body. Auth failures say no more than
+    /// `unauthorized`/`forbidden`: the reason is logged, not sent.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// Errors after which the request stream cannot be trusted to be in
+    /// sync, so the connection is closed after the answer.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            HttpError::BadRequest(_)
+                | HttpError::RequestTimeout
+                | HttpError::LengthRequired
+                | HttpError::PayloadTooLarge { .. }
+                | HttpError::HeadersTooLarge { .. }
+        )
+    }
+
+    /// Label for `wsedge_handshakes_rejected_total{reason}` when an upgrade is refused.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            HttpError::BadRequest(_) | HttpError::UpgradeRequired(_) => "bad_request",
+            HttpError::Unauthorized => "unauthorized",
+            HttpError::Forbidden => "origin",
+            HttpError::TooManyRequests => "per_user_limit",
+            HttpError::ServiceUnavailable => "connection_limit",
+            HttpError::RequestTimeout => "timeout",
+            HttpError::HeadersTooLarge { .. } => "headers_too_large",
+            _ => "other",
+        }
+    }
+}
+
+/// Every close code the server sends (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1000: normal closure.
+    Normal,
+    /// 1001: the server is shutting down.
+    GoingAway,
+    /// 1002: the peer broke the protocol.
+    Protocol,
+    /// 1007: a text message was not UTF-8.
+    InvalidUtf8,
+    /// 1008: policy, e.g. a slow consumer over its outbound buffer.
+    Policy,
+    /// 1009: a message over `--max-message-bytes`.
+    TooBig,
+    /// 4000: disconnected by the management API; the client may reconnect.
+    Disconnected,
+    /// 4500: disconnected by the management API with `reconnect=false`.
+    DisconnectedNoReconnect,
+    /// 4001: the token expired.
+    TokenExpired,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::Protocol => 1002,
+            CloseCode::InvalidUtf8 => 1007,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Disconnected => 4000,
+            CloseCode::DisconnectedNoReconnect => 4500,
+            CloseCode::TokenExpired => 4001,
+        }
+    }
+
+    /// The reason text sent with the code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal closure",
+            CloseCode::GoingAway => "server shutting down",
+            CloseCode::Protocol => "protocol error",
+            CloseCode::InvalidUtf8 => "invalid utf-8",
+            CloseCode::Policy => "slow consumer",
+            CloseCode::TooBig => "message too big",
+            CloseCode::Disconnected => "disconnected by server",
+            CloseCode::DisconnectedNoReconnect => "disconnected by server, do not reconnect",
+            CloseCode::TokenExpired => "token expired",
+        }
+    }
+
+    /// Maps a tungstenite read error to the close code the peer gets, or
+    /// `None` when the connection is simply gone (reset, EOF, closed).
+    pub fn for_ws_error(err: &tungstenite::Error) -> Option<CloseCode> {
+        use tungstenite::error::{CapacityError, Error};
+        match err {
+            Error::Capacity(CapacityError::MessageTooLong { .. }) => Some(CloseCode::TooBig),
+            Error::Capacity(_) => Some(CloseCode::TooBig),
+            Error::Utf8(_) => Some(CloseCode::InvalidUtf8),
+            Error::Protocol(p) => match p {
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake => None,
+                _ => Some(CloseCode::Protocol),
+            },
+            _ => None,
+        }
+    }
+}

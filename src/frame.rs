@@ -1,0 +1,112 @@
+//! Outbound messages as bytes: the JSON envelope `{"type","payload"}` and the
+//! WebSocket frame around it.
+//!
+//! A broadcast is encoded here exactly once into a [`SharedFrame`] that every
+//! target connection's outbound queue holds by reference count; nothing here
+//! is per connection. Frame headers are written by tungstenite's
+//! `FrameHeader`, so the wire format is tungstenite's.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tungstenite::protocol::frame::coding::{OpCode, Data};
+use tungstenite::protocol::frame::FrameHeader;
+
+use crate::http::timestamp;
+
+/// An encoded, unmasked server frame shared by all the connections it goes to.
+pub type SharedFrame = Arc<[u8]>;
+
+/// Encodes one final text frame around `payload` (already valid UTF-8 JSON).
+pub fn text_frame(payload: &[u8]) -> Vec<u8> {
+    let header = FrameHeader {
+        is_final: true,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
+    // Writing a header into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The JSON envelope around an already-serialized payload.
+pub fn envelope(kind: &str, payload: Option<&RawValue>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        payload: Option<&'a RawValue>,
+    }
+    serde_json::to_vec(&Envelope { kind, payload }).unwrap_or_default()
+}
+
+/// Envelope + frame, once, for a broadcast or a send.
+pub fn shared_message(kind: &str, payload: Option<&RawValue>) -> SharedFrame {
+    Arc::from(text_frame(&envelope(kind, payload)))
+}
+
+/// Serializes a library caller's payload (a `Value` always serializes).
+pub fn raw_payload(payload: &serde_json::Value) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(payload).ok()
+}
+
+/// `{"type":"connected",...}` sent when a connection opens.
+pub fn connected(user_id: &str, connection_id: &str) -> String {
+    serde_json::json!({
+        "type": "connected",
+        "payload": {
+            "userId": user_id,
+            "connectionId": connection_id,
+            "message": "Successfully connected to WebSocket",
+            "timestamp": timestamp(),
+        }
+    })
+    .to_string()
+}
+
+/// `{"type":"echo",...}`: the default answer to a well-formed message.
+pub fn echo(original: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": "echo",
+        "payload": { "originalMessage": original, "timestamp": timestamp() }
+    })
+}
+
+/// `{"type":"error",...}`: the answer to anything the server cannot take.
+pub fn error(message: &str) -> String {
+    serde_json::json!({
+        "type": "error",
+        "payload": { "message": message, "timestamp": timestamp() }
+    })
+    .to_string()
+}
+
+/// `{"type":"refreshed",...}`: a token refresh was accepted.
+pub fn refreshed(expires_at: u64) -> String {
+    serde_json::json!({ "type": "refreshed", "payload": { "expiresAt": expires_at } }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_and_medium_frames() {
+        let f = text_frame(b"hi");
+        assert_eq!(f, vec![0x81, 2, b'h', b'i']);
+        let p = vec![b'a'; 300];
+        let f = text_frame(&p);
+        assert_eq!(&f[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(f.len(), 304);
+    }
+
+    #[test]
+    fn envelope_keeps_payload_verbatim() {
+        let raw = RawValue::from_string(r#"{"a": [1, 2]}"#.into()).expect("raw");
+        assert_eq!(envelope("t", Some(&raw)), br#"{"type":"t","payload":{"a": [1, 2]}}"#.to_vec());
+        assert_eq!(envelope("t", None), br#"{"type":"t","payload":null}"#.to_vec());
+    }
+}

@@ -1,0 +1,259 @@
+//! The operations a backend can ask for (broadcast, send, disconnect, status,
+//! stats), shared by the REST routes and the Rust library handle so both
+//! take one code path.
+//!
+//! An operation encodes its frame once, counts its targets from the
+//! presence table, and hands commands to the owning shards through the bus.
+//! It never waits for a shard: the count it returns is the number of
+//! connections addressed when the call was accepted.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::auth::Verifier;
+use crate::bus::{Bus, Command};
+use crate::config::Config;
+use crate::error::CloseCode;
+use crate::frame;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+
+/// What an embedding application does with a client's message. The default,
+/// [`EchoHandler`], answers with `{"type":"echo",...}`.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Called for every client message that is a JSON object with a string
+    /// `type` other than `refresh`. The returned value, if any, is sent back
+    /// to that connection.
+    fn on_message(&self, user_id: &str, connection_id: &str, message: &Value) -> Option<Value>;
+}
+
+/// The default handler: echoes the message back (SPEC §3).
+#[derive(Debug, Default)]
+pub struct EchoHandler;
+
+impl MessageHandler for EchoHandler {
+    fn on_message(&self, _user: &str, _conn: &str, message: &Value) -> Option<Value> {
+        Some(frame::echo(message))
+    }
+}
+
+/// State shared by every shard, the REST routes and the handle.
+pub(crate) struct Core {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub presence: Presence,
+    pub metrics: Metrics,
+    pub bus: Bus,
+    pub started: Instant,
+    pub handler: Arc<dyn MessageHandler>,
+    /// A user token pre-filled in the test page (dev mode only).
+    pub dev_user_token: Option<String>,
+    /// WebSocket connections open or being opened, checked against `--max-connections`.
+    pub ws_slots: std::sync::atomic::AtomicUsize,
+}
+
+/// A handle on a running server: `Clone + Send + Sync`, cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").finish_non_exhaustive()
+    }
+}
+
+/// The answer of the stats route.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub total_connections: usize,
+    pub total_users: usize,
+    pub users: Vec<String>,
+    pub users_truncated: bool,
+    pub shards: Vec<ShardStats>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub uptime_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ShardStats {
+    pub id: usize,
+    pub connections: usize,
+}
+
+impl Handle {
+    /// Sends `{"type":kind,"payload":payload}` to every connection, or only
+    /// to the connections of `user_ids` when given (an empty list addresses
+    /// nobody). Returns the number of connections addressed.
+    pub fn broadcast(&self, kind: &str, payload: Value, user_ids: Option<&[&str]>) -> usize {
+        let raw = frame::raw_payload(&payload);
+        let ids: Option<Vec<String>> = user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect());
+        self.broadcast_raw(kind, raw.as_deref(), ids.as_deref(), &[])
+    }
+
+    /// The broadcast every caller ends in: `payload` is already JSON (`None`
+    /// sends `null`).
+    /// Exclusion wins over inclusion.
+    pub fn broadcast_raw(
+        &self,
+        kind: &str,
+        payload: Option<&RawValue>,
+        user_ids: Option<&[String]>,
+        exclude: &[String],
+    ) -> usize {
+        let core = &self.core;
+        let frame = frame::shared_message(kind, payload);
+        core.metrics.broadcasts.fetch_add(1, Relaxed);
+        let exclude: HashSet<String> = exclude.iter().cloned().collect();
+        match user_ids {
+            Some(ids) => {
+                let mut seen = HashSet::new();
+                let targets: Vec<&String> = ids
+                    .iter()
+                    .filter(|u| !exclude.contains(*u) && seen.insert(*u))
+                    .collect();
+                self.send_to_users(&frame, &targets)
+            }
+            None => {
+                let excluded: usize = exclude.iter().map(|u| core.presence.count(u)).sum();
+                let total = core.metrics.connections().saturating_sub(excluded);
+                let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
+                core.bus.send_all(|| Command::BroadcastAll {
+                    frame: frame.clone(),
+                    exclude: exclude.clone(),
+                });
+                total
+            }
+        }
+    }
+
+    /// Routes `frame` to the shards holding each user; returns the
+    /// connections addressed.
+    fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> usize {
+        let shards = self.core.bus.shard_count();
+        let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
+        let mut total = 0usize;
+        for user in users {
+            for (shard, n) in self.core.presence.shards_of(user) {
+                total += n as usize;
+                if let Some(list) = per_shard.get_mut(shard) {
+                    list.push((*user).clone());
+                }
+            }
+        }
+        for (shard, users) in per_shard.into_iter().enumerate() {
+            if !users.is_empty() {
+                self.core.bus.send(
+                    shard,
+                    Command::SendUsers {
+                        frame: frame.clone(),
+                        users,
+                    },
+                );
+            }
+        }
+        total
+    }
+
+    /// Sends to every connection of one user; returns the connections addressed
+    /// (0 when the user is not connected).
+    pub fn send_to_user(&self, user_id: &str, kind: &str, payload: Value) -> usize {
+        self.send_to_user_raw(user_id, kind, frame::raw_payload(&payload).as_deref())
+    }
+
+    pub fn send_to_user_raw(&self, user_id: &str, kind: &str, payload: Option<&RawValue>) -> usize {
+        self.broadcast_raw(kind, payload, Some(&[user_id.to_string()]), &[])
+    }
+
+    pub fn is_user_connected(&self, user_id: &str) -> bool {
+        self.connection_count(user_id) > 0
+    }
+
+    pub fn connection_count(&self, user_id: &str) -> usize {
+        self.core.presence.count(user_id)
+    }
+
+    /// Closes every connection of a user: `4000` when it may reconnect,
+    /// `4500` when not. Returns how many connections were asked to close.
+    pub fn disconnect_user(&self, user_id: &str, reconnect: bool) -> usize {
+        let code = if reconnect {
+            CloseCode::Disconnected
+        } else {
+            CloseCode::DisconnectedNoReconnect
+        };
+        let mut total = 0;
+        for (shard, n) in self.core.presence.shards_of(user_id) {
+            total += n as usize;
+            self.core.bus.send(
+                shard,
+                Command::DisconnectUsers {
+                    users: vec![user_id.to_string()],
+                    code,
+                },
+            );
+        }
+        total
+    }
+
+    /// Closes one connection by its `connectionId`; false when the id is not
+    /// well formed. A stale id (connection gone, slot reused) is ignored by
+    /// the shard.
+    pub fn disconnect_connection(&self, connection_id: &str, reconnect: bool) -> bool {
+        let Some(conn) = crate::bus::ConnRef::parse(connection_id) else {
+            return false;
+        };
+        let code = if reconnect {
+            CloseCode::Disconnected
+        } else {
+            CloseCode::DisconnectedNoReconnect
+        };
+        self.core.bus.send(conn.shard as usize, Command::Close { conn, code })
+    }
+
+    /// Counters and up to 1000 connected user ids.
+    pub fn stats(&self) -> Stats {
+        self.stats_limited(1000)
+    }
+
+    pub fn stats_limited(&self, limit: usize) -> Stats {
+        let m = &self.core.metrics;
+        let (users, users_truncated) = self.core.presence.users(limit);
+        Stats {
+            total_connections: m.connections(),
+            total_users: self.core.presence.user_count(),
+            users,
+            users_truncated,
+            shards: m
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(id, s)| ShardStats {
+                    id,
+                    connections: s.connections.load(Relaxed),
+                })
+                .collect(),
+            messages_in: m.sum(|s| &s.messages_in),
+            messages_out: m.sum(|s| &s.messages_out),
+            bytes_out: m.sum(|s| &s.bytes_out),
+            uptime_seconds: self.core.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.core.metrics.render(
+            self.core.presence.user_count(),
+            self.core.started.elapsed().as_secs(),
+        )
+    }
+}

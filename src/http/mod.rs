@@ -1,0 +1,336 @@
+//! HTTP/1.1 on bytes: request parsing (with `httparse`) and response writing.
+//!
+//! Everything here is a plain function of a byte slice, so it is unit tested
+//! and fuzzed without sockets. It never allocates more than the configured
+//! limits allow, never panics on what a peer sends, and never does I/O.
+
+mod response;
+
+pub use response::{switching_protocols, timestamp, Response};
+
+use std::borrow::Cow;
+
+use crate::error::HttpError;
+
+/// Most headers a request may carry; more is `431`.
+pub const MAX_HEADERS: usize = 64;
+
+/// Size limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+/// One parsed request, borrowing from the read buffer.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Path without the query, still percent-encoded.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub body: Cow<'a, [u8]>,
+    /// HTTP/1.1 without `Connection: close`, or 1.0 with `keep-alive`.
+    pub keep_alive: bool,
+}
+
+impl<'a> Request<'a> {
+    /// First header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
+    /// True when a comma-separated header holds `token` (case-insensitive).
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// The value of a query parameter, percent-decoded.
+    pub fn query_param(&self, key: &str) -> Option<String> {
+        self.query?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == key).then(|| percent_decode(v))
+        })
+    }
+}
+
+/// Result of feeding the read buffer to the parser.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// More bytes are needed.
+    Partial,
+    /// A whole request, and how many bytes of the buffer it used.
+    Complete(Request<'a>, usize),
+}
+
+/// Parses the first request in `buf`. Pipelined requests after it stay in the
+/// buffer for the next call.
+pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_bytes {
+                return Err(HttpError::HeadersTooLarge {
+                    limit: limits.max_header_bytes,
+                });
+            }
+            return Ok(Parsed::Partial);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::HeadersTooLarge {
+                limit: limits.max_header_bytes,
+            })
+        }
+        Err(e) => return Err(HttpError::BadRequest(format!("malformed HTTP request: {e}"))),
+    };
+    if head_len > limits.max_header_bytes {
+        return Err(HttpError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    // httparse guarantees these are set on a complete parse.
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("/");
+    let version = req.version.unwrap_or(1);
+    let headers: Vec<(&'a str, &'a [u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if !path.starts_with('/') {
+        return Err(HttpError::BadRequest("request target must be an absolute path".into()));
+    }
+
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    let conn_tokens = |tok: &str| {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(tok))
+    };
+    let keep_alive = if version == 1 {
+        !conn_tokens("close")
+    } else {
+        conn_tokens("keep-alive")
+    };
+
+    let chunked = match header("transfer-encoding") {
+        Some(te) => {
+            let te = std::str::from_utf8(te).unwrap_or("");
+            if te.trim().eq_ignore_ascii_case("chunked") {
+                true
+            } else {
+                return Err(HttpError::BadRequest(format!(
+                    "unsupported Transfer-Encoding {te:?}; only chunked is accepted"
+                )));
+            }
+        }
+        None => false,
+    };
+    let content_length = match header("content-length") {
+        Some(_) if chunked => {
+            return Err(HttpError::BadRequest(
+                "both Content-Length and Transfer-Encoding given".into(),
+            ))
+        }
+        Some(v) => Some(parse_content_length(v)?),
+        None => None,
+    };
+    if headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .count()
+        > 1
+    {
+        return Err(HttpError::BadRequest("more than one Content-Length".into()));
+    }
+
+    let rest = &buf[head_len..];
+    let (body, used): (Cow<'a, [u8]>, usize) = if chunked {
+        match decode_chunked(rest, limits.max_body_bytes)? {
+            None => return Ok(Parsed::Partial),
+            Some((body, used)) => (Cow::Owned(body), used),
+        }
+    } else if let Some(len) = content_length {
+        if len > limits.max_body_bytes {
+            return Err(HttpError::PayloadTooLarge {
+                limit: limits.max_body_bytes,
+            });
+        }
+        if rest.len() < len {
+            return Ok(Parsed::Partial);
+        }
+        (Cow::Borrowed(&rest[..len]), len)
+    } else if method == "POST" || method == "PUT" || method == "PATCH" {
+        return Err(HttpError::LengthRequired);
+    } else {
+        (Cow::Borrowed(&[][..]), 0)
+    };
+
+    Ok(Parsed::Complete(
+        Request {
+            method,
+            path,
+            query,
+            headers,
+            body,
+            keep_alive,
+        },
+        head_len + used,
+    ))
+}
+
+fn parse_content_length(v: &[u8]) -> Result<usize, HttpError> {
+    let s = std::str::from_utf8(v).unwrap_or("").trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HttpError::BadRequest(format!("invalid Content-Length {s:?}")));
+    }
+    // Values too large for usize are over any limit anyway.
+    Ok(s.parse::<usize>().unwrap_or(usize::MAX))
+}
+
+/// Decodes a chunked body. `Ok(None)`: more bytes needed. Trailers are read
+/// and dropped.
+pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+    let mut body = Vec::new();
+    let mut pos = 0;
+    loop {
+        let Some(line_end) = find_crlf(&buf[pos..]) else {
+            if buf.len() - pos > 1024 {
+                return Err(HttpError::BadRequest("chunk size line too long".into()));
+            }
+            return Ok(None);
+        };
+        let line = &buf[pos..pos + line_end];
+        let size_part = line.split(|&b| b == b';').next().unwrap_or(&[]);
+        let size_str = std::str::from_utf8(size_part).unwrap_or("").trim();
+        let size = usize::from_str_radix(size_str, 16)
+            .map_err(|_| HttpError::BadRequest(format!("invalid chunk size {size_str:?}")))?;
+        pos += line_end + 2;
+        if size == 0 {
+            // Trailers: lines until an empty one.
+            loop {
+                let Some(end) = find_crlf(&buf[pos..]) else {
+                    return Ok(None);
+                };
+                pos += end + 2;
+                if end == 0 {
+                    return Ok(Some((body, pos)));
+                }
+            }
+        }
+        if body.len().saturating_add(size) > max {
+            return Err(HttpError::PayloadTooLarge { limit: max });
+        }
+        if buf.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size;
+        if &buf[pos..pos + 2] != b"\r\n" {
+            return Err(HttpError::BadRequest("chunk not followed by CRLF".into()));
+        }
+        pos += 2;
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Percent-decodes a path segment or query value (`+` stays `+`).
+pub fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        max_header_bytes: 8192,
+        max_body_bytes: 1024,
+    };
+
+    fn complete(buf: &[u8]) -> (Request<'_>, usize) {
+        match parse_request(buf, &L) {
+            Ok(Parsed::Complete(r, n)) => (r, n),
+            other => panic!("expected complete, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_with_query() {
+        let (r, n) = complete(b"GET /ws?token=a%2Eb HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/ws");
+        assert_eq!(r.query_param("token").as_deref(), Some("a.b"));
+        assert!(r.keep_alive);
+        assert_eq!(n, 41);
+    }
+
+    #[test]
+    fn partial_then_pipelined() {
+        let one = b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        assert!(matches!(parse_request(&one[..10], &L), Ok(Parsed::Partial)));
+        assert!(matches!(parse_request(&one[..one.len() - 1], &L), Ok(Parsed::Partial)));
+        let mut two = one.to_vec();
+        two.extend_from_slice(b"GET /b HTTP/1.1\r\n\r\n");
+        let (r, n) = complete(&two);
+        assert_eq!(&*r.body, b"{}");
+        let (r2, _) = complete(&two[n..]);
+        assert_eq!(r2.path, "/b");
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        let st = |b: &[u8]| parse_request(b, &L).err().map(|e| e.status());
+        assert_eq!(st(b"POST /a HTTP/1.1\r\n\r\n"), Some(411));
+        assert_eq!(st(b"POST /a HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"), Some(413));
+        assert_eq!(st(b"POST /a HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Some(400));
+        assert_eq!(st(b"GARBAGE\r\n\r\n"), Some(400));
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(9000, b'a');
+        assert_eq!(st(&big), Some(431));
+    }
+
+    #[test]
+    fn chunked_body() {
+        let (r, _) = complete(
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n1;x=y\r\n \r\n0\r\n\r\n",
+        );
+        assert_eq!(&*r.body, b"{} ");
+        assert!(matches!(
+            parse_request(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{", &L),
+            Ok(Parsed::Partial)
+        ));
+    }
+
+    #[test]
+    fn connection_close_and_http10() {
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(!r.keep_alive);
+        let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(!r.keep_alive);
+    }
+}

@@ -1,0 +1,252 @@
+//! Starting and stopping a server: binds the listener, builds the shared
+//! core, spawns the shard threads and the acceptor, and shuts them down
+//! gracefully (SPEC §5, §7).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use mio::{Poll, Waker};
+use rand::Rng;
+use serde_json::json;
+
+use crate::acceptor::{self, AcceptorControl};
+use crate::auth::{mint_hs256, now_secs, Verifier};
+use crate::bus::{self, Bus, Command};
+use crate::config::{Config, ConfigError};
+use crate::handle::{Core, EchoHandler, Handle, MessageHandler};
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::shard::{Shard, WAKER};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {err}")]
+    Bind { addr: SocketAddr, err: io::Error },
+    #[error("cannot start: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Tokens made up in dev mode (no key configured), valid for 24 hours.
+#[derive(Debug, Clone)]
+pub struct DevMode {
+    pub secret: String,
+    pub user_token: String,
+    pub admin_token: String,
+}
+
+/// Listen backlog: connect storms must not be refused by a short queue.
+const BACKLOG: i32 = 4096;
+
+/// Builds a [`Server`].
+pub struct ServerBuilder {
+    config: Config,
+    bind: Option<String>,
+    handler: Arc<dyn MessageHandler>,
+}
+
+impl ServerBuilder {
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+    /// Address to listen on, e.g. `"127.0.0.1:0"` for an ephemeral port.
+    pub fn bind(mut self, addr: &str) -> Self {
+        self.bind = Some(addr.to_string());
+        self
+    }
+    pub fn shards(mut self, n: usize) -> Self {
+        self.config.shards = n;
+        self
+    }
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Self {
+        self.config.jwt_secret = Some(secret.into());
+        self
+    }
+    pub fn admin_key(mut self, key: impl Into<String>) -> Self {
+        self.config.admin_key = Some(key.into());
+        self
+    }
+    /// Replaces the default echo answer to client messages.
+    pub fn handler(mut self, handler: impl MessageHandler) -> Self {
+        self.handler = Arc::new(handler);
+        self
+    }
+    /// Changes any other option.
+    pub fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+    pub fn start(mut self) -> Result<Server, StartError> {
+        if let Some(addr) = self.bind.take() {
+            self.config.bind = addr
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("--bind {addr:?} is not ADDR:PORT")))?;
+        }
+        Server::start_with(self.config, self.handler)
+    }
+}
+
+/// A running server. Dropping it shuts it down.
+pub struct Server {
+    handle: Handle,
+    local_addr: SocketAddr,
+    acceptor: Option<(JoinHandle<()>, AcceptorControl)>,
+    shards: Vec<JoinHandle<()>>,
+    dev: Option<DevMode>,
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            config: Config::default(),
+            bind: None,
+            handler: Arc::new(EchoHandler),
+        }
+    }
+
+    /// Starts a server with the default echo handler.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        Self::start_with(config, Arc::new(EchoHandler))
+    }
+
+    fn start_with(config: Config, handler: Arc<dyn MessageHandler>) -> Result<Server, StartError> {
+        config.validate()?;
+        let dev = config.is_dev_mode().then(dev_mode);
+        let secret = config
+            .jwt_secret
+            .clone()
+            .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
+        let verifier = Verifier::from_config(&config, secret.as_deref())?;
+
+        let std_listener = bind(config.bind).map_err(|err| StartError::Bind {
+            addr: config.bind,
+            err,
+        })?;
+        let local_addr = std_listener.local_addr()?;
+        let mut listener = mio::net::TcpListener::from_std(std_listener);
+
+        let mut polls = Vec::with_capacity(config.shards);
+        let mut inboxes = Vec::with_capacity(config.shards);
+        let mut receivers = Vec::with_capacity(config.shards);
+        for _ in 0..config.shards {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = bus::inbox();
+            inboxes.push((tx, waker));
+            receivers.push(rx);
+            polls.push(poll);
+        }
+        let bus = Bus::new(inboxes);
+        let metrics = Metrics::new(config.shards);
+        let core = Arc::new(Core {
+            presence: Presence::new(config.shards),
+            verifier,
+            metrics,
+            bus: bus.clone(),
+            started: Instant::now(),
+            handler,
+            dev_user_token: dev.as_ref().map(|d| d.user_token.clone()),
+            ws_slots: AtomicUsize::new(0),
+            config,
+        });
+        let handle = Handle { core };
+
+        let mut shards = Vec::new();
+        for (id, (poll, rx)) in polls.into_iter().zip(receivers).enumerate() {
+            let shard = Shard::new(id, poll, rx, handle.clone());
+            shards.push(
+                std::thread::Builder::new()
+                    .name(format!("wsedge-shard-{id}"))
+                    .spawn(move || shard.run())?,
+            );
+        }
+
+        let (apoll, control) = acceptor::prepare(&mut listener)?;
+        let stop = control.stop.clone();
+        let h2 = handle.clone();
+        let acceptor_thread = std::thread::Builder::new()
+            .name("wsedge-acceptor".into())
+            .spawn(move || acceptor::run(apoll, listener, h2, stop))?;
+
+        log::info!("wsedge listening on {local_addr} with {} shards", shards.len());
+        Ok(Server {
+            handle,
+            local_addr,
+            acceptor: Some((acceptor_thread, control)),
+            shards,
+            dev,
+        })
+    }
+
+    /// A handle for broadcasts, sends and queries.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The bound address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Dev mode's secret and tokens; `None` when a key was configured.
+    pub fn dev_mode(&self) -> Option<&DevMode> {
+        self.dev.as_ref()
+    }
+
+    /// Graceful stop: no new connections, `1001` to every WebSocket, queued
+    /// answers written, threads joined (bounded by the drain timeout).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some((thread, control)) = self.acceptor.take() else {
+            return;
+        };
+        control.stop.store(true, Ordering::Release);
+        let _ = control.waker.wake();
+        let _ = thread.join();
+        self.handle.core.bus.send_all(|| Command::Shutdown);
+        for t in self.shards.drain(..) {
+            let _ = t.join();
+        }
+        log::info!("wsedge stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A listener with SO_REUSEADDR (restart without waiting for TIME_WAIT) and
+/// a deep backlog.
+fn bind(addr: SocketAddr) -> io::Result<StdListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn dev_mode() -> DevMode {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill(&mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let exp = now_secs() + 24 * 3600;
+    DevMode {
+        user_token: mint_hs256(&secret, &json!({"sub": "dev-user", "exp": exp})),
+        admin_token: mint_hs256(&secret, &json!({"sub": "dev-admin", "role": "admin", "exp": exp})),
+        secret,
+    }
+}

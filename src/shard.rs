@@ -1,0 +1,471 @@
+//! A reactor thread: one `mio::Poll`, a `Slab` of the connections it owns,
+//! its command inbox, and a timer heap.
+//!
+//! The loop is thin: wait for readiness, dispatch each event to its
+//! connection, drain the inbox (at most `INBOX_BUDGET` commands a turn so a
+//! busy channel cannot starve socket I/O), fire due timers, then write every
+//! connection that got bytes queued. A shard never blocks on a client, never
+//! waits on another shard, and owns each of its connections for their whole
+//! life; the only shared state it writes is presence and its own counters.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::bus::{Command, ConnRef};
+use crate::conn::ws::{WsEnv, WsRead};
+use crate::conn::{Conn, HttpStep, State, WsState};
+use crate::error::{CloseCode, HttpError};
+use crate::frame::{self, SharedFrame};
+use crate::handle::Handle;
+use crate::http::{switching_protocols, Response};
+use crate::metrics::ShardMetrics;
+
+/// The token of the shard's waker.
+pub const WAKER: Token = Token(usize::MAX);
+
+/// Commands handled per loop turn.
+const INBOX_BUDGET: usize = 1024;
+
+/// Longest poll wait, so a shard notices a lost wakeup within this.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// One reactor.
+pub struct Shard {
+    id: usize,
+    poll: Poll,
+    inbox: Receiver<Command>,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    /// This shard's open WebSocket connections by user.
+    users: HashMap<Arc<str>, Vec<usize>>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Connections with bytes to write or a state to settle this turn.
+    dirty: Vec<usize>,
+    /// WebSockets whose read budget ran out: read again next turn.
+    more_read: Vec<(usize, u32)>,
+    handle: Handle,
+    /// Set by `Shutdown`: when the drain gives up.
+    drain_deadline: Option<Instant>,
+}
+
+impl Shard {
+    pub fn new(id: usize, poll: Poll, inbox: Receiver<Command>, handle: Handle) -> Shard {
+        Shard {
+            id,
+            poll,
+            inbox,
+            conns: Slab::new(),
+            next_gen: 0,
+            users: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            more_read: Vec::new(),
+            handle,
+            drain_deadline: None,
+        }
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.handle.core.metrics.shards[self.id]
+    }
+
+    /// Runs until shutdown has drained (or its timeout passed).
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut inbox_pending = false;
+        loop {
+            let now = Instant::now();
+            let timeout = if inbox_pending || !self.more_read.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let next = self.timers.peek().map(|Reverse((at, _, _))| at.saturating_duration_since(now));
+                Some(next.map_or(MAX_POLL_WAIT, |d| d.min(MAX_POLL_WAIT)))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("shard {}: poll failed: {e}", self.id);
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                let token = ev.token();
+                if token == WAKER {
+                    continue;
+                }
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                self.on_ready(token.0, readable, now);
+            }
+            for (key, gen) in std::mem::take(&mut self.more_read) {
+                if self.conns.get(key).is_some_and(|c| c.gen == gen) {
+                    self.on_ready(key, true, now);
+                }
+            }
+            inbox_pending = self.drain_inbox(now);
+            self.fire_timers(now);
+            self.flush_dirty(now);
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() {
+                    break;
+                }
+                if now >= deadline {
+                    log::warn!("shard {}: drain timeout, dropping {} connections", self.id, self.conns.len());
+                    break;
+                }
+            }
+        }
+        for (_, conn) in self.conns.iter_mut() {
+            let _ = self.poll.registry().deregister(&mut conn.sock);
+        }
+        log::debug!("shard {} stopped", self.id);
+    }
+
+    fn mark_dirty(dirty: &mut Vec<usize>, key: usize, conn: &mut Conn) {
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(key);
+        }
+    }
+
+    /// Readiness on a connection: read what it has and act on it.
+    fn on_ready(&mut self, key: usize, readable: bool, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // an event for a connection already gone
+        };
+        Self::mark_dirty(&mut self.dirty, key, conn);
+        if !readable {
+            return;
+        }
+        match &conn.state {
+            State::Http(_) => self.on_http_readable(key, now),
+            State::Ws(_) => self.on_ws_readable(key, now),
+            // Nothing more is read once draining: the answer is all that is left.
+            State::Draining { .. } | State::Closed => {}
+        }
+    }
+
+    fn on_http_readable(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if self.drain_deadline.is_some() {
+            conn.drain(now);
+            return;
+        }
+        let cfg = &self.handle.core.config;
+        let (bytes, eof) = conn.read_http(cfg, now);
+        let (step, requests) = conn.process_http(&self.handle, now);
+        let m = &self.handle.core.metrics.shards[self.id];
+        m.bytes_in.fetch_add(bytes, Relaxed);
+        m.http_requests.fetch_add(requests, Relaxed);
+        match step {
+            HttpStep::Upgrade(up) => self.open_websocket(key, up, now),
+            HttpStep::Wait => {
+                if eof {
+                    if let State::Http(_) = conn.state {
+                        conn.drain(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks the connection limits, answers `101`, and turns the connection
+    /// into a WebSocket registered in presence.
+    fn open_websocket(&mut self, key: usize, up: crate::upgrade::Upgrade, now: Instant) {
+        let core = self.handle.core.clone();
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let user = up.claims.user_id.as_str();
+        let refuse = if core.ws_slots.fetch_add(1, Relaxed) >= core.config.max_connections {
+            core.ws_slots.fetch_sub(1, Relaxed);
+            Some(HttpError::ServiceUnavailable)
+        } else if !core.presence.try_add(user, self.id, core.config.max_connections_per_user) {
+            core.ws_slots.fetch_sub(1, Relaxed);
+            Some(HttpError::TooManyRequests)
+        } else {
+            None
+        };
+        if let Some(e) = refuse {
+            log::info!("upgrade for user {user} refused: {e}");
+            core.metrics.reject(e.metric_label());
+            conn.respond(&Response::error(&e).with_close(true), now);
+            return;
+        }
+        let id = ConnRef {
+            shard: self.id as u16,
+            slot: key as u32,
+            gen: conn.gen,
+        }
+        .to_id();
+        let leftover = conn.take_http_leftover();
+        conn.out.push_owned(switching_protocols(&up.accept_key));
+        let ws = WsState::new(&up.claims, id.clone(), leftover, &core.config, core.verifier.leeway(), now);
+        let user: Arc<str> = ws.user.clone();
+        conn.become_ws(ws);
+        conn.send_text(frame::connected(&user, &id));
+        self.users.entry(user.clone()).or_default().push(key);
+        let m = &core.metrics.shards[self.id];
+        m.http_connections.fetch_sub(1, Relaxed);
+        m.connections.fetch_add(1, Relaxed);
+        m.messages_out.fetch_add(1, Relaxed);
+        core.metrics.handshakes_accepted.fetch_add(1, Relaxed);
+        log::debug!("shard {}: websocket {id} open for user {user}", self.id);
+        // Frames may have arrived with the request: with edge-triggered
+        // readiness no new event will announce them.
+        self.on_ws_readable(key, now);
+    }
+
+    fn on_ws_readable(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let env = WsEnv {
+            handle: &self.handle,
+            metrics: &self.handle.core.metrics.shards[self.id],
+            now,
+        };
+        let (outcome, bytes) = conn.read_ws(&env);
+        env.metrics.bytes_in.fetch_add(bytes, Relaxed);
+        if outcome == WsRead::More {
+            self.more_read.push((key, conn.gen));
+        }
+        let cap = self.handle.core.config.outbound_buffer_bytes;
+        if conn.out.len() > cap && conn.is_open_ws() {
+            // A client that sends without reading its answers is a slow consumer too.
+            conn.out.clear();
+            conn.close_ws(CloseCode::Policy, now);
+            conn.drain(now);
+            self.metrics().slow_consumer_drops.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Handles queued commands; true when the budget ran out first.
+    fn drain_inbox(&mut self, now: Instant) -> bool {
+        for _ in 0..INBOX_BUDGET {
+            match self.inbox.try_recv() {
+                Ok(cmd) => {
+                    self.metrics().commands.fetch_add(1, Relaxed);
+                    self.on_command(cmd, now);
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => {
+                    if self.drain_deadline.is_none() {
+                        self.on_command(Command::Shutdown, now);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn on_command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Adopt(sock) => self.adopt(sock, now),
+            Command::BroadcastAll { frame, exclude } => {
+                let mut sent = 0u64;
+                let mut dropped = 0u64;
+                let cap = self.handle.core.config.outbound_buffer_bytes;
+                for (key, conn) in self.conns.iter_mut() {
+                    if !conn.is_open_ws() {
+                        continue;
+                    }
+                    if let (Some(ex), Some(user)) = (&exclude, &conn.user) {
+                        if ex.contains(&**user) {
+                            continue;
+                        }
+                    }
+                    Self::deliver(&mut self.dirty, key, conn, &frame, cap, now, &mut sent, &mut dropped);
+                }
+                self.count_delivery(sent, dropped);
+            }
+            Command::SendUsers { frame, users } => {
+                let mut sent = 0u64;
+                let mut dropped = 0u64;
+                let cap = self.handle.core.config.outbound_buffer_bytes;
+                for user in &users {
+                    let Some(keys) = self.users.get(user.as_str()) else { continue };
+                    for &key in keys {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            Self::deliver(&mut self.dirty, key, conn, &frame, cap, now, &mut sent, &mut dropped);
+                        }
+                    }
+                }
+                self.count_delivery(sent, dropped);
+            }
+            Command::DisconnectUsers { users, code } => {
+                for user in &users {
+                    let Some(keys) = self.users.get(user.as_str()) else { continue };
+                    for &key in keys {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.close_for(code, now);
+                            Self::mark_dirty(&mut self.dirty, key, conn);
+                        }
+                    }
+                }
+            }
+            Command::Close { conn: r, code } => {
+                if let Some(conn) = self.conns.get_mut(r.slot as usize) {
+                    // A reused slot has another generation: the command is stale.
+                    if conn.gen == r.gen {
+                        conn.close_for(code, now);
+                        Self::mark_dirty(&mut self.dirty, r.slot as usize, conn);
+                    }
+                }
+            }
+            Command::Shutdown => {
+                let drain = Duration::from_secs(self.handle.core.config.drain_timeout_secs);
+                self.drain_deadline = Some(now + drain);
+                for (key, conn) in self.conns.iter_mut() {
+                    conn.close_for(CloseCode::GoingAway, now);
+                    Self::mark_dirty(&mut self.dirty, key, conn);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        dirty: &mut Vec<usize>,
+        key: usize,
+        conn: &mut Conn,
+        frame: &SharedFrame,
+        cap: usize,
+        now: Instant,
+        sent: &mut u64,
+        dropped: &mut u64,
+    ) {
+        if !conn.is_open_ws() {
+            return;
+        }
+        if conn.push_frame(frame, cap, now) {
+            *sent += 1;
+        } else {
+            *dropped += 1;
+        }
+        Self::mark_dirty(dirty, key, conn);
+    }
+
+    fn count_delivery(&self, sent: u64, dropped: u64) {
+        let m = self.metrics();
+        m.messages_out.fetch_add(sent, Relaxed);
+        if dropped > 0 {
+            m.slow_consumer_drops.fetch_add(dropped, Relaxed);
+        }
+    }
+
+    /// Takes a socket from the acceptor.
+    fn adopt(&mut self, mut sock: mio::net::TcpStream, now: Instant) {
+        if self.drain_deadline.is_some() {
+            return; // shutting down: dropping the socket closes it
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key == WAKER.0 {
+            return;
+        }
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut sock, Token(key), Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("shard {}: cannot register socket: {e}", self.id);
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let conn = entry.insert(Conn::new(sock, self.next_gen, now, &self.handle.core.config));
+        Self::mark_dirty(&mut self.dirty, key, conn);
+        self.metrics().http_connections.fetch_add(1, Relaxed);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let cfg = &self.handle.core.config;
+        while let Some(&Reverse((at, key, gen))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.gen != gen {
+                continue;
+            }
+            if conn.timer_at == Some(at) {
+                conn.timer_at = None;
+            }
+            match &conn.state {
+                State::Http(_) => {
+                    if let Some(why) = conn.http_timeout(now) {
+                        if why == "timeout" {
+                            self.handle.core.metrics.reject("timeout");
+                        }
+                        log::debug!("shard {}: HTTP connection {why}", self.id);
+                    }
+                }
+                State::Ws(_) => conn.ws_timer(cfg, now),
+                State::Draining { deadline } => {
+                    if now >= *deadline {
+                        conn.out.clear();
+                        conn.state = State::Closed;
+                    }
+                }
+                State::Closed => {}
+            }
+            Self::mark_dirty(&mut self.dirty, key, conn);
+        }
+    }
+
+    /// Writes every connection touched this turn, removes the closed ones,
+    /// and keeps each one's timer armed.
+    fn flush_dirty(&mut self, _now: Instant) {
+        let core = self.handle.core.clone();
+        let cfg = &core.config;
+        let mut written = 0u64;
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            conn.dirty = false;
+            if !conn.out.is_empty() || matches!(conn.state, State::Draining { .. }) {
+                written += conn.flush();
+            }
+            if let State::Closed = conn.state {
+                self.remove(key);
+                continue;
+            }
+            if let Some(d) = conn.next_deadline(cfg) {
+                if conn.timer_at.is_none_or(|t| d < t) {
+                    conn.timer_at = Some(d);
+                    self.timers.push(Reverse((d, key, conn.gen)));
+                }
+            }
+        }
+        self.metrics().bytes_out.fetch_add(written, Relaxed);
+    }
+
+    /// Forgets a closed connection: socket, slab slot, presence, counters.
+    fn remove(&mut self, key: usize) {
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        let core = &self.handle.core;
+        let m = &core.metrics.shards[self.id];
+        match conn.user.take() {
+            Some(user) => {
+                core.presence.remove(&user, self.id);
+                core.ws_slots.fetch_sub(1, Relaxed);
+                m.connections.fetch_sub(1, Relaxed);
+                if let Some(keys) = self.users.get_mut(&user) {
+                    keys.retain(|k| *k != key);
+                    if keys.is_empty() {
+                        self.users.remove(&user);
+                    }
+                }
+                log::debug!("shard {}: websocket of user {user} closed", self.id);
+            }
+            None => {
+                m.http_connections.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
