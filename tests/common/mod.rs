@@ -1,0 +1,195 @@
+//! Helpers for the integration tests: a real server on an ephemeral
+//! loopback port, real WebSocket clients (tungstenite), raw HTTP.
+//!
+//! Every wait is bounded: sockets get read timeouts, polls give up after
+//! a deadline.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::WebSocket;
+use tungstenite::Message;
+use wsedge::auth::{mint_hs256, now_secs};
+use wsedge::{Config, Server};
+
+pub const SECRET: &str = "integration-test-secret";
+pub const ADMIN_KEY: &str = "integration-admin-key";
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocket<TcpStream>;
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub fn handle(&self) -> wsedge::Handle {
+        self.server.as_ref().expect("running").handle()
+    }
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a server on 127.0.0.1:0 with the test secret and admin key;
+/// `f` adjusts the config.
+pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
+    let mut cfg = Config {
+        bind: "127.0.0.1:0".parse().expect("addr"),
+        shards: 2,
+        jwt_secret: Some(SECRET.into()),
+        admin_key: Some(ADMIN_KEY.into()),
+        ..Config::default()
+    };
+    f(&mut cfg);
+    let server = Server::start(cfg).expect("server starts");
+    let addr = server.local_addr();
+    TestServer { server: Some(server), addr }
+}
+
+/// An HS256 user token for `sub`, valid `secs` more seconds.
+pub fn token(sub: &str, secs: i64) -> String {
+    let exp = (now_secs() as i64 + secs) as u64;
+    mint_hs256(SECRET, &json!({"sub": sub, "exp": exp}))
+}
+
+pub fn admin_token() -> String {
+    mint_hs256(SECRET, &json!({"sub": "admin", "role": "admin", "exp": now_secs() + 600}))
+}
+
+/// Opens a WebSocket with `?token=` and returns it after the `connected` message.
+pub fn connect(addr: SocketAddr, token: &str) -> (Ws, Value) {
+    let mut ws = try_connect(addr, &format!("/ws?token={token}"), &[]).expect("upgrade accepted");
+    let hello = next_json(&mut ws);
+    assert_eq!(hello["type"], "connected", "first message: {hello}");
+    (ws, hello)
+}
+
+/// Tries an upgrade; `Err(status)` when the server refuses with an HTTP status.
+pub fn try_connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut req = format!("ws://{addr}{path}").into_client_request().expect("request");
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            v.parse().expect("value"),
+        );
+    }
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake failed unexpectedly: {e}"),
+    }
+}
+
+/// The next text message as JSON (pings are answered by tungstenite).
+pub fn next_json(ws: &mut Ws) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no message within {WAIT:?}");
+        match ws.read().expect("read message") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
+            Message::Close(c) => panic!("closed while waiting for a message: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+pub fn expect_close(ws: &mut Ws) -> u16 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no close within {WAIT:?}");
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return f.code.into(),
+            Ok(Message::Close(None)) => return 1005,
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                panic!("connection ended without a close frame")
+            }
+            Err(e) => panic!("error while waiting for close: {e}"),
+        }
+    }
+}
+
+pub fn send_json(ws: &mut Ws, v: &Value) {
+    ws.send(Message::text(v.to_string())).expect("send");
+}
+
+/// One raw HTTP exchange on a fresh connection; returns (status, headers, body).
+pub fn http_raw(addr: SocketAddr, raw: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(raw).expect("write");
+    read_response(&mut s)
+}
+
+/// Reads one HTTP response (Content-Length framed) from a stream.
+pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).expect("read head");
+        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status: u16 = head[9..12].parse().expect("status");
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).expect("read body");
+        assert!(n > 0, "connection closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    (status, head, body)
+}
+
+/// A REST call with a bearer credential; returns (status, JSON body).
+pub fn rest(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, body) = http_raw(addr, raw.as_bytes());
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Polls `f` until it is true or the wait runs out.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for: {what}");
+}
