@@ -32,7 +32,8 @@ pub struct AcceptorControl {
 /// Prepares the acceptor's poll; run it with [`run`] on its own thread.
 pub fn prepare(listener: &mut TcpListener) -> io::Result<(Poll, AcceptorControl)> {
     let poll = Poll::new()?;
-    poll.registry().register(listener, LISTENER, Interest::READABLE)?;
+    poll.registry()
+        .register(listener, LISTENER, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), STOP)?);
     Ok((
         poll,

@@ -105,7 +105,8 @@ impl Verifier {
             if cfg.jwt_public_key.is_some() {
                 return Err(ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()));
             }
-            let secret = secret.ok_or_else(|| ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()))?;
+            let secret =
+                secret.ok_or_else(|| ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()))?;
             DecodingKey::from_secret(secret.as_bytes())
         } else {
             let path = cfg
@@ -201,7 +202,9 @@ impl Verifier {
         match self.claims(token) {
             Ok(claims) => match claims.get(&self.admin_claim) {
                 Some(Value::String(v)) if *v == self.admin_value => AdminCheck::Admin,
-                Some(Value::Array(vs)) if vs.iter().any(|v| v.as_str() == Some(&self.admin_value)) => {
+                Some(Value::Array(vs))
+                    if vs.iter().any(|v| v.as_str() == Some(&self.admin_value)) =>
+                {
                     AdminCheck::Admin
                 }
                 _ => AdminCheck::NotAdmin,
@@ -269,7 +272,13 @@ mod tests {
         let v = verifier("s");
         let exp = now_secs() + 60;
         let t = mint_hs256("s", &json!({"sub":"u1","exp":exp}));
-        assert_eq!(v.verify_user(&t), Ok(UserClaims { user_id: "u1".into(), exp }));
+        assert_eq!(
+            v.verify_user(&t),
+            Ok(UserClaims {
+                user_id: "u1".into(),
+                exp
+            })
+        );
     }
 
     #[test]
@@ -289,7 +298,10 @@ mod tests {
         assert_eq!(v.verify_user(&t), Err(AuthError::BadSubject));
         let t = mint_hs256("s", &json!({"sub":"u"}));
         assert!(matches!(v.verify_user(&t), Err(AuthError::Malformed(_))));
-        assert!(matches!(v.verify_user("a.b.c"), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            v.verify_user("a.b.c"),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -298,7 +310,10 @@ mod tests {
         let exp = now_secs() + 60;
         assert_eq!(v.check_admin(Some("k3y")), AdminCheck::Admin);
         assert!(matches!(v.check_admin(Some("k3")), AdminCheck::Refused(_)));
-        assert!(matches!(v.check_admin(None), AdminCheck::Refused(AuthError::Missing)));
+        assert!(matches!(
+            v.check_admin(None),
+            AdminCheck::Refused(AuthError::Missing)
+        ));
         let t = mint_hs256("s", &json!({"sub":"a","exp":exp,"role":"admin"}));
         assert_eq!(v.check_admin(Some(&t)), AdminCheck::Admin);
         let t = mint_hs256("s", &json!({"sub":"a","exp":exp}));
@@ -307,9 +322,18 @@ mod tests {
 
     #[test]
     fn header_wins_over_query() {
-        assert_eq!(extract_token(Some(b"Bearer abc"), Some("token=xyz")), Some("abc".into()));
-        assert_eq!(extract_token(Some(b"Basic abc"), Some("token=xyz")), Some(String::new()));
-        assert_eq!(extract_token(None, Some("a=1&token=x%2Ey")), Some("x.y".into()));
+        assert_eq!(
+            extract_token(Some(b"Bearer abc"), Some("token=xyz")),
+            Some("abc".into())
+        );
+        assert_eq!(
+            extract_token(Some(b"Basic abc"), Some("token=xyz")),
+            Some(String::new())
+        );
+        assert_eq!(
+            extract_token(None, Some("a=1&token=x%2Ey")),
+            Some("x.y".into())
+        );
         assert_eq!(extract_token(None, Some("a=1")), None);
         assert_eq!(extract_token(None, None), None);
     }

@@ -124,7 +124,11 @@ mod tests {
 
     #[test]
     fn conn_ids_round_trip() {
-        let r = ConnRef { shard: 3, slot: 17, gen: 9 };
+        let r = ConnRef {
+            shard: 3,
+            slot: 17,
+            gen: 9,
+        };
         assert_eq!(ConnRef::parse(&r.to_id()), Some(r));
         assert_eq!(ConnRef::parse("1-2"), None);
         assert_eq!(ConnRef::parse("1-2-3-4"), None);

@@ -157,7 +157,10 @@ impl Config {
             ("--max-connections-per-user", self.max_connections_per_user),
             ("--outbound-buffer-bytes", self.outbound_buffer_bytes),
             ("--max-header-bytes", self.max_header_bytes),
-            ("--handshake-timeout-secs", self.handshake_timeout_secs as usize),
+            (
+                "--handshake-timeout-secs",
+                self.handshake_timeout_secs as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

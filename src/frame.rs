@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tungstenite::protocol::frame::coding::{OpCode, Data};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 use crate::http::timestamp;
@@ -106,7 +106,13 @@ mod tests {
     #[test]
     fn envelope_keeps_payload_verbatim() {
         let raw = RawValue::from_string(r#"{"a": [1, 2]}"#.into()).expect("raw");
-        assert_eq!(envelope("t", Some(&raw)), br#"{"type":"t","payload":{"a": [1, 2]}}"#.to_vec());
-        assert_eq!(envelope("t", None), br#"{"type":"t","payload":null}"#.to_vec());
+        assert_eq!(
+            envelope("t", Some(&raw)),
+            br#"{"type":"t","payload":{"a": [1, 2]}}"#.to_vec()
+        );
+        assert_eq!(
+            envelope("t", None),
+            br#"{"type":"t","payload":null}"#.to_vec()
+        );
     }
 }

@@ -97,7 +97,8 @@ impl Handle {
     /// nobody). Returns the number of connections addressed.
     pub fn broadcast(&self, kind: &str, payload: Value, user_ids: Option<&[&str]>) -> usize {
         let raw = frame::raw_payload(&payload);
-        let ids: Option<Vec<String>> = user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect());
+        let ids: Option<Vec<String>> =
+            user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect());
         self.broadcast_raw(kind, raw.as_deref(), ids.as_deref(), &[])
     }
 
@@ -217,7 +218,9 @@ impl Handle {
         } else {
             CloseCode::DisconnectedNoReconnect
         };
-        self.core.bus.send(conn.shard as usize, Command::Close { conn, code })
+        self.core
+            .bus
+            .send(conn.shard as usize, Command::Close { conn, code })
     }
 
     /// Counters and up to 1000 connected user ids.

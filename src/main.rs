@@ -27,10 +27,20 @@ struct Cli {
     #[arg(long, env = "WSEDGE_SHARDS", value_name = "N")]
     shards: Option<usize>,
     /// Static admin credential for the REST API (compared in constant time)
-    #[arg(long, env = "WSEDGE_ADMIN_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WSEDGE_ADMIN_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
     admin_key: Option<String>,
     /// HMAC secret for HS256/384/512 tokens
-    #[arg(long, env = "JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     jwt_secret: Option<String>,
     /// Accepted JWT algorithm: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA [default: HS256]
     #[arg(long, env = "WSEDGE_JWT_ALGORITHM", value_name = "ALG")]
@@ -66,7 +76,12 @@ struct Cli {
     #[arg(long, env = "WSEDGE_OUTBOUND_BUFFER_BYTES", value_name = "BYTES")]
     outbound_buffer_bytes: Option<usize>,
     /// Allowed Origin values, comma-separated; a foreign Origin gets 403 [default: any]
-    #[arg(long, env = "WSEDGE_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "A,B")]
+    #[arg(
+        long,
+        env = "WSEDGE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "A,B"
+    )]
     allowed_origins: Option<Vec<String>>,
     /// Seconds between server pings; 0 turns pings off [default: 25]
     #[arg(long, env = "WSEDGE_PING_INTERVAL_SECS", value_name = "SECS")]
@@ -107,11 +122,33 @@ impl Cli {
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
         }
-        set!(bind, shards, jwt_algorithm, jwt_leeway_secs, admin_role_claim, admin_role_value,
-             max_message_bytes, max_connections, max_connections_per_user, outbound_buffer_bytes,
-             allowed_origins, ping_interval_secs, pong_timeout_secs, handshake_timeout_secs,
-             idle_timeout_secs, max_header_bytes, max_body_bytes, drain_timeout_secs);
-        set_opt!(admin_key, jwt_secret, jwt_public_key, jwt_issuer, jwt_audience);
+        set!(
+            bind,
+            shards,
+            jwt_algorithm,
+            jwt_leeway_secs,
+            admin_role_claim,
+            admin_role_value,
+            max_message_bytes,
+            max_connections,
+            max_connections_per_user,
+            outbound_buffer_bytes,
+            allowed_origins,
+            ping_interval_secs,
+            pong_timeout_secs,
+            handshake_timeout_secs,
+            idle_timeout_secs,
+            max_header_bytes,
+            max_body_bytes,
+            drain_timeout_secs
+        );
+        set_opt!(
+            admin_key,
+            jwt_secret,
+            jwt_public_key,
+            jwt_issuer,
+            jwt_audience
+        );
         if self.no_web {
             c.serve_web = false;
         }

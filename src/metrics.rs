@@ -22,6 +22,9 @@ pub struct ShardMetrics {
     pub commands: AtomicU64,
 }
 
+/// Picks one counter out of a shard's metrics.
+type Counter = fn(&ShardMetrics) -> &AtomicU64;
+
 /// Handshake refusal reasons, in the order of [`Metrics::rejected`].
 pub const REJECT_REASONS: &[&str] = &[
     "bad_request",
@@ -64,7 +67,10 @@ impl Metrics {
     }
 
     pub fn connections(&self) -> usize {
-        self.shards.iter().map(|s| s.connections.load(Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.connections.load(Relaxed))
+            .sum()
     }
 
     pub fn sum(&self, f: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
@@ -77,24 +83,64 @@ impl Metrics {
         let gauge = |o: &mut String, name: &str, help: &str, kind: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        gauge(&mut o, "wsedge_connections", "Open WebSocket connections per shard.", "gauge");
+        gauge(
+            &mut o,
+            "wsedge_connections",
+            "Open WebSocket connections per shard.",
+            "gauge",
+        );
         for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(o, "wsedge_connections{{shard=\"{i}\"}} {}", s.connections.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "wsedge_connections{{shard=\"{i}\"}} {}",
+                s.connections.load(Relaxed)
+            );
         }
-        gauge(&mut o, "wsedge_http_connections", "Open HTTP connections per shard.", "gauge");
+        gauge(
+            &mut o,
+            "wsedge_http_connections",
+            "Open HTTP connections per shard.",
+            "gauge",
+        );
         for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(o, "wsedge_http_connections{{shard=\"{i}\"}} {}", s.http_connections.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "wsedge_http_connections{{shard=\"{i}\"}} {}",
+                s.http_connections.load(Relaxed)
+            );
         }
         gauge(&mut o, "wsedge_users", "Distinct connected users.", "gauge");
         let _ = writeln!(o, "wsedge_users {users}");
-        let per_shard: [(&str, &str, fn(&ShardMetrics) -> &AtomicU64); 7] = [
-            ("wsedge_messages_in_total", "WebSocket data messages received.", |s| &s.messages_in),
-            ("wsedge_messages_out_total", "WebSocket messages queued to clients.", |s| &s.messages_out),
-            ("wsedge_bytes_in_total", "Bytes read from sockets.", |s| &s.bytes_in),
-            ("wsedge_bytes_out_total", "Bytes written to sockets.", |s| &s.bytes_out),
-            ("wsedge_slow_consumer_drops_total", "Connections closed for exceeding their outbound buffer.", |s| &s.slow_consumer_drops),
-            ("wsedge_http_requests_total", "HTTP requests parsed.", |s| &s.http_requests),
-            ("wsedge_shard_commands_total", "Commands handled from the shard inbox.", |s| &s.commands),
+        let per_shard: [(&str, &str, Counter); 7] = [
+            (
+                "wsedge_messages_in_total",
+                "WebSocket data messages received.",
+                |s| &s.messages_in,
+            ),
+            (
+                "wsedge_messages_out_total",
+                "WebSocket messages queued to clients.",
+                |s| &s.messages_out,
+            ),
+            ("wsedge_bytes_in_total", "Bytes read from sockets.", |s| {
+                &s.bytes_in
+            }),
+            ("wsedge_bytes_out_total", "Bytes written to sockets.", |s| {
+                &s.bytes_out
+            }),
+            (
+                "wsedge_slow_consumer_drops_total",
+                "Connections closed for exceeding their outbound buffer.",
+                |s| &s.slow_consumer_drops,
+            ),
+            ("wsedge_http_requests_total", "HTTP requests parsed.", |s| {
+                &s.http_requests
+            }),
+            (
+                "wsedge_shard_commands_total",
+                "Commands handled from the shard inbox.",
+                |s| &s.commands,
+            ),
         ];
         for (name, help, f) in per_shard {
             gauge(&mut o, name, help, "counter");
@@ -102,17 +148,58 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s).load(Relaxed));
             }
         }
-        gauge(&mut o, "wsedge_handshakes_accepted_total", "WebSocket upgrades accepted.", "counter");
-        let _ = writeln!(o, "wsedge_handshakes_accepted_total {}", self.handshakes_accepted.load(Relaxed));
-        gauge(&mut o, "wsedge_handshakes_rejected_total", "WebSocket upgrades refused, by reason.", "counter");
+        gauge(
+            &mut o,
+            "wsedge_handshakes_accepted_total",
+            "WebSocket upgrades accepted.",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "wsedge_handshakes_accepted_total {}",
+            self.handshakes_accepted.load(Relaxed)
+        );
+        gauge(
+            &mut o,
+            "wsedge_handshakes_rejected_total",
+            "WebSocket upgrades refused, by reason.",
+            "counter",
+        );
         for (r, c) in REJECT_REASONS.iter().zip(&self.rejected) {
-            let _ = writeln!(o, "wsedge_handshakes_rejected_total{{reason=\"{r}\"}} {}", c.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "wsedge_handshakes_rejected_total{{reason=\"{r}\"}} {}",
+                c.load(Relaxed)
+            );
         }
-        gauge(&mut o, "wsedge_accept_errors_total", "Errors from accept(2) (e.g. EMFILE).", "counter");
-        let _ = writeln!(o, "wsedge_accept_errors_total {}", self.accept_errors.load(Relaxed));
-        gauge(&mut o, "wsedge_broadcasts_total", "Broadcasts and sends accepted.", "counter");
-        let _ = writeln!(o, "wsedge_broadcasts_total {}", self.broadcasts.load(Relaxed));
-        gauge(&mut o, "wsedge_uptime_seconds", "Seconds since start.", "gauge");
+        gauge(
+            &mut o,
+            "wsedge_accept_errors_total",
+            "Errors from accept(2) (e.g. EMFILE).",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "wsedge_accept_errors_total {}",
+            self.accept_errors.load(Relaxed)
+        );
+        gauge(
+            &mut o,
+            "wsedge_broadcasts_total",
+            "Broadcasts and sends accepted.",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "wsedge_broadcasts_total {}",
+            self.broadcasts.load(Relaxed)
+        );
+        gauge(
+            &mut o,
+            "wsedge_uptime_seconds",
+            "Seconds since start.",
+            "gauge",
+        );
         let _ = writeln!(o, "wsedge_uptime_seconds {uptime_secs}");
         o
     }

@@ -9,7 +9,7 @@
 //! and no channel send happen under it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 
 const STRIPES: usize = 32;
@@ -39,9 +39,7 @@ impl Presence {
     }
 
     fn stripe(&self, user: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        user.hash(&mut h);
-        let i = (h.finish() as usize) % STRIPES;
+        let i = (self.hasher.hash_one(user) as usize) % STRIPES;
         // A poisoned stripe only means another thread panicked mid-update of
         // plain counters; the data is still usable.
         self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())

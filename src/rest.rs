@@ -118,7 +118,11 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
                 return Err(HttpError::Forbidden);
             }
             AdminCheck::Refused(why) => {
-                log::info!("{} {}: admin credential refused: {why}", req.method, req.path);
+                log::info!(
+                    "{} {}: admin credential refused: {why}",
+                    req.method,
+                    req.path
+                );
                 return Err(HttpError::Unauthorized);
             }
         }
@@ -126,10 +130,22 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
     let core = &h.core;
     Ok(match route {
         Route::Healthz => Response::text(200, "text/plain; charset=utf-8", "ok"),
-        Route::Metrics => Response::text(200, "text/plain; version=0.0.4; charset=utf-8", h.metrics_text()),
-        Route::Page if core.config.serve_web => Response::text(200, "text/html; charset=utf-8", crate::web::page(core.dev_user_token.as_deref())),
-        Route::Script if core.config.serve_web => Response::text(200, "text/javascript; charset=utf-8", crate::web::SCRIPT),
-        Route::Page | Route::Script => return Err(HttpError::NotFound("web assets are turned off".into())),
+        Route::Metrics => Response::text(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            h.metrics_text(),
+        ),
+        Route::Page if core.config.serve_web => Response::text(
+            200,
+            "text/html; charset=utf-8",
+            crate::web::page(core.dev_user_token.as_deref()),
+        ),
+        Route::Script if core.config.serve_web => {
+            Response::text(200, "text/javascript; charset=utf-8", crate::web::SCRIPT)
+        }
+        Route::Page | Route::Script => {
+            return Err(HttpError::NotFound("web assets are turned off".into()))
+        }
         Route::WebSocket => {
             return Err(HttpError::UpgradeRequired(
                 "this endpoint only speaks WebSocket".into(),
@@ -140,7 +156,7 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
             let kind = body.kind()?;
             let user_ids = string_list(body.user_ids, "userIds")?;
             let exclude = string_list(body.exclude_user_ids, "excludeUserIds")?.unwrap_or_default();
-                        let target_users = match &user_ids {
+            let target_users = match &user_ids {
                 Some(ids) => json!(ids.len()),
                 None => json!("all"),
             };
@@ -157,20 +173,31 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
             if n == 0 {
                 return Err(HttpError::NotFound(format!("User {user} is not connected")));
             }
-            Response::json(200, json!({"message":format!("Message sent to user {user}"),"sentToConnections":n}))
+            Response::json(
+                200,
+                json!({"message":format!("Message sent to user {user}"),"sentToConnections":n}),
+            )
         }
         Route::Stats => {
             let limit = match req.query_param("limit") {
                 None => 1000,
                 Some(v) => v.parse::<usize>().map_err(|_| {
-                    HttpError::BadRequest(format!("limit must be a non-negative integer, got {v:?}"))
+                    HttpError::BadRequest(format!(
+                        "limit must be a non-negative integer, got {v:?}"
+                    ))
                 })?,
             };
-            Response::json(200, serde_json::to_value(h.stats_limited(limit)).unwrap_or(Value::Null))
+            Response::json(
+                200,
+                serde_json::to_value(h.stats_limited(limit)).unwrap_or(Value::Null),
+            )
         }
         Route::Status(user) => {
             let n = h.connection_count(user);
-            Response::json(200, json!({"userId":user,"isConnected":n>0,"connectionCount":n}))
+            Response::json(
+                200,
+                json!({"userId":user,"isConnected":n>0,"connectionCount":n}),
+            )
         }
         Route::Disconnect(user) => {
             let reconnect = match req.query_param("reconnect").as_deref() {
@@ -184,7 +211,9 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
             };
             let n = h.disconnect_user(user, reconnect);
             if n == 0 {
-                return Err(HttpError::NotFound(format!("User {user} has no active connections")));
+                return Err(HttpError::NotFound(format!(
+                    "User {user} has no active connections"
+                )));
             }
             Response::json(
                 200,
@@ -198,7 +227,10 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
                 "timestamp": crate::http::timestamp(),
             });
             let n = h.broadcast("notification", payload, None);
-            Response::json(200, json!({"message":"Test notification sent","sentToConnections":n}))
+            Response::json(
+                200,
+                json!({"message":"Test notification sent","sentToConnections":n}),
+            )
         }
     })
 }
@@ -218,7 +250,9 @@ struct BroadcastBody<'a> {
 impl BroadcastBody<'_> {
     fn kind(&self) -> Result<String, HttpError> {
         let bad = || HttpError::BadRequest("type must be a non-empty string".into());
-        let raw = self.kind.ok_or_else(|| HttpError::BadRequest("type is required".into()))?;
+        let raw = self
+            .kind
+            .ok_or_else(|| HttpError::BadRequest("type is required".into()))?;
         match serde_json::from_str::<String>(raw.get()) {
             Ok(s) if !s.is_empty() => Ok(s),
             _ => Err(bad()),
@@ -228,7 +262,9 @@ impl BroadcastBody<'_> {
 
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(HttpError::BadRequest("request body is empty; a JSON object is required".into()));
+        return Err(HttpError::BadRequest(
+            "request body is empty; a JSON object is required".into(),
+        ));
     }
     let v: &RawValue = serde_json::from_slice(body)
         .map_err(|e| HttpError::BadRequest(format!("body is not valid JSON: {e}")))?;
@@ -254,9 +290,18 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(Route::parse("/v1/websocket/send/a%20b"), Some(Route::Send("a b".into())));
-        assert_eq!(Route::parse("/v1/websocket/user/u/status"), Some(Route::Status("u".into())));
-        assert_eq!(Route::parse("/v1/websocket/user/u/disconnect"), Some(Route::Disconnect("u".into())));
+        assert_eq!(
+            Route::parse("/v1/websocket/send/a%20b"),
+            Some(Route::Send("a b".into()))
+        );
+        assert_eq!(
+            Route::parse("/v1/websocket/user/u/status"),
+            Some(Route::Status("u".into()))
+        );
+        assert_eq!(
+            Route::parse("/v1/websocket/user/u/disconnect"),
+            Some(Route::Disconnect("u".into()))
+        );
         assert_eq!(Route::parse("/v1/websocket/user//status"), None);
         assert_eq!(Route::parse("/v1/websocket/send/"), None);
         assert_eq!(Route::parse("/v1/websocket/send/a/b"), None);
@@ -265,7 +310,12 @@ mod tests {
 
     #[test]
     fn body_errors_say_what_is_wrong() {
-        let e = |b: &[u8]| parse_body::<BroadcastBody>(b).and_then(|b| b.kind()).err().map(|e| e.message());
+        let e = |b: &[u8]| {
+            parse_body::<BroadcastBody>(b)
+                .and_then(|b| b.kind())
+                .err()
+                .map(|e| e.message())
+        };
         assert!(e(b"").is_some_and(|m| m.contains("empty")));
         assert!(e(b"{").is_some_and(|m| m.contains("not valid JSON")));
         assert!(e(b"[1]").is_some_and(|m| m.contains("JSON object")));

@@ -175,7 +175,10 @@ impl Server {
             .name("wsedge-acceptor".into())
             .spawn(move || acceptor::run(apoll, listener, h2, stop))?;
 
-        log::info!("wsedge listening on {local_addr} with {} shards", shards.len());
+        log::info!(
+            "wsedge listening on {local_addr} with {} shards",
+            shards.len()
+        );
         Ok(Server {
             handle,
             local_addr,
@@ -246,7 +249,10 @@ fn dev_mode() -> DevMode {
     let exp = now_secs() + 24 * 3600;
     DevMode {
         user_token: mint_hs256(&secret, &json!({"sub": "dev-user", "exp": exp})),
-        admin_token: mint_hs256(&secret, &json!({"sub": "dev-admin", "role": "admin", "exp": exp})),
+        admin_token: mint_hs256(
+            &secret,
+            &json!({"sub": "dev-admin", "role": "admin", "exp": exp}),
+        ),
         secret,
     }
 }

@@ -86,7 +86,10 @@ impl Shard {
             let timeout = if inbox_pending || !self.more_read.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                let next = self.timers.peek().map(|Reverse((at, _, _))| at.saturating_duration_since(now));
+                let next = self
+                    .timers
+                    .peek()
+                    .map(|Reverse((at, _, _))| at.saturating_duration_since(now));
                 Some(next.map_or(MAX_POLL_WAIT, |d| d.min(MAX_POLL_WAIT)))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -117,7 +120,11 @@ impl Shard {
                     break;
                 }
                 if now >= deadline {
-                    log::warn!("shard {}: drain timeout, dropping {} connections", self.id, self.conns.len());
+                    log::warn!(
+                        "shard {}: drain timeout, dropping {} connections",
+                        self.id,
+                        self.conns.len()
+                    );
                     break;
                 }
             }
@@ -153,7 +160,9 @@ impl Shard {
     }
 
     fn on_http_readable(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if self.drain_deadline.is_some() {
             conn.drain(now);
             return;
@@ -180,12 +189,17 @@ impl Shard {
     /// into a WebSocket registered in presence.
     fn open_websocket(&mut self, key: usize, up: crate::upgrade::Upgrade, now: Instant) {
         let core = self.handle.core.clone();
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let user = up.claims.user_id.as_str();
         let refuse = if core.ws_slots.fetch_add(1, Relaxed) >= core.config.max_connections {
             core.ws_slots.fetch_sub(1, Relaxed);
             Some(HttpError::ServiceUnavailable)
-        } else if !core.presence.try_add(user, self.id, core.config.max_connections_per_user) {
+        } else if !core
+            .presence
+            .try_add(user, self.id, core.config.max_connections_per_user)
+        {
             core.ws_slots.fetch_sub(1, Relaxed);
             Some(HttpError::TooManyRequests)
         } else {
@@ -205,7 +219,14 @@ impl Shard {
         .to_id();
         let leftover = conn.take_http_leftover();
         conn.out.push_owned(switching_protocols(&up.accept_key));
-        let ws = WsState::new(&up.claims, id.clone(), leftover, &core.config, core.verifier.leeway(), now);
+        let ws = WsState::new(
+            &up.claims,
+            id.clone(),
+            leftover,
+            &core.config,
+            core.verifier.leeway(),
+            now,
+        );
         let user: Arc<str> = ws.user.clone();
         conn.become_ws(ws);
         conn.send_text(frame::connected(&user, &id));
@@ -222,7 +243,9 @@ impl Shard {
     }
 
     fn on_ws_readable(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let env = WsEnv {
             handle: &self.handle,
             metrics: &self.handle.core.metrics.shards[self.id],
@@ -279,7 +302,16 @@ impl Shard {
                             continue;
                         }
                     }
-                    Self::deliver(&mut self.dirty, key, conn, &frame, cap, now, &mut sent, &mut dropped);
+                    Self::deliver(
+                        &mut self.dirty,
+                        key,
+                        conn,
+                        &frame,
+                        cap,
+                        now,
+                        &mut sent,
+                        &mut dropped,
+                    );
                 }
                 self.count_delivery(sent, dropped);
             }
@@ -288,10 +320,21 @@ impl Shard {
                 let mut dropped = 0u64;
                 let cap = self.handle.core.config.outbound_buffer_bytes;
                 for user in &users {
-                    let Some(keys) = self.users.get(user.as_str()) else { continue };
+                    let Some(keys) = self.users.get(user.as_str()) else {
+                        continue;
+                    };
                     for &key in keys {
                         if let Some(conn) = self.conns.get_mut(key) {
-                            Self::deliver(&mut self.dirty, key, conn, &frame, cap, now, &mut sent, &mut dropped);
+                            Self::deliver(
+                                &mut self.dirty,
+                                key,
+                                conn,
+                                &frame,
+                                cap,
+                                now,
+                                &mut sent,
+                                &mut dropped,
+                            );
                         }
                     }
                 }
@@ -299,7 +342,9 @@ impl Shard {
             }
             Command::DisconnectUsers { users, code } => {
                 for user in &users {
-                    let Some(keys) = self.users.get(user.as_str()) else { continue };
+                    let Some(keys) = self.users.get(user.as_str()) else {
+                        continue;
+                    };
                     for &key in keys {
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.close_for(code, now);
@@ -368,16 +413,21 @@ impl Shard {
         if key == WAKER.0 {
             return;
         }
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut sock, Token(key), Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log::warn!("shard {}: cannot register socket: {e}", self.id);
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
-        let conn = entry.insert(Conn::new(sock, self.next_gen, now, &self.handle.core.config));
+        let conn = entry.insert(Conn::new(
+            sock,
+            self.next_gen,
+            now,
+            &self.handle.core.config,
+        ));
         Self::mark_dirty(&mut self.dirty, key, conn);
         self.metrics().http_connections.fetch_add(1, Relaxed);
     }
@@ -389,7 +439,9 @@ impl Shard {
                 break;
             }
             self.timers.pop();
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             if conn.gen != gen {
                 continue;
             }
@@ -425,7 +477,9 @@ impl Shard {
         let cfg = &core.config;
         let mut written = 0u64;
         for key in std::mem::take(&mut self.dirty) {
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             conn.dirty = false;
             if !conn.out.is_empty() || matches!(conn.state, State::Draining { .. }) {
                 written += conn.flush();

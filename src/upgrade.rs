@@ -82,7 +82,10 @@ mod tests {
 
     fn run(raw: &str, cfg: &Config) -> Result<Upgrade, HttpError> {
         let v = Verifier::from_config(cfg, Some("s")).expect("verifier");
-        let limits = Limits { max_header_bytes: 8192, max_body_bytes: 1024 };
+        let limits = Limits {
+            max_header_bytes: 8192,
+            max_body_bytes: 1024,
+        };
         match parse_request(raw.as_bytes(), &limits) {
             Ok(Parsed::Complete(req, _)) => check(&req, cfg, &v),
             other => panic!("{other:?}"),
@@ -106,14 +109,29 @@ mod tests {
     #[test]
     fn refusals() {
         let t = mint_hs256("s", &serde_json::json!({"sub":"u","exp":now_secs()+60}));
-        let cfg = Config { allowed_origins: vec!["https://a.example".into()], ..Config::default() };
-        assert_eq!(run(&req("Origin: https://b.example\r\n", &t), &cfg), Err(HttpError::Forbidden));
+        let cfg = Config {
+            allowed_origins: vec!["https://a.example".into()],
+            ..Config::default()
+        };
+        assert_eq!(
+            run(&req("Origin: https://b.example\r\n", &t), &cfg),
+            Err(HttpError::Forbidden)
+        );
         assert!(run(&req("Origin: https://a.example\r\n", &t), &cfg).is_ok());
         assert!(run(&req("", &t), &cfg).is_ok(), "no Origin is allowed");
-        assert_eq!(run(&req("", "bad"), &Config::default()), Err(HttpError::Unauthorized));
+        assert_eq!(
+            run(&req("", "bad"), &Config::default()),
+            Err(HttpError::Unauthorized)
+        );
         let bad_header = req("Authorization: Bearer nope\r\n", &t);
-        assert_eq!(run(&bad_header, &Config::default()), Err(HttpError::Unauthorized));
+        assert_eq!(
+            run(&bad_header, &Config::default()),
+            Err(HttpError::Unauthorized)
+        );
         let no_key = req("", &t).replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
-        assert_eq!(run(&no_key, &Config::default()).map_err(|e| e.status()), Err(400));
+        assert_eq!(
+            run(&no_key, &Config::default()).map_err(|e| e.status()),
+            Err(400)
+        );
     }
 }

@@ -10,7 +10,13 @@ fn connect_echo_broadcast() {
     send_json(&mut ws, &json!({"type":"hi","payload":1}));
     let echo = next_json(&mut ws);
     assert_eq!(echo["type"], "echo");
-    let (st, body) = rest(srv.addr, "POST", "/v1/websocket/broadcast", Some(ADMIN_KEY), Some(&json!({"type":"n","payload":{"a":1}})));
+    let (st, body) = rest(
+        srv.addr,
+        "POST",
+        "/v1/websocket/broadcast",
+        Some(ADMIN_KEY),
+        Some(&json!({"type":"n","payload":{"a":1}})),
+    );
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["sentToConnections"], 1);
     let m = next_json(&mut ws);

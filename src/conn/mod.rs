@@ -119,7 +119,9 @@ impl Conn {
     /// and whether the peer finished sending (EOF): the requests already in
     /// the buffer are still answered, then the connection drains.
     pub fn read_http(&mut self, cfg: &Config, now: Instant) -> (u64, bool) {
-        let State::Http(http) = &mut self.state else { return (0, false) };
+        let State::Http(http) = &mut self.state else {
+            return (0, false);
+        };
         let cap = cfg.max_header_bytes + cfg.max_body_bytes + HTTP_READ_CHUNK;
         let mut total = 0u64;
         loop {
@@ -234,7 +236,9 @@ impl Conn {
     /// An HTTP deadline passed: `408` for a request still arriving, a plain
     /// close for an idle keep-alive connection.
     pub fn http_timeout(&mut self, now: Instant) -> Option<&'static str> {
-        let State::Http(http) = &self.state else { return None };
+        let State::Http(http) = &self.state else {
+            return None;
+        };
         if now < http.deadline {
             return None;
         }

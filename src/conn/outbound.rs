@@ -107,7 +107,9 @@ impl Outbound {
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let left = front.bytes().len() - self.offset;
             if n >= left {
                 n -= left;
@@ -155,9 +157,16 @@ mod tests {
         q.push_shared(Arc::from(&b"defgh"[..]));
         q.push_owned(b"ij".to_vec());
         assert_eq!(q.len(), 10);
-        let mut w = Trickle { out: vec![], cap: 4, calls_left: 1 };
+        let mut w = Trickle {
+            out: vec![],
+            cap: 4,
+            calls_left: 1,
+        };
         let mut written = 0;
-        assert_eq!(q.flush_to(&mut w, &mut written).ok(), Some(Flushed::Partial));
+        assert_eq!(
+            q.flush_to(&mut w, &mut written).ok(),
+            Some(Flushed::Partial)
+        );
         // The default `write_vectored` writes the first slice only: "abc".
         assert_eq!(q.len(), 7);
         w.calls_left = 10;

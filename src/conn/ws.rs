@@ -41,7 +41,9 @@ const READ_BUFFER: usize = 4096;
 pub enum WsPhase {
     Open,
     /// We sent a close frame and wait for the reply until `deadline`.
-    Closing { deadline: Instant },
+    Closing {
+        deadline: Instant,
+    },
 }
 
 /// An open WebSocket session.
@@ -122,7 +124,11 @@ impl WsState {
         now: Instant,
     ) -> WsState {
         WsState {
-            ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config(cfg))),
+            ctx: WebSocketContext::from_partially_read(
+                leftover,
+                Role::Server,
+                Some(ws_config(cfg)),
+            ),
             user: Arc::from(claims.user_id.as_str()),
             id,
             phase: WsPhase::Open,
@@ -166,8 +172,14 @@ impl Conn {
 
     /// Queues a text message built by this server (connected, echo, error…).
     pub fn send_text(&mut self, text: String) {
-        let State::Ws(ws) = &mut self.state else { return };
-        let mut io = Io { sock: &mut self.sock, out: &mut self.out, read: 0 };
+        let State::Ws(ws) = &mut self.state else {
+            return;
+        };
+        let mut io = Io {
+            sock: &mut self.sock,
+            out: &mut self.out,
+            read: 0,
+        };
         if let Err(e) = ws.ctx.write(&mut io, Message::text(text)) {
             log::debug!("cannot queue message: {e}");
         }
@@ -197,11 +209,17 @@ impl Conn {
 
     /// Starts the close handshake with `code` (no-op unless open).
     pub fn close_ws(&mut self, code: CloseCode, now: Instant) {
-        let State::Ws(ws) = &mut self.state else { return };
+        let State::Ws(ws) = &mut self.state else {
+            return;
+        };
         if ws.phase != WsPhase::Open {
             return;
         }
-        let mut io = Io { sock: &mut self.sock, out: &mut self.out, read: 0 };
+        let mut io = Io {
+            sock: &mut self.sock,
+            out: &mut self.out,
+            read: 0,
+        };
         let frame = CloseFrame {
             code: code.code().into(),
             reason: code.reason().into(),
@@ -225,7 +243,11 @@ impl Conn {
         let State::Ws(ws) = &mut self.state else {
             return (WsRead::Drained, 0);
         };
-        let mut io = Io { sock: &mut self.sock, out: &mut self.out, read: 0 };
+        let mut io = Io {
+            sock: &mut self.sock,
+            out: &mut self.out,
+            read: 0,
+        };
         let mut outcome = WsRead::More;
         let mut end: Option<Option<CloseCode>> = None;
         for _ in 0..READ_BUDGET {
@@ -246,7 +268,10 @@ impl Conn {
                             }
                         }
                         // tungstenite queued the pong / close reply already.
-                        Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+                        Message::Ping(_)
+                        | Message::Pong(_)
+                        | Message::Close(_)
+                        | Message::Frame(_) => {}
                     }
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -279,7 +304,9 @@ impl Conn {
     /// A WebSocket deadline may have passed: close handshake timeout, token
     /// expiry, ping to send, pong overdue.
     pub fn ws_timer(&mut self, cfg: &Config, now: Instant) {
-        let State::Ws(ws) = &mut self.state else { return };
+        let State::Ws(ws) = &mut self.state else {
+            return;
+        };
         if let WsPhase::Closing { deadline } = ws.phase {
             if now >= deadline {
                 log::debug!("websocket {}: close handshake timed out", ws.id);
@@ -304,8 +331,16 @@ impl Conn {
             }
             Some(_) => {}
             None if now >= ws.last_ping + Duration::from_secs(cfg.ping_interval_secs) => {
-                let mut io = Io { sock: &mut self.sock, out: &mut self.out, read: 0 };
-                if ws.ctx.write(&mut io, Message::Ping(Default::default())).is_ok() {
+                let mut io = Io {
+                    sock: &mut self.sock,
+                    out: &mut self.out,
+                    read: 0,
+                };
+                if ws
+                    .ctx
+                    .write(&mut io, Message::Ping(Default::default()))
+                    .is_ok()
+                {
                     ws.last_ping = now;
                     ws.awaiting_pong = Some(now);
                 }
@@ -359,7 +394,11 @@ fn on_text(ws: &mut WsState, io: &mut Io<'_>, text: &str, env: &WsEnv<'_>) {
             }
             Ok(_) => {
                 log::info!("refresh on {} refused: token for another user", ws.id);
-                reply(ws, io, frame::error("Token refresh failed: token is for another user"));
+                reply(
+                    ws,
+                    io,
+                    frame::error("Token refresh failed: token is for another user"),
+                );
             }
             Err(e) => {
                 log::info!("refresh on {} refused: {e}", ws.id);

@@ -92,7 +92,11 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
                 limit: limits.max_header_bytes,
             })
         }
-        Err(e) => return Err(HttpError::BadRequest(format!("malformed HTTP request: {e}"))),
+        Err(e) => {
+            return Err(HttpError::BadRequest(format!(
+                "malformed HTTP request: {e}"
+            )))
+        }
     };
     if head_len > limits.max_header_bytes {
         return Err(HttpError::HeadersTooLarge {
@@ -109,7 +113,9 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
         None => (target, None),
     };
     if !path.starts_with('/') {
-        return Err(HttpError::BadRequest("request target must be an absolute path".into()));
+        return Err(HttpError::BadRequest(
+            "request target must be an absolute path".into(),
+        ));
     }
 
     let header = |name: &str| {
@@ -201,7 +207,9 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
 fn parse_content_length(v: &[u8]) -> Result<usize, HttpError> {
     let s = std::str::from_utf8(v).unwrap_or("").trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(HttpError::BadRequest(format!("invalid Content-Length {s:?}")));
+        return Err(HttpError::BadRequest(format!(
+            "invalid Content-Length {s:?}"
+        )));
     }
     // Values too large for usize are over any limit anyway.
     Ok(s.parse::<usize>().unwrap_or(usize::MAX))
@@ -293,7 +301,10 @@ mod tests {
     fn partial_then_pipelined() {
         let one = b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
         assert!(matches!(parse_request(&one[..10], &L), Ok(Parsed::Partial)));
-        assert!(matches!(parse_request(&one[..one.len() - 1], &L), Ok(Parsed::Partial)));
+        assert!(matches!(
+            parse_request(&one[..one.len() - 1], &L),
+            Ok(Parsed::Partial)
+        ));
         let mut two = one.to_vec();
         two.extend_from_slice(b"GET /b HTTP/1.1\r\n\r\n");
         let (r, n) = complete(&two);
@@ -306,8 +317,14 @@ mod tests {
     fn errors_map_to_statuses() {
         let st = |b: &[u8]| parse_request(b, &L).err().map(|e| e.status());
         assert_eq!(st(b"POST /a HTTP/1.1\r\n\r\n"), Some(411));
-        assert_eq!(st(b"POST /a HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"), Some(413));
-        assert_eq!(st(b"POST /a HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Some(400));
+        assert_eq!(
+            st(b"POST /a HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+            Some(413)
+        );
+        assert_eq!(
+            st(b"POST /a HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Some(400)
+        );
         assert_eq!(st(b"GARBAGE\r\n\r\n"), Some(400));
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(9000, b'a');
@@ -321,7 +338,10 @@ mod tests {
         );
         assert_eq!(&*r.body, b"{} ");
         assert!(matches!(
-            parse_request(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{", &L),
+            parse_request(
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{",
+                &L
+            ),
             Ok(Parsed::Partial)
         ));
     }

@@ -58,7 +58,10 @@ pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
     f(&mut cfg);
     let server = Server::start(cfg).expect("server starts");
     let addr = server.local_addr();
-    TestServer { server: Some(server), addr }
+    TestServer {
+        server: Some(server),
+        addr,
+    }
 }
 
 /// An HS256 user token for `sub`, valid `secs` more seconds.
@@ -68,7 +71,10 @@ pub fn token(sub: &str, secs: i64) -> String {
 }
 
 pub fn admin_token() -> String {
-    mint_hs256(SECRET, &json!({"sub": "admin", "role": "admin", "exp": now_secs() + 600}))
+    mint_hs256(
+        SECRET,
+        &json!({"sub": "admin", "role": "admin", "exp": now_secs() + 600}),
+    )
 }
 
 /// Opens a WebSocket with `?token=` and returns it after the `connected` message.
@@ -84,7 +90,9 @@ pub fn try_connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Re
     let stream = TcpStream::connect(addr).expect("tcp connect");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     stream.set_nodelay(true).expect("nodelay");
-    let mut req = format!("ws://{addr}{path}").into_client_request().expect("request");
+    let mut req = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("request");
     for (k, v) in headers {
         req.headers_mut().insert(
             tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
@@ -93,7 +101,9 @@ pub fn try_connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Re
     }
     match tungstenite::client(req, stream) {
         Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => Err(resp.status().as_u16()),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
         Err(e) => panic!("handshake failed unexpectedly: {e}"),
     }
 }
@@ -149,7 +159,11 @@ pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
             break p + 4;
         }
         let n = s.read(&mut chunk).expect("read head");
-        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
@@ -158,7 +172,8 @@ pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
     while buf.len() < head_end + len {
@@ -171,9 +186,17 @@ pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
 }
 
 /// A REST call with a bearer credential; returns (status, JSON body).
-pub fn rest(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+pub fn rest(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
     let raw = format!(
         "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
