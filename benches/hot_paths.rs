@@ -1,1 +1,60 @@
-fn main() {}
+//! Criterion benches of the hot paths: HTTP request parsing, JWT
+//! verification, envelope building and frame encoding.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde_json::json;
+use serde_json::value::RawValue;
+use wsedge::auth::{mint_hs256, now_secs, Verifier};
+use wsedge::http::{parse_request, Limits, Parsed};
+use wsedge::{frame, Config};
+
+const BROADCAST_REQUEST: &[u8] = b"POST /v1/websocket/broadcast HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nAuthorization: Bearer integration-admin-key\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"type\":\"notification\",\"payload\":{\"seq\":1,\"t\":1732700000000000}}";
+
+const UPGRADE_REQUEST: &[u8] = b"GET /ws?token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.sig HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nUser-Agent: bench\r\n\r\n";
+
+fn http_parse(c: &mut Criterion) {
+    let limits = Limits {
+        max_header_bytes: 8192,
+        max_body_bytes: 1 << 20,
+    };
+    let mut g = c.benchmark_group("http_parse");
+    for (name, req) in [("broadcast_post", BROADCAST_REQUEST), ("ws_upgrade", UPGRADE_REQUEST)] {
+        g.throughput(Throughput::Bytes(req.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| match parse_request(black_box(req), &limits) {
+                Ok(Parsed::Complete(r, n)) => (r.path.len(), n),
+                _ => (0, 0),
+            })
+        });
+    }
+    g.finish();
+}
+
+fn jwt_verify(c: &mut Criterion) {
+    let cfg = Config::default();
+    let verifier = Verifier::from_config(&cfg, Some("bench-secret")).expect("verifier");
+    let token = mint_hs256("bench-secret", &json!({"sub": "user-42", "exp": now_secs() + 3600}));
+    c.bench_function("jwt_verify/hs256", |b| {
+        b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
+    });
+}
+
+fn envelope_and_frame(c: &mut Criterion) {
+    let payload = RawValue::from_string(r#"{"seq":12345,"t":1732700000000000,"pad":"xxxxxxxxxxxxxxxx"}"#.into())
+        .expect("raw");
+    let mut g = c.benchmark_group("outbound");
+    g.bench_function("envelope_64B", |b| {
+        b.iter(|| frame::envelope(black_box("notification"), Some(&payload)))
+    });
+    let body = frame::envelope("notification", Some(&payload));
+    g.bench_function("text_frame_64B", |b| b.iter(|| frame::text_frame(black_box(&body))));
+    let big = vec![b'x'; 16 * 1024];
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("text_frame_16KiB", |b| b.iter(|| frame::text_frame(black_box(&big))));
+    g.finish();
+}
+
+criterion_group!(benches, http_parse, jwt_verify, envelope_and_frame);
+criterion_main!(benches);

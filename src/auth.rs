@@ -128,7 +128,17 @@ impl Verifier {
             })?
         };
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp"]);
+        // jsonwebtoken checks `iss`/`aud` only when the token carries them:
+        // when configured they must be required, or a token without them
+        // would pass.
+        let mut required = vec!["exp"];
+        if cfg.jwt_issuer.is_some() {
+            required.push("iss");
+        }
+        if cfg.jwt_audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = cfg.jwt_leeway_secs;
@@ -167,6 +177,8 @@ impl Verifier {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
                 ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::WrongAudience,
                 other => AuthError::Malformed(format!("{other:?}")),
             })
     }
