@@ -31,6 +31,50 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// `type` other than `refresh`. The returned value, if any, is sent back
     /// to that connection.
     fn on_message(&self, user_id: &str, connection_id: &str, message: &Value) -> Option<Value>;
+
+    /// Called first for every data message, before any JSON parsing. The
+    /// default, [`RawVerdict::Json`], goes on with the JSON handling above
+    /// (and `refresh`); a handler that speaks another protocol answers here.
+    fn on_raw(&self, _user_id: &str, _connection_id: &str, _data: Data<'_>) -> RawVerdict {
+        RawVerdict::Json
+    }
+}
+
+/// A data message as received.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// What [`MessageHandler::on_raw`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawVerdict {
+    /// Handle the message as JSON (the default).
+    Json,
+    /// Answer with this text message.
+    Text(String),
+    /// Answer with this binary message.
+    Binary(Vec<u8>),
+    /// Neither handle nor answer it.
+    Ignore,
+}
+
+/// Echoes every data message back unchanged, text as text and binary as
+/// binary. Used for RFC 6455 conformance runs (`examples/echo_server.rs`).
+#[derive(Debug, Default)]
+pub struct RawEchoHandler;
+
+impl MessageHandler for RawEchoHandler {
+    fn on_message(&self, _user: &str, _conn: &str, _message: &Value) -> Option<Value> {
+        None
+    }
+    fn on_raw(&self, _user: &str, _conn: &str, data: Data<'_>) -> RawVerdict {
+        match data {
+            Data::Text(t) => RawVerdict::Text(t.to_string()),
+            Data::Binary(b) => RawVerdict::Binary(b.to_vec()),
+        }
+    }
 }
 
 /// The default handler: echoes the message back (SPEC §3).

@@ -58,5 +58,7 @@ pub mod web;
 
 pub use config::Config;
 pub use error::{CloseCode, HttpError};
-pub use handle::{EchoHandler, Handle, MessageHandler, ShardStats, Stats};
+pub use handle::{
+    Data, EchoHandler, Handle, MessageHandler, RawEchoHandler, RawVerdict, ShardStats, Stats,
+};
 pub use server::{DevMode, Server, ServerBuilder, StartError};

@@ -24,7 +24,7 @@ use crate::auth::UserClaims;
 use crate::config::Config;
 use crate::error::CloseCode;
 use crate::frame::{self, SharedFrame};
-use crate::handle::Handle;
+use crate::handle::{Data, Handle, RawVerdict};
 use crate::metrics::ShardMetrics;
 
 /// How long the server waits for the peer's reply to its close frame.
@@ -258,13 +258,13 @@ impl Conn {
                         Message::Text(t) => {
                             env.metrics.messages_in.fetch_add(1, Relaxed);
                             if ws.phase == WsPhase::Open {
-                                on_text(ws, &mut io, t.as_str(), env);
+                                on_data(ws, &mut io, Data::Text(t.as_str()), env);
                             }
                         }
-                        Message::Binary(_) => {
+                        Message::Binary(b) => {
                             env.metrics.messages_in.fetch_add(1, Relaxed);
                             if ws.phase == WsPhase::Open {
-                                reply(ws, &mut io, frame::error("Invalid JSON message format"));
+                                on_data(ws, &mut io, Data::Binary(&b), env);
                             }
                         }
                         // tungstenite queued the pong / close reply already.
@@ -367,6 +367,30 @@ fn reply(ws: &mut WsState, io: &mut Io<'_>, text: String) {
     }
 }
 
+/// A data message from the client: the handler's raw hook first, then JSON.
+fn on_data(ws: &mut WsState, io: &mut Io<'_>, data: Data<'_>, env: &WsEnv<'_>) {
+    let handler = env.handle.core.handler.clone();
+    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler.on_raw(&ws.user, &ws.id, data)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("message handler panicked on a message of {}", ws.id);
+        RawVerdict::Ignore
+    });
+    let answer = match verdict {
+        RawVerdict::Json => match data {
+            Data::Text(t) => return on_text(ws, io, t, env),
+            Data::Binary(_) => Message::text(frame::error("Invalid JSON message format")),
+        },
+        RawVerdict::Text(t) => Message::text(t),
+        RawVerdict::Binary(b) => Message::binary(b),
+        RawVerdict::Ignore => return,
+    };
+    if let Err(e) = ws.ctx.write(io, answer) {
+        log::debug!("reply to {}: {e}", ws.id);
+    }
+}
+
 /// A text message from the client: `refresh`, or the handler (echo by default).
 fn on_text(ws: &mut WsState, io: &mut Io<'_>, text: &str, env: &WsEnv<'_>) {
     let parsed: Option<Value> = serde_json::from_str(text).ok();
@@ -394,15 +418,11 @@ fn on_text(ws: &mut WsState, io: &mut Io<'_>, text: &str, env: &WsEnv<'_>) {
             }
             Ok(_) => {
                 log::info!("refresh on {} refused: token for another user", ws.id);
-                reply(
-                    ws,
-                    io,
-                    frame::error("Token refresh failed: token is for another user"),
-                );
+                reply(ws, io, frame::error("Token refresh failed"));
             }
             Err(e) => {
                 log::info!("refresh on {} refused: {e}", ws.id);
-                reply(ws, io, frame::error("Token refresh failed: invalid token"));
+                reply(ws, io, frame::error("Token refresh failed"));
             }
         }
         return;
