@@ -49,7 +49,8 @@ pub struct Shard {
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     /// Connections with bytes to write or a state to settle this turn.
     dirty: Vec<usize>,
-    /// WebSockets whose read budget ran out: read again next turn.
+    /// Connections whose read stopped early (a WebSocket's message budget,
+    /// an HTTP buffer full of pipelined requests): read again next turn.
     more_read: Vec<(usize, u32)>,
     handle: Handle,
     /// Set by `Shutdown`: when the drain gives up.
@@ -180,6 +181,10 @@ impl Shard {
                     if let State::Http(_) = conn.state {
                         conn.drain(now);
                     }
+                } else if requests > 0 && conn.http_read_pending() {
+                    // Pipelined requests filled the buffer and answering
+                    // them made room: read the rest next turn.
+                    self.more_read.push((key, conn.gen));
                 }
             }
         }

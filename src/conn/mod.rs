@@ -51,6 +51,11 @@ pub struct HttpState {
     deadline: Instant,
     /// Whether `deadline` is the idle keep-alive timeout (nothing pending).
     idle: bool,
+    /// The last read stopped because `buf` was full, not because the socket
+    /// was drained: bytes may still wait in the socket.
+    full: bool,
+    /// `100 Continue` was sent for the request being read.
+    continue_sent: bool,
 }
 
 /// One connection.
@@ -87,6 +92,8 @@ impl Conn {
                 buf: Vec::new(),
                 deadline: now + cfg.handshake_timeout(),
                 idle: false,
+                full: false,
+                continue_sent: false,
             }),
             timer_at: None,
             dirty: false,
@@ -124,9 +131,11 @@ impl Conn {
         };
         let cap = cfg.max_header_bytes + cfg.max_body_bytes + HTTP_READ_CHUNK;
         let mut total = 0u64;
+        http.full = false;
         loop {
             if http.buf.len() >= cap {
                 // The parser refuses anything this large; stop reading.
+                http.full = true;
                 return (total, false);
             }
             let old = http.buf.len();
@@ -175,6 +184,14 @@ impl Conn {
             };
             let (resp, used, keep_alive) = match parse_request(&http.buf, &limits) {
                 Ok(Parsed::Partial) => return (HttpStep::Wait, requests),
+                Ok(Parsed::NeedBody { expect_continue }) => {
+                    if expect_continue && !http.continue_sent {
+                        http.continue_sent = true;
+                        self.out
+                            .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
+                    }
+                    return (HttpStep::Wait, requests);
+                }
                 Err(e) => {
                     log::debug!("bad HTTP request: {e}");
                     if matches!(e, HttpError::HeadersTooLarge { .. }) {
@@ -204,6 +221,7 @@ impl Conn {
                 }
             };
             http.buf.drain(..used);
+            http.continue_sent = false;
             if http.buf.is_empty() {
                 http.buf = Vec::new();
                 http.idle = true;
@@ -213,6 +231,14 @@ impl Conn {
             }
             self.respond(&resp.with_close(!keep_alive), now);
         }
+    }
+
+    /// True when the last read stopped at the buffer cap with the socket
+    /// possibly not drained. With edge-triggered readiness no new event
+    /// announces those bytes, so the shard reads again once requests were
+    /// answered and made room (many pipelined requests in one write).
+    pub fn http_read_pending(&self) -> bool {
+        matches!(&self.state, State::Http(http) if http.full)
     }
 
     /// Takes the bytes that followed the upgrade request.

@@ -361,9 +361,12 @@ impl Conn {
 }
 
 /// Queues a reply through the protocol machine.
-fn reply(ws: &mut WsState, io: &mut Io<'_>, text: String) {
-    if let Err(e) = ws.ctx.write(io, Message::text(text)) {
-        log::debug!("reply to {}: {e}", ws.id);
+fn reply(ws: &mut WsState, io: &mut Io<'_>, text: String, metrics: &ShardMetrics) {
+    match ws.ctx.write(io, Message::text(text)) {
+        Ok(()) => {
+            metrics.messages_out.fetch_add(1, Relaxed);
+        }
+        Err(e) => log::debug!("reply to {}: {e}", ws.id),
     }
 }
 
@@ -388,6 +391,8 @@ fn on_data(ws: &mut WsState, io: &mut Io<'_>, data: Data<'_>, env: &WsEnv<'_>) {
     };
     if let Err(e) = ws.ctx.write(io, answer) {
         log::debug!("reply to {}: {e}", ws.id);
+    } else {
+        env.metrics.messages_out.fetch_add(1, Relaxed);
     }
 }
 
@@ -400,7 +405,12 @@ fn on_text(ws: &mut WsState, io: &mut Io<'_>, text: &str, env: &WsEnv<'_>) {
         .and_then(|o| o.get("type"))
         .and_then(Value::as_str);
     let Some(kind) = kind else {
-        reply(ws, io, frame::error("Invalid JSON message format"));
+        reply(
+            ws,
+            io,
+            frame::error("Invalid JSON message format"),
+            env.metrics,
+        );
         return;
     };
     let msg = parsed.as_ref().unwrap_or(&Value::Null);
@@ -414,15 +424,15 @@ fn on_text(ws: &mut WsState, io: &mut Io<'_>, text: &str, env: &WsEnv<'_>) {
         match verifier.verify_user(token) {
             Ok(claims) if *claims.user_id == *ws.user => {
                 ws.expires_at = expiry_instant(claims.exp, verifier.leeway(), env.now);
-                reply(ws, io, frame::refreshed(claims.exp));
+                reply(ws, io, frame::refreshed(claims.exp), env.metrics);
             }
             Ok(_) => {
                 log::info!("refresh on {} refused: token for another user", ws.id);
-                reply(ws, io, frame::error("Token refresh failed"));
+                reply(ws, io, frame::error("Token refresh failed"), env.metrics);
             }
             Err(e) => {
                 log::info!("refresh on {} refused: {e}", ws.id);
-                reply(ws, io, frame::error("Token refresh failed"));
+                reply(ws, io, frame::error("Token refresh failed"), env.metrics);
             }
         }
         return;
@@ -432,11 +442,16 @@ fn on_text(ws: &mut WsState, io: &mut Io<'_>, text: &str, env: &WsEnv<'_>) {
         handler.on_message(&ws.user, &ws.id, msg)
     }));
     match answer {
-        Ok(Some(v)) => reply(ws, io, v.to_string()),
+        Ok(Some(v)) => reply(ws, io, v.to_string(), env.metrics),
         Ok(None) => {}
         Err(_) => {
             log::error!("message handler panicked on a message of {}", ws.id);
-            reply(ws, io, frame::error("Internal error handling the message"));
+            reply(
+                ws,
+                io,
+                frame::error("Internal error handling the message"),
+                env.metrics,
+            );
         }
     }
 }

@@ -66,8 +66,11 @@ impl<'a> Request<'a> {
 /// Result of feeding the read buffer to the parser.
 #[derive(Debug)]
 pub enum Parsed<'a> {
-    /// More bytes are needed.
+    /// More bytes of the head are needed.
     Partial,
+    /// The head is complete and valid, the body is still arriving. A client
+    /// that sent `Expect: 100-continue` waits for a `100 Continue` first.
+    NeedBody { expect_continue: bool },
     /// A whole request, and how many bytes of the buffer it used.
     Complete(Request<'a>, usize),
 }
@@ -108,6 +111,8 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
     let target = req.path.unwrap_or("/");
     let version = req.version.unwrap_or(1);
     let headers: Vec<(&'a str, &'a [u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+    // Absolute-form (`http://host/path`), which HTTP/1.1 servers must accept.
+    let target = strip_authority(target);
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -169,10 +174,12 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
         return Err(HttpError::BadRequest("more than one Content-Length".into()));
     }
 
+    let expect_continue = header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let need_body = Ok(Parsed::NeedBody { expect_continue });
     let rest = &buf[head_len..];
     let (body, used): (Cow<'a, [u8]>, usize) = if chunked {
         match decode_chunked(rest, limits.max_body_bytes)? {
-            None => return Ok(Parsed::Partial),
+            None => return need_body,
             Some((body, used)) => (Cow::Owned(body), used),
         }
     } else if let Some(len) = content_length {
@@ -182,7 +189,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             });
         }
         if rest.len() < len {
-            return Ok(Parsed::Partial);
+            return need_body;
         }
         (Cow::Borrowed(&rest[..len]), len)
     } else if method == "POST" || method == "PUT" || method == "PATCH" {
@@ -202,6 +209,22 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
         },
         head_len + used,
     ))
+}
+
+/// `http://host:port/p?q` → `/p?q`; any other target is returned as is.
+fn strip_authority(target: &str) -> &str {
+    let lower = target.get(..8).unwrap_or("").to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return target;
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        Some(_) | None => "/",
+    }
 }
 
 fn parse_content_length(v: &[u8]) -> Result<usize, HttpError> {
@@ -303,7 +326,9 @@ mod tests {
         assert!(matches!(parse_request(&one[..10], &L), Ok(Parsed::Partial)));
         assert!(matches!(
             parse_request(&one[..one.len() - 1], &L),
-            Ok(Parsed::Partial)
+            Ok(Parsed::NeedBody {
+                expect_continue: false
+            })
         ));
         let mut two = one.to_vec();
         two.extend_from_slice(b"GET /b HTTP/1.1\r\n\r\n");
@@ -342,8 +367,25 @@ mod tests {
                 b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{",
                 &L
             ),
-            Ok(Parsed::Partial)
+            Ok(Parsed::NeedBody { .. })
         ));
+    }
+
+    #[test]
+    fn expect_continue_and_absolute_form() {
+        let req = b"POST http://h:1/v1/x?a=1 HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(
+            parse_request(req, &L),
+            Ok(Parsed::NeedBody {
+                expect_continue: true
+            })
+        ));
+        let mut full = req.to_vec();
+        full.extend_from_slice(b"{}");
+        let (r, _) = complete(&full);
+        assert_eq!((r.path, r.query), ("/v1/x", Some("a=1")));
+        assert_eq!(strip_authority("http://h"), "/");
+        assert_eq!(strip_authority("/p"), "/p");
     }
 
     #[test]
