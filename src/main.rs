@@ -17,7 +17,7 @@ use wsedge::{Config, Server};
 #[derive(Debug, Parser)]
 #[command(name = "wsedge", version, about, long_about = None)]
 struct Cli {
-    /// TOML file with any of the options below (keys in snake_case, e.g. max_connections = 1000).
+    /// TOML file with any of the options below (keys in snake_case, e.g. max_connections = 1000) [default: none]
     #[arg(long, env = "WSEDGE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address and port to listen on [default: 0.0.0.0:3000]
@@ -26,7 +26,7 @@ struct Cli {
     /// Reactor threads [default: number of CPUs]
     #[arg(long, env = "WSEDGE_SHARDS", value_name = "N")]
     shards: Option<usize>,
-    /// Static admin credential for the REST API (compared in constant time)
+    /// Static admin credential for the REST API (compared in constant time) [default: none]
     #[arg(
         long,
         env = "WSEDGE_ADMIN_KEY",
@@ -34,7 +34,7 @@ struct Cli {
         hide_env_values = true
     )]
     admin_key: Option<String>,
-    /// HMAC secret for HS256/384/512 tokens
+    /// HMAC secret for HS256/384/512 tokens [default: none: dev mode with a random secret]
     #[arg(
         long,
         env = "JWT_SECRET",
@@ -45,7 +45,7 @@ struct Cli {
     /// Accepted JWT algorithm: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA [default: HS256]
     #[arg(long, env = "WSEDGE_JWT_ALGORITHM", value_name = "ALG")]
     jwt_algorithm: Option<String>,
-    /// PEM public key file for RS*/PS*/ES*/EdDSA tokens
+    /// PEM public key file for RS*/PS*/ES*/EdDSA tokens [default: none]
     #[arg(long, env = "WSEDGE_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
     jwt_public_key: Option<PathBuf>,
     /// Required `iss` claim [default: not checked]
@@ -166,6 +166,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Handlers first: a SIGINT/SIGTERM that arrives as soon as the server
+    // logs that it listens must shut it down gracefully, not kill it.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsedge: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -177,16 +189,6 @@ fn main() -> ExitCode {
     if let Some(dev) = server.dev_mode() {
         print_dev_banner(addr, dev);
     }
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("wsedge: cannot install signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    };
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: shutting down");
     }

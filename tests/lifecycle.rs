@@ -54,7 +54,9 @@ impl Drop for Guard {
 /// `WSEDGE_*` from the caller, `RUST_LOG=info`, then `envs`.
 fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("JWT_SECRET").env("RUST_LOG", "info");
+    cmd.args(args)
+        .env_remove("JWT_SECRET")
+        .env("RUST_LOG", "info");
     for (k, _) in std::env::vars() {
         if k.starts_with("WSEDGE_") {
             cmd.env_remove(k);
@@ -216,7 +218,7 @@ fn sigint_closes_clients_with_1001_and_exits_0() {
 fn a_signal_right_after_the_listening_line_is_still_graceful() {
     // A supervisor may stop the server as soon as it reports listening;
     // that must never kill it with the default signal disposition.
-    for sig in ["TERM", "INT", "TERM"] {
+    for sig in ["TERM", "INT", "TERM", "INT", "TERM", "INT"] {
         let mut p = spawn(&[], &real_env());
         signal(&p.child, sig);
         let status = wait_exit(&mut p.child, Duration::from_secs(8));
@@ -377,7 +379,10 @@ fn help_lists_every_flag_with_its_default() {
             .and_then(|(_, rest)| rest.split_once(']'))
             .map(|(d, _)| d)
             .unwrap_or_else(|| panic!("{flag} shows no default:\n{b}"));
-        assert!(d.contains(default), "{flag} default {d:?}, want {default:?}");
+        assert!(
+            d.contains(default),
+            "{flag} default {d:?}, want {default:?}"
+        );
     }
     // Flags without a default value are still documented.
     for flag in ["--admin-key", "--jwt-public-key", "--config"] {
@@ -391,10 +396,8 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!(
-            "wsedge-lifecycle-{}-{name}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("wsedge-lifecycle-{}-{name}", std::process::id()));
         std::fs::write(&path, text).expect("write temp file");
         TempFile(path)
     }
@@ -448,15 +451,25 @@ fn toml_file_flags_and_environment_set_options() {
     // The environment alone.
     let p = spawn(
         &["--admin-key", ADMIN_KEY],
-        &[("JWT_SECRET", SECRET), ("WSEDGE_MAX_CONNECTIONS_PER_USER", "1")],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("WSEDGE_MAX_CONNECTIONS_PER_USER", "1"),
+        ],
     );
-    assert_eq!(per_user_limit(p.addr, "env", 3), 1, "the environment's limit");
+    assert_eq!(
+        per_user_limit(p.addr, "env", 3),
+        1,
+        "the environment's limit"
+    );
     drop(p);
 
     // The environment overrides the file (flag > env > file).
     let p = spawn(
         &file_args,
-        &[("JWT_SECRET", SECRET), ("WSEDGE_MAX_CONNECTIONS_PER_USER", "3")],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("WSEDGE_MAX_CONNECTIONS_PER_USER", "3"),
+        ],
     );
     assert_eq!(per_user_limit(p.addr, "env", 4), 3, "env over file");
     drop(p);
@@ -501,7 +514,10 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--shards", "0"], "--shards must be at least 1"),
         (vec!["--jwt-algorithm", "XX"], "unknown --jwt-algorithm"),
-        (vec!["--max-connections-per-user", "0"], "--max-connections-per-user"),
+        (
+            vec!["--max-connections-per-user", "0"],
+            "--max-connections-per-user",
+        ),
         (vec!["--shards", "lots"], "--shards"),
         (vec!["--no-such-flag"], "--no-such-flag"),
         (
