@@ -20,7 +20,10 @@ fn http_parse(c: &mut Criterion) {
         max_body_bytes: 1 << 20,
     };
     let mut g = c.benchmark_group("http_parse");
-    for (name, req) in [("broadcast_post", BROADCAST_REQUEST), ("ws_upgrade", UPGRADE_REQUEST)] {
+    for (name, req) in [
+        ("broadcast_post", BROADCAST_REQUEST),
+        ("ws_upgrade", UPGRADE_REQUEST),
+    ] {
         g.throughput(Throughput::Bytes(req.len() as u64));
         g.bench_function(name, |b| {
             b.iter(|| match parse_request(black_box(req), &limits) {
@@ -35,24 +38,33 @@ fn http_parse(c: &mut Criterion) {
 fn jwt_verify(c: &mut Criterion) {
     let cfg = Config::default();
     let verifier = Verifier::from_config(&cfg, Some("bench-secret")).expect("verifier");
-    let token = mint_hs256("bench-secret", &json!({"sub": "user-42", "exp": now_secs() + 3600}));
+    let token = mint_hs256(
+        "bench-secret",
+        &json!({"sub": "user-42", "exp": now_secs() + 3600}),
+    );
     c.bench_function("jwt_verify/hs256", |b| {
         b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
     });
 }
 
 fn envelope_and_frame(c: &mut Criterion) {
-    let payload = RawValue::from_string(r#"{"seq":12345,"t":1732700000000000,"pad":"xxxxxxxxxxxxxxxx"}"#.into())
-        .expect("raw");
+    let payload = RawValue::from_string(
+        r#"{"seq":12345,"t":1732700000000000,"pad":"xxxxxxxxxxxxxxxx"}"#.into(),
+    )
+    .expect("raw");
     let mut g = c.benchmark_group("outbound");
     g.bench_function("envelope_64B", |b| {
         b.iter(|| frame::envelope(black_box("notification"), Some(&payload)))
     });
     let body = frame::envelope("notification", Some(&payload));
-    g.bench_function("text_frame_64B", |b| b.iter(|| frame::text_frame(black_box(&body))));
+    g.bench_function("text_frame_64B", |b| {
+        b.iter(|| frame::text_frame(black_box(&body)))
+    });
     let big = vec![b'x'; 16 * 1024];
     g.throughput(Throughput::Bytes(big.len() as u64));
-    g.bench_function("text_frame_16KiB", |b| b.iter(|| frame::text_frame(black_box(&big))));
+    g.bench_function("text_frame_16KiB", |b| {
+        b.iter(|| frame::text_frame(black_box(&big)))
+    });
     g.finish();
 }
 

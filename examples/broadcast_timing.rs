@@ -15,8 +15,14 @@ use wsedge::auth::{mint_hs256, now_secs};
 use wsedge::{Config, Server};
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let rounds: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let rounds: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     let cfg = Config {
         bind: "127.0.0.1:0".parse().expect("addr"),
         shards: 2,
@@ -30,10 +36,16 @@ fn main() {
     let t0 = Instant::now();
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
-        let token = mint_hs256("timing", &json!({"sub": format!("u{}", i % (n / 10).max(1)), "exp": now_secs() + 600}));
+        let token = mint_hs256(
+            "timing",
+            &json!({"sub": format!("u{}", i % (n / 10).max(1)), "exp": now_secs() + 600}),
+        );
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let (mut ws, _) = tungstenite::client(format!("ws://{addr}/ws?token={token}"), stream).expect("upgrade");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let (mut ws, _) =
+            tungstenite::client(format!("ws://{addr}/ws?token={token}"), stream).expect("upgrade");
         let _connected = ws.read().expect("connected message");
         clients.push(ws);
     }
