@@ -27,6 +27,7 @@
 //! config.rs     every option and its default
 //! error.rs      HTTP errors → status, close codes, in one place
 //! web.rs        the embedded test page and browser client
+//! client/       the Rust client: a thread per client, reconnect with backoff
 //! ```
 //!
 //! # The two data flows
@@ -42,6 +43,7 @@
 pub mod acceptor;
 pub mod auth;
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod error;

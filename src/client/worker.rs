@@ -1,0 +1,540 @@
+//! The client's I/O thread: one per [`Client`](super::Client), alive from
+//! `Client::new` until the client is dropped.
+//!
+//! It owns the socket (a blocking tungstenite `WebSocket<TcpStream>` with a
+//! short read timeout, so that reads interleave with the command queue) and
+//! runs the connection state machine:
+//!
+//! ```text
+//!            connect()                 upgrade ok
+//!   Idle ─────────────► Connecting ─────────────────► Open
+//!    ▲ ▲                 │    ▲                        │
+//!    │ │   failed,       │    │ delay over             │ closed / lost
+//!    │ │   attempts left ▼    │                        ▼
+//!    │ └──────────────── Backoff ◄──── attempts left, not 4500–4999,
+//!    │  disconnect()                   no disconnect() queued
+//!    └──── given up / 4500–4999 close / disconnect() ──┘
+//! ```
+//!
+//! Every callback runs here, one at a time, in the order of the events.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{HandshakeError, Message, WebSocket};
+
+use super::config::{ClientConfig, Endpoint};
+use super::error::ClientError;
+use super::events::{Event, Registry};
+use super::{State, Status};
+
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the [`Client`](super::Client) asks of its thread.
+pub(crate) enum Command {
+    Connect,
+    Disconnect,
+    /// An encoded `{"type","payload"}` text frame.
+    Send(String),
+    /// Report an error found on the caller's side (e.g. `send` while
+    /// disconnected) as an `error` event, on this thread.
+    Error(ClientError),
+    Shutdown,
+}
+
+/// State shared by the client and its thread.
+pub(crate) struct Shared {
+    pub registry: Arc<Registry>,
+    status: Mutex<Status>,
+    changed: Condvar,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            registry: Arc::new(Registry::default()),
+            status: Mutex::new(Status::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Status> {
+        // No user code runs under this lock.
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+
+    /// Waits until `pred(status)` holds or `timeout` passes.
+    pub fn wait(&self, timeout: Duration, pred: impl Fn(&Status) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        loop {
+            if pred(&st) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+enum Phase {
+    Idle,
+    Connecting,
+    Open(Box<Session>),
+    Backoff(Instant),
+    Exit,
+}
+
+struct Session {
+    ws: WebSocket<TcpStream>,
+    /// Set until the `connected` event has fired for this connection.
+    hello_due: Option<Instant>,
+    last_rx: Instant,
+    pinged: bool,
+}
+
+enum Next {
+    Cmd(Command),
+    Timeout,
+    Gone,
+}
+
+pub(crate) struct Worker {
+    cfg: ClientConfig,
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    rx: Receiver<Command>,
+    /// Commands taken off the channel early (see `retry`), handled first.
+    pending: VecDeque<Command>,
+    /// Reconnect attempts since the last successful connect.
+    attempt: u32,
+}
+
+impl Worker {
+    pub fn new(
+        cfg: ClientConfig,
+        endpoint: Endpoint,
+        shared: Arc<Shared>,
+        rx: Receiver<Command>,
+    ) -> Worker {
+        Worker {
+            cfg,
+            endpoint,
+            shared,
+            rx,
+            pending: VecDeque::new(),
+            attempt: 0,
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut phase = Phase::Idle;
+        loop {
+            phase = match phase {
+                Phase::Idle => self.idle(),
+                Phase::Connecting => self.connecting(),
+                Phase::Open(s) => self.session(s),
+                Phase::Backoff(until) => self.backoff(until),
+                Phase::Exit => break,
+            };
+        }
+        self.set_state(State::Disconnected);
+    }
+
+    // ----------------------------------------------------------- phases
+
+    fn idle(&mut self) -> Phase {
+        self.set_state(State::Disconnected);
+        loop {
+            match self.next(None) {
+                Next::Cmd(Command::Connect) => {
+                    self.set_attempt(0);
+                    return Phase::Connecting;
+                }
+                Next::Cmd(Command::Disconnect) | Next::Timeout => {}
+                Next::Cmd(Command::Send(_)) => self.error(ClientError::NotConnected),
+                Next::Cmd(Command::Error(e)) => self.error(e),
+                Next::Cmd(Command::Shutdown) | Next::Gone => return Phase::Exit,
+            }
+        }
+    }
+
+    fn backoff(&mut self, until: Instant) -> Phase {
+        loop {
+            match self.next(Some(until)) {
+                Next::Timeout => return Phase::Connecting,
+                // A user's connect() skips the rest of the delay and starts afresh.
+                Next::Cmd(Command::Connect) => {
+                    self.set_attempt(0);
+                    return Phase::Connecting;
+                }
+                Next::Cmd(Command::Disconnect) => {
+                    self.set_attempt(0);
+                    return Phase::Idle;
+                }
+                Next::Cmd(Command::Send(_)) => self.error(ClientError::NotConnected),
+                Next::Cmd(Command::Error(e)) => self.error(e),
+                Next::Cmd(Command::Shutdown) | Next::Gone => return Phase::Exit,
+            }
+        }
+    }
+
+    fn connecting(&mut self) -> Phase {
+        self.set_state(State::Connecting);
+        match self.open() {
+            Ok(ws) => {
+                self.attempt = 0;
+                self.shared.update(|s| {
+                    s.state = State::Connected;
+                    s.connects += 1;
+                    s.reconnect_attempt = 0;
+                    s.last_error = None;
+                });
+                let now = Instant::now();
+                Phase::Open(Box::new(Session {
+                    ws,
+                    hello_due: Some(now + self.cfg.hello_timeout),
+                    last_rx: now,
+                    pinged: false,
+                }))
+            }
+            Err(e) => {
+                self.set_state(State::Disconnected);
+                self.error(e);
+                self.retry()
+            }
+        }
+    }
+
+    fn session(&mut self, mut s: Box<Session>) -> Phase {
+        loop {
+            // 1. Commands queued by the client (send, disconnect, ...).
+            loop {
+                let cmd = match self.pending.pop_front() {
+                    Some(c) => c,
+                    None => match self.rx.try_recv() {
+                        Ok(c) => c,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => Command::Shutdown,
+                    },
+                };
+                match cmd {
+                    Command::Connect => {}
+                    Command::Send(text) => match s.ws.write(Message::text(text)) {
+                        Ok(()) => {}
+                        Err(e) if would_block(&e) => {}
+                        Err(tungstenite::Error::WriteBufferFull(_)) => {
+                            self.error(ClientError::SendBufferFull)
+                        }
+                        Err(e) => return self.lost(e.into()),
+                    },
+                    Command::Error(e) => self.error(e),
+                    Command::Disconnect => {
+                        self.close_by_us(&mut s);
+                        self.set_attempt(0);
+                        return Phase::Idle;
+                    }
+                    Command::Shutdown => {
+                        self.close_by_us(&mut s);
+                        return Phase::Exit;
+                    }
+                }
+            }
+
+            // 2. Whatever is buffered goes out (sends, pongs).
+            match s.ws.flush() {
+                Ok(()) => {}
+                Err(e) if would_block(&e) => {}
+                Err(e) => return self.lost(e.into()),
+            }
+
+            // 3. Timers: the connected event without a server hello; keepalive.
+            let now = Instant::now();
+            if s.hello_due.is_some_and(|due| now >= due) {
+                s.hello_due = None;
+                self.emit("connected", Value::Null, true);
+            }
+            if let Some(k) = self.cfg.keepalive {
+                let quiet = now.saturating_duration_since(s.last_rx);
+                if quiet >= k * 2 {
+                    return self.lost(ClientError::KeepaliveTimeout(quiet));
+                }
+                if quiet >= k && !s.pinged {
+                    s.pinged = true;
+                    match s.ws.write(Message::Ping(Default::default())) {
+                        Ok(()) => {}
+                        Err(e) if would_block(&e) => {}
+                        Err(e) => return self.lost(e.into()),
+                    }
+                }
+            }
+
+            // 4. Read, blocking at most `poll_interval`.
+            match s.ws.read() {
+                Ok(msg) => {
+                    s.last_rx = Instant::now();
+                    s.pinged = false;
+                    match msg {
+                        Message::Text(t) => self.on_data(&mut s, t.as_bytes()),
+                        Message::Binary(b) => self.on_data(&mut s, &b),
+                        Message::Close(frame) => {
+                            let (code, reason) = match frame {
+                                Some(f) => (u16::from(f.code), f.reason.to_string()),
+                                None => (1005, String::new()),
+                            };
+                            finish_close(&mut s.ws);
+                            return self.closed(code, reason);
+                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) => return self.lost(e.into()),
+            }
+        }
+    }
+
+    // ----------------------------------------------------------- steps
+
+    /// Token, TCP connect, upgrade.
+    fn open(&mut self) -> Result<WebSocket<TcpStream>, ClientError> {
+        let provider = AssertUnwindSafe(&self.cfg.token);
+        let token = catch_unwind(|| provider.fetch())
+            .unwrap_or_else(|_| Err(ClientError::Token("the token provider panicked".into())))?;
+        let url = self.endpoint.url_with_token(token.as_deref());
+        let stream = self.tcp_connect()?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.cfg.handshake_timeout))?;
+        stream.set_write_timeout(Some(self.cfg.handshake_timeout))?;
+        let mut ws_cfg = WebSocketConfig::default();
+        ws_cfg.read_buffer_size = 8 * 1024;
+        ws_cfg.write_buffer_size = 0;
+        ws_cfg.max_write_buffer_size = self.cfg.max_send_buffer_bytes;
+        ws_cfg.max_message_size = Some(self.cfg.max_message_bytes);
+        ws_cfg.max_frame_size = Some(self.cfg.max_message_bytes);
+        match tungstenite::client::client_with_config(url.as_str(), stream, Some(ws_cfg)) {
+            Ok((ws, _response)) => {
+                let tcp = ws.get_ref();
+                let poll = self.cfg.poll_interval.max(Duration::from_millis(1));
+                tcp.set_read_timeout(Some(poll))?;
+                tcp.set_write_timeout(Some(poll))?;
+                Ok(ws)
+            }
+            Err(HandshakeError::Failure(e)) => Err(match e {
+                tungstenite::Error::Io(io) if is_timeout(&io) => {
+                    ClientError::HandshakeTimeout(self.cfg.handshake_timeout)
+                }
+                other => other.into(),
+            }),
+            // Only a read or write timeout interrupts a blocking handshake.
+            Err(HandshakeError::Interrupted(_)) => {
+                Err(ClientError::HandshakeTimeout(self.cfg.handshake_timeout))
+            }
+        }
+    }
+
+    fn tcp_connect(&self) -> Result<TcpStream, ClientError> {
+        let addrs = (self.endpoint.host.as_str(), self.endpoint.port).to_socket_addrs()?;
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} resolves to no address", self.endpoint.host),
+        );
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, self.cfg.connect_timeout) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last.into())
+    }
+
+    /// A text or binary message from the server.
+    fn on_data(&mut self, s: &mut Session, data: &[u8]) {
+        let parsed = serde_json::from_slice::<Value>(data);
+        let Ok(Value::Object(mut obj)) = parsed else {
+            return self.error(ClientError::InvalidMessage(preview(data)));
+        };
+        let Some(Value::String(kind)) = obj.remove("type") else {
+            return self.error(ClientError::InvalidMessage(preview(data)));
+        };
+        let payload = obj.remove("payload").unwrap_or(Value::Null);
+        if s.hello_due.take().is_some() {
+            if kind == "connected" {
+                // The server's hello *is* the connected event.
+                return self.emit("connected", payload, false);
+            }
+            self.emit("connected", Value::Null, true);
+        }
+        self.emit(&kind, payload, false);
+    }
+
+    /// Our close handshake (code 1000), bounded, then the `disconnected` event.
+    fn close_by_us(&mut self, s: &mut Session) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "Client disconnect".into(),
+        };
+        match s.ws.close(Some(frame)) {
+            Ok(()) => finish_close(&mut s.ws),
+            Err(e) if would_block(&e) => finish_close(&mut s.ws),
+            Err(_) => {}
+        }
+        self.set_state(State::Disconnected);
+        self.emit(
+            "disconnected",
+            json!({"code": 1000, "reason": "Client disconnect"}),
+            true,
+        );
+    }
+
+    /// The connection broke without a close handshake.
+    fn lost(&mut self, err: ClientError) -> Phase {
+        let reason = err.to_string();
+        self.error(err);
+        self.closed(1006, reason)
+    }
+
+    /// The connection is gone: event, then reconnect or not.
+    fn closed(&mut self, code: u16, reason: String) -> Phase {
+        self.set_state(State::Disconnected);
+        self.emit(
+            "disconnected",
+            json!({"code": code, "reason": reason.clone()}),
+            true,
+        );
+        if (4500..=4999).contains(&code) {
+            self.error(ClientError::Terminal { code, reason });
+            return Phase::Idle;
+        }
+        self.retry()
+    }
+
+    /// Schedules the next attempt, unless `disconnect()` (or a drop) is
+    /// already queued, or the attempts are used up.
+    fn retry(&mut self) -> Phase {
+        while let Ok(c) = self.rx.try_recv() {
+            self.pending.push_back(c);
+        }
+        if self
+            .pending
+            .iter()
+            .any(|c| matches!(c, Command::Disconnect | Command::Shutdown))
+        {
+            self.set_attempt(0);
+            return Phase::Idle;
+        }
+        if self.attempt >= self.cfg.max_attempts {
+            self.error(ClientError::GaveUp(self.cfg.max_attempts));
+            return Phase::Idle;
+        }
+        let delay = self.cfg.backoff(self.attempt);
+        self.set_attempt(self.attempt + 1);
+        self.emit(
+            "reconnecting",
+            json!({
+                "attempt": self.attempt,
+                "maxAttempts": self.cfg.max_attempts,
+                "delayMs": delay.as_micros() as f64 / 1000.0,
+            }),
+            true,
+        );
+        Phase::Backoff(Instant::now() + delay)
+    }
+
+    // ----------------------------------------------------------- helpers
+
+    fn next(&mut self, deadline: Option<Instant>) -> Next {
+        if let Some(c) = self.pending.pop_front() {
+            return Next::Cmd(c);
+        }
+        match deadline {
+            None => match self.rx.recv() {
+                Ok(c) => Next::Cmd(c),
+                Err(_) => Next::Gone,
+            },
+            Some(d) => match self.rx.recv_deadline(d) {
+                Ok(c) => Next::Cmd(c),
+                Err(RecvTimeoutError::Timeout) => Next::Timeout,
+                Err(RecvTimeoutError::Disconnected) => Next::Gone,
+            },
+        }
+    }
+
+    fn emit(&self, kind: &str, payload: Value, synthetic: bool) {
+        self.shared.registry.dispatch(&Event {
+            kind: kind.to_string(),
+            payload,
+            synthetic,
+        });
+    }
+
+    fn error(&self, err: ClientError) {
+        let payload = json!({"kind": err.kind(), "message": err.to_string()});
+        self.shared.update(|s| s.last_error = Some(err));
+        self.emit("error", payload, true);
+    }
+
+    fn set_state(&self, state: State) {
+        self.shared.update(|s| s.state = state);
+    }
+
+    fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
+        self.shared.update(|s| s.reconnect_attempt = attempt);
+    }
+}
+
+/// Reads until the peer closes the TCP connection (or `CLOSE_TIMEOUT`),
+/// which also sends tungstenite's queued close reply.
+fn finish_close(ws: &mut WebSocket<TcpStream>) {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(_) => {}
+            Err(e) if would_block(&e) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+fn would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if is_timeout(io))
+}
+
+/// The start of an unexpected message, for the error event.
+fn preview(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&data[..data.len().min(200)]);
+    format!("not {{\"type\": string, \"payload\": any}}: {text}")
+}
