@@ -38,6 +38,12 @@ pub trait MessageHandler: Send + Sync + 'static {
     fn on_raw(&self, _user_id: &str, _connection_id: &str, _data: Data<'_>) -> RawVerdict {
         RawVerdict::Json
     }
+
+    /// Whether a new connection is greeted with `{"type":"connected",...}`
+    /// (the default). A handler that speaks another protocol turns it off.
+    fn sends_connected(&self) -> bool {
+        true
+    }
 }
 
 /// A data message as received.
@@ -74,6 +80,10 @@ impl MessageHandler for RawEchoHandler {
             Data::Text(t) => RawVerdict::Text(t.to_string()),
             Data::Binary(b) => RawVerdict::Binary(b.to_vec()),
         }
+    }
+    /// An echo peer gets back exactly what it sent, nothing unasked.
+    fn sends_connected(&self) -> bool {
+        false
     }
 }
 

@@ -177,7 +177,9 @@ impl Shard {
         match step {
             HttpStep::Upgrade(up) => self.open_websocket(key, up, now),
             HttpStep::Wait => {
-                if eof {
+                // A paused connection answers what it already read before
+                // it drains; it reads (and sees the EOF) again on resume.
+                if eof && !conn.http_paused() {
                     if let State::Http(_) = conn.state {
                         conn.drain(now);
                     }
@@ -234,12 +236,17 @@ impl Shard {
         );
         let user: Arc<str> = ws.user.clone();
         conn.become_ws(ws);
-        conn.send_text(frame::connected(&user, &id));
+        let greet = core.handler.sends_connected();
+        if greet {
+            conn.send_text(frame::connected(&user, &id));
+        }
         self.users.entry(user.clone()).or_default().push(key);
         let m = &core.metrics.shards[self.id];
         m.http_connections.fetch_sub(1, Relaxed);
         m.connections.fetch_add(1, Relaxed);
-        m.messages_out.fetch_add(1, Relaxed);
+        if greet {
+            m.messages_out.fetch_add(1, Relaxed);
+        }
         core.metrics.handshakes_accepted.fetch_add(1, Relaxed);
         log::debug!("shard {}: websocket {id} open for user {user}", self.id);
         // Frames may have arrived with the request: with edge-triggered
@@ -264,7 +271,7 @@ impl Shard {
         let cap = self.handle.core.config.outbound_buffer_bytes;
         if conn.out.len() > cap && conn.is_open_ws() {
             // A client that sends without reading its answers is a slow consumer too.
-            conn.out.clear();
+            conn.out.drop_unsent();
             conn.close_ws(CloseCode::Policy, now);
             conn.drain(now);
             self.metrics().slow_consumer_drops.fetch_add(1, Relaxed);
@@ -477,7 +484,7 @@ impl Shard {
 
     /// Writes every connection touched this turn, removes the closed ones,
     /// and keeps each one's timer armed.
-    fn flush_dirty(&mut self, _now: Instant) {
+    fn flush_dirty(&mut self, now: Instant) {
         let core = self.handle.core.clone();
         let cfg = &core.config;
         let mut written = 0u64;
@@ -486,12 +493,17 @@ impl Shard {
                 continue;
             };
             conn.dirty = false;
+            let mut wrote = 0;
             if !conn.out.is_empty() || matches!(conn.state, State::Draining { .. }) {
-                written += conn.flush();
+                wrote = conn.flush();
+                written += wrote;
             }
             if let State::Closed = conn.state {
                 self.remove(key);
                 continue;
+            }
+            if conn.http_flushed(wrote > 0, cfg, now) {
+                self.more_read.push((key, conn.gen));
             }
             if let Some(d) = conn.next_deadline(cfg) {
                 if conn.timer_at.is_none_or(|t| d < t) {

@@ -1084,3 +1084,35 @@ fn frames_pipelined_with_the_upgrade_request_are_processed() {
         assert_eq!(echo["payload"]["originalMessage"], expected);
     }
 }
+
+/// The raw echo handler (the Autobahn peer, `examples/echo_server.rs`) sends
+/// nothing unasked: no `connected` message, and every message comes back
+/// unchanged, text as text and binary as binary.
+#[test]
+fn raw_echo_handler_sends_no_greeting_and_echoes_unchanged() {
+    let server = wsedge::Server::builder()
+        .bind("127.0.0.1:0")
+        .jwt_secret(SECRET)
+        .handler(wsedge::RawEchoHandler)
+        .start()
+        .expect("server starts");
+    let path = format!("/ws?token={}", token("raw", 60));
+    let mut ws = try_connect(server.local_addr(), &path, &[]).expect("upgrade accepted");
+    ws.send(Message::text("not json")).expect("send text");
+    assert_eq!(ws.read().expect("echo"), Message::text("not json"));
+    ws.send(Message::binary(vec![0u8, 159, 146, 150]))
+        .expect("send binary");
+    assert_eq!(
+        ws.read().expect("echo"),
+        Message::binary(vec![0u8, 159, 146, 150])
+    );
+    ws.close(None).expect("close");
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("close handshake: {e}"),
+        }
+    }
+    server.shutdown();
+}

@@ -32,6 +32,16 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read from a socket per `read` call in the HTTP state.
 const HTTP_READ_CHUNK: usize = 4096;
 
+/// Most answers an HTTP connection queues before it stops reading and
+/// answering requests (the outbound cap, when that is smaller): a client
+/// that pipelines without reading costs this plus one answer, not a queue
+/// without bound. Reading resumes when the queue is below half of it.
+const HTTP_OUT_HIGH: usize = 256 * 1024;
+
+fn http_out_high(cfg: &Config) -> usize {
+    cfg.outbound_buffer_bytes.min(HTTP_OUT_HIGH)
+}
+
 /// Where a connection is in its life.
 pub enum State {
     /// Reading HTTP requests: REST (keep-alive, pipelined) or the upgrade request.
@@ -56,6 +66,9 @@ pub struct HttpState {
     full: bool,
     /// `100 Continue` was sent for the request being read.
     continue_sent: bool,
+    /// Reading and answering stopped because the answers queued for the
+    /// client reached [`http_out_high`]; the shard resumes it once they drain.
+    paused: bool,
 }
 
 /// One connection.
@@ -94,6 +107,7 @@ impl Conn {
                 idle: false,
                 full: false,
                 continue_sent: false,
+                paused: false,
             }),
             timer_at: None,
             dirty: false,
@@ -129,6 +143,15 @@ impl Conn {
         let State::Http(http) = &mut self.state else {
             return (0, false);
         };
+        if self.out.len() >= http_out_high(cfg) {
+            // The client is not reading its answers: leave its requests in
+            // the socket, where TCP flow control holds them back.
+            if !http.paused {
+                http.paused = true;
+                http.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
+            }
+            return (0, false);
+        }
         let cap = cfg.max_header_bytes + cfg.max_body_bytes + HTTP_READ_CHUNK;
         let mut total = 0u64;
         http.full = false;
@@ -182,6 +205,13 @@ impl Conn {
             let State::Http(http) = &mut self.state else {
                 return (HttpStep::Wait, requests);
             };
+            if self.out.len() >= http_out_high(cfg) {
+                // The rest of the buffer waits until the answers drain; the
+                // client has the idle timeout to read some of them.
+                http.paused = true;
+                http.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
+                return (HttpStep::Wait, requests);
+            }
             let (resp, used, keep_alive) = match parse_request(&http.buf, &limits) {
                 Ok(Parsed::Partial) => return (HttpStep::Wait, requests),
                 Ok(Parsed::NeedBody { expect_continue }) => {
@@ -238,7 +268,40 @@ impl Conn {
     /// announces those bytes, so the shard reads again once requests were
     /// answered and made room (many pipelined requests in one write).
     pub fn http_read_pending(&self) -> bool {
-        matches!(&self.state, State::Http(http) if http.full)
+        matches!(&self.state, State::Http(http) if http.full && !http.paused)
+    }
+
+    /// True while reading is paused by a full outbound queue (see
+    /// [`http_out_high`]); requests may wait in the buffer and the socket.
+    pub fn http_paused(&self) -> bool {
+        matches!(&self.state, State::Http(http) if http.paused)
+    }
+
+    /// After a write on a paused HTTP connection: unpauses it once its queue
+    /// drained below half the mark, and returns true; the shard must then
+    /// read and answer again itself, as no readiness event announces bytes
+    /// that already wait. While it stays paused, every write that made
+    /// progress gives the client the idle timeout again.
+    pub fn http_flushed(&mut self, wrote: bool, cfg: &Config, now: Instant) -> bool {
+        let State::Http(http) = &mut self.state else {
+            return false;
+        };
+        if !http.paused {
+            return false;
+        }
+        if self.out.len() >= http_out_high(cfg) / 2 {
+            if wrote {
+                http.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
+            }
+            return false;
+        }
+        http.paused = false;
+        http.deadline = if http.buf.is_empty() {
+            now + Duration::from_secs(cfg.idle_timeout_secs)
+        } else {
+            now + cfg.handshake_timeout()
+        };
+        true
     }
 
     /// Takes the bytes that followed the upgrade request.
@@ -260,7 +323,8 @@ impl Conn {
     }
 
     /// An HTTP deadline passed: `408` for a request still arriving, a plain
-    /// close for an idle keep-alive connection.
+    /// close for an idle keep-alive connection or for one paused because its
+    /// client stopped reading the answers.
     pub fn http_timeout(&mut self, now: Instant) -> Option<&'static str> {
         let State::Http(http) = &self.state else {
             return None;
@@ -268,7 +332,11 @@ impl Conn {
         if now < http.deadline {
             return None;
         }
-        if http.idle {
+        if http.paused {
+            self.out.clear();
+            self.state = State::Closed;
+            Some("stalled")
+        } else if http.idle {
             self.state = State::Closed;
             Some("idle")
         } else {

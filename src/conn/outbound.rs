@@ -76,6 +76,22 @@ impl Outbound {
         self.len = 0;
     }
 
+    /// Drops every chunk not started yet and keeps the rest of the one being
+    /// written, so the peer never gets half a frame followed by something
+    /// else: what is queued next (a close frame) still parses. Frees the
+    /// queue at once but for that one chunk.
+    pub fn drop_unsent(&mut self) {
+        if self.offset == 0 {
+            self.clear();
+            return;
+        }
+        let Some(front) = self.chunks.pop_front() else {
+            return self.clear();
+        };
+        self.len = front.bytes().len() - self.offset;
+        self.chunks = VecDeque::from([front]);
+    }
+
     /// Writes until done or `WouldBlock`; adds the bytes written to `written`.
     pub fn flush_to<W: Write>(&mut self, w: &mut W, written: &mut u64) -> io::Result<Flushed> {
         while !self.chunks.is_empty() {
@@ -173,6 +189,34 @@ mod tests {
         assert_eq!(q.flush_to(&mut w, &mut written).ok(), Some(Flushed::All));
         assert_eq!(w.out, b"abcdefghij");
         assert_eq!(written, 10);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn drop_unsent_keeps_the_rest_of_a_started_chunk() {
+        let mut q = Outbound::default();
+        q.push_shared(Arc::from(&b"frame-one"[..]));
+        q.push_owned(b"frame-two".to_vec());
+        let mut w = Trickle {
+            out: vec![],
+            cap: 5,
+            calls_left: 1,
+        };
+        let mut written = 0;
+        assert_eq!(
+            q.flush_to(&mut w, &mut written).ok(),
+            Some(Flushed::Partial)
+        );
+        q.drop_unsent();
+        assert_eq!(q.len(), 4, "the rest of the started chunk");
+        q.push_owned(b"close".to_vec());
+        w.calls_left = 10;
+        assert_eq!(q.flush_to(&mut w, &mut written).ok(), Some(Flushed::All));
+        assert_eq!(w.out, b"frame-oneclose");
+
+        // Nothing started: everything goes.
+        q.push_owned(b"abc".to_vec());
+        q.drop_unsent();
         assert!(q.is_empty());
     }
 }

@@ -61,14 +61,15 @@ pub struct WsState {
 }
 
 /// The socket as tungstenite sees it: reads from the socket, writes into the
-/// outbound queue.
-struct Io<'a> {
-    sock: &'a mut TcpStream,
+/// outbound queue. Generic over the reader only so that [`feed`] can drive the
+/// same read path from memory.
+struct Io<'a, R = TcpStream> {
+    sock: &'a mut R,
     out: &'a mut Outbound,
     read: u64,
 }
 
-impl Read for Io<'_> {
+impl<R: Read> Read for Io<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.sock.read(buf)?;
         self.read += n as u64;
@@ -76,7 +77,7 @@ impl Read for Io<'_> {
     }
 }
 
-impl Write for Io<'_> {
+impl<R> Write for Io<'_, R> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.out.push_owned(buf.to_vec());
         Ok(buf.len())
@@ -104,14 +105,20 @@ pub fn ws_config(cfg: &Config) -> WebSocketConfig {
         .max_frame_size(Some(cfg.max_message_bytes))
 }
 
+/// The longest a token keeps a session open: a later `exp` (any u64 is a
+/// valid one) counts as this, so the clock arithmetic cannot overflow.
+const MAX_SESSION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The instant a token of expiry `exp` (unix seconds) stops being valid,
 /// leeway included.
 fn expiry_instant(exp: u64, leeway: u64, now: Instant) -> Instant {
-    let end = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(leeway));
-    match end.duration_since(SystemTime::now()) {
-        Ok(left) => now + left,
-        Err(_) => now,
-    }
+    let left = match UNIX_EPOCH.checked_add(Duration::from_secs(exp.saturating_add(leeway))) {
+        Some(end) => end
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+        None => MAX_SESSION,
+    };
+    now + left.min(MAX_SESSION)
 }
 
 impl WsState {
@@ -202,7 +209,7 @@ impl Conn {
     /// Frees the queue at once, queues `1008 slow consumer` and drains: the
     /// peer is not reading, so its reply is not awaited.
     fn slow_consumer(&mut self, now: Instant) {
-        self.out.clear();
+        self.out.drop_unsent();
         self.close_ws(CloseCode::Policy, now);
         self.drain(now);
     }
@@ -248,45 +255,7 @@ impl Conn {
             out: &mut self.out,
             read: 0,
         };
-        let mut outcome = WsRead::More;
-        let mut end: Option<Option<CloseCode>> = None;
-        for _ in 0..READ_BUDGET {
-            match ws.ctx.read(&mut io) {
-                Ok(msg) => {
-                    ws.awaiting_pong = None;
-                    match msg {
-                        Message::Text(t) => {
-                            env.metrics.messages_in.fetch_add(1, Relaxed);
-                            if ws.phase == WsPhase::Open {
-                                on_data(ws, &mut io, Data::Text(t.as_str()), env);
-                            }
-                        }
-                        Message::Binary(b) => {
-                            env.metrics.messages_in.fetch_add(1, Relaxed);
-                            if ws.phase == WsPhase::Open {
-                                on_data(ws, &mut io, Data::Binary(&b), env);
-                            }
-                        }
-                        // tungstenite queued the pong / close reply already.
-                        Message::Ping(_)
-                        | Message::Pong(_)
-                        | Message::Close(_)
-                        | Message::Frame(_) => {}
-                    }
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    outcome = WsRead::Drained;
-                    break;
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::debug!("websocket {} ended: {e}", ws.id);
-                    end = Some(CloseCode::for_ws_error(&e));
-                    outcome = WsRead::Drained;
-                    break;
-                }
-            }
-        }
+        let (outcome, end) = read_messages(ws, &mut io, env);
         let read = io.read;
         match end {
             None => {}
@@ -360,8 +329,81 @@ impl Conn {
     }
 }
 
+/// How the protocol machine ended a session: `Some(code)` to answer a broken
+/// peer with that close code, `None` when the peer is simply gone.
+type WsEnd = Option<CloseCode>;
+
+/// Reads and handles messages until the reader would block, the budget runs
+/// out, or the protocol machine ends the session.
+fn read_messages<R: Read>(
+    ws: &mut WsState,
+    io: &mut Io<'_, R>,
+    env: &WsEnv<'_>,
+) -> (WsRead, Option<WsEnd>) {
+    let mut outcome = WsRead::More;
+    let mut end = None;
+    for _ in 0..READ_BUDGET {
+        match ws.ctx.read(io) {
+            Ok(msg) => {
+                ws.awaiting_pong = None;
+                match msg {
+                    Message::Text(t) => {
+                        env.metrics.messages_in.fetch_add(1, Relaxed);
+                        if ws.phase == WsPhase::Open {
+                            on_data(ws, io, Data::Text(t.as_str()), env);
+                        }
+                    }
+                    Message::Binary(b) => {
+                        env.metrics.messages_in.fetch_add(1, Relaxed);
+                        if ws.phase == WsPhase::Open {
+                            on_data(ws, io, Data::Binary(&b), env);
+                        }
+                    }
+                    // tungstenite queued the pong / close reply already.
+                    Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                    }
+                }
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                outcome = WsRead::Drained;
+                break;
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::debug!("websocket {} ended: {e}", ws.id);
+                end = Some(CloseCode::for_ws_error(&e));
+                outcome = WsRead::Drained;
+                break;
+            }
+        }
+    }
+    (outcome, end)
+}
+
+/// The inbound path of [`Conn::read_ws`] without a socket, for the fuzz
+/// targets and tests: reads frames from `input` (which should return
+/// `WouldBlock` when it has nothing more, like a drained socket) and handles
+/// them exactly as the shard does; replies are queued on `out`. Returns how
+/// the read stopped and, when the protocol machine ended the session, the
+/// close code the peer would get (`Some(None)`: none, the peer is gone); the
+/// shard then sends that close frame and drains.
+#[doc(hidden)]
+pub fn feed<R: Read>(
+    ws: &mut WsState,
+    input: &mut R,
+    out: &mut Outbound,
+    env: &WsEnv<'_>,
+) -> (WsRead, Option<WsEnd>) {
+    let mut io = Io {
+        sock: input,
+        out,
+        read: 0,
+    };
+    read_messages(ws, &mut io, env)
+}
+
 /// Queues a reply through the protocol machine.
-fn reply(ws: &mut WsState, io: &mut Io<'_>, text: String, metrics: &ShardMetrics) {
+fn reply<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: String, metrics: &ShardMetrics) {
     match ws.ctx.write(io, Message::text(text)) {
         Ok(()) => {
             metrics.messages_out.fetch_add(1, Relaxed);
@@ -371,7 +413,7 @@ fn reply(ws: &mut WsState, io: &mut Io<'_>, text: String, metrics: &ShardMetrics
 }
 
 /// A data message from the client: the handler's raw hook first, then JSON.
-fn on_data(ws: &mut WsState, io: &mut Io<'_>, data: Data<'_>, env: &WsEnv<'_>) {
+fn on_data<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, data: Data<'_>, env: &WsEnv<'_>) {
     let handler = env.handle.core.handler.clone();
     let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         handler.on_raw(&ws.user, &ws.id, data)
@@ -397,7 +439,7 @@ fn on_data(ws: &mut WsState, io: &mut Io<'_>, data: Data<'_>, env: &WsEnv<'_>) {
 }
 
 /// A text message from the client: `refresh`, or the handler (echo by default).
-fn on_text(ws: &mut WsState, io: &mut Io<'_>, text: &str, env: &WsEnv<'_>) {
+fn on_text<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: &str, env: &WsEnv<'_>) {
     let parsed: Option<Value> = serde_json::from_str(text).ok();
     let kind = parsed
         .as_ref()
