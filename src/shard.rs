@@ -302,55 +302,28 @@ impl Shard {
         match cmd {
             Command::Adopt(sock) => self.adopt(sock, now),
             Command::BroadcastAll { frame, exclude } => {
-                let mut sent = 0u64;
-                let mut dropped = 0u64;
-                let cap = self.handle.core.config.outbound_buffer_bytes;
+                let mut d = Delivery::new(frame, &self.handle.core.config, now);
                 for (key, conn) in self.conns.iter_mut() {
-                    if !conn.is_open_ws() {
-                        continue;
+                    let excluded = match (&exclude, &conn.user) {
+                        (Some(ex), Some(user)) => ex.contains(&**user),
+                        _ => false,
+                    };
+                    if !excluded {
+                        d.to(&mut self.dirty, key, conn);
                     }
-                    if let (Some(ex), Some(user)) = (&exclude, &conn.user) {
-                        if ex.contains(&**user) {
-                            continue;
-                        }
-                    }
-                    Self::deliver(
-                        &mut self.dirty,
-                        key,
-                        conn,
-                        &frame,
-                        cap,
-                        now,
-                        &mut sent,
-                        &mut dropped,
-                    );
                 }
-                self.count_delivery(sent, dropped);
+                d.count(self.metrics());
             }
             Command::SendUsers { frame, users } => {
-                let mut sent = 0u64;
-                let mut dropped = 0u64;
-                let cap = self.handle.core.config.outbound_buffer_bytes;
+                let mut d = Delivery::new(frame, &self.handle.core.config, now);
                 for user in &users {
-                    let Some(keys) = self.users.get(user.as_str()) else {
-                        continue;
-                    };
-                    for &key in keys {
+                    for &key in self.users.get(user.as_str()).into_iter().flatten() {
                         if let Some(conn) = self.conns.get_mut(key) {
-                            Self::deliver(
-                                &mut self.dirty,
-                                key,
-                                conn,
-                                &frame,
-                                cap,
-                                now,
-                                &mut sent,
-                                &mut dropped,
-                            );
+                            d.to(&mut self.dirty, key, conn);
                         }
                     }
                 }
-                self.count_delivery(sent, dropped);
+                d.count(self.metrics());
             }
             Command::DisconnectUsers { users, code } => {
                 for user in &users {
@@ -382,36 +355,6 @@ impl Shard {
                     Self::mark_dirty(&mut self.dirty, key, conn);
                 }
             }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
-        dirty: &mut Vec<usize>,
-        key: usize,
-        conn: &mut Conn,
-        frame: &SharedFrame,
-        cap: usize,
-        now: Instant,
-        sent: &mut u64,
-        dropped: &mut u64,
-    ) {
-        if !conn.is_open_ws() {
-            return;
-        }
-        if conn.push_frame(frame, cap, now) {
-            *sent += 1;
-        } else {
-            *dropped += 1;
-        }
-        Self::mark_dirty(dirty, key, conn);
-    }
-
-    fn count_delivery(&self, sent: u64, dropped: u64) {
-        let m = self.metrics();
-        m.messages_out.fetch_add(sent, Relaxed);
-        if dropped > 0 {
-            m.slow_consumer_drops.fetch_add(dropped, Relaxed);
         }
     }
 
@@ -537,6 +480,48 @@ impl Shard {
             None => {
                 m.http_connections.fetch_sub(1, Relaxed);
             }
+        }
+    }
+}
+
+/// One frame on its way to this shard's target connections, with the
+/// counts of deliveries and slow-consumer drops it caused.
+struct Delivery {
+    frame: SharedFrame,
+    cap: usize,
+    now: Instant,
+    sent: u64,
+    dropped: u64,
+}
+
+impl Delivery {
+    fn new(frame: SharedFrame, cfg: &crate::config::Config, now: Instant) -> Delivery {
+        Delivery {
+            frame,
+            cap: cfg.outbound_buffer_bytes,
+            now,
+            sent: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Queues the frame to one open WebSocket (others are skipped).
+    fn to(&mut self, dirty: &mut Vec<usize>, key: usize, conn: &mut Conn) {
+        if !conn.is_open_ws() {
+            return;
+        }
+        if conn.push_frame(&self.frame, self.cap, self.now) {
+            self.sent += 1;
+        } else {
+            self.dropped += 1;
+        }
+        Shard::mark_dirty(dirty, key, conn);
+    }
+
+    fn count(&self, m: &ShardMetrics) {
+        m.messages_out.fetch_add(self.sent, Relaxed);
+        if self.dropped > 0 {
+            m.slow_consumer_drops.fetch_add(self.dropped, Relaxed);
         }
     }
 }
