@@ -1,0 +1,757 @@
+//! The WebSocket side of the load: a few worker threads, each with its own
+//! `mio::Poll` and its share of the connections. A worker opens its
+//! connections (bounded number of handshakes in flight, each socket bound to
+//! one of the loopback source addresses), does the upgrade by hand, then
+//! reads frames by hand, answers pings, and for every message of ours
+//! records the latency, the sequence order and a 100 ms timeline bucket.
+//!
+//! Nothing here allocates per message: one read buffer per worker, one
+//! clock read per `read(2)`, and a byte scan of the payload.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Socket, Type};
+
+use crate::sys;
+use crate::ws::{self, Parsed, Scanner};
+
+/// Most phases one run can have (warm-up, throughput, rate, sweep steps).
+pub const MAX_PHASES: usize = 64;
+/// Width of a timeline bucket.
+pub const BUCKET_US: u64 = 100_000;
+/// Timeline cap: one hour of 100 ms buckets.
+const MAX_BUCKETS: usize = 36_000;
+/// Largest server frame the client takes (a broadcast is small).
+const MAX_FRAME: usize = 16 << 20;
+/// Largest upgrade answer head.
+const MAX_HEAD: usize = 16 << 10;
+/// Reads from one socket per readiness event before others get a turn.
+const READS_PER_TURN: usize = 32;
+
+/// Latency histogram in microseconds, 1 µs .. 1 h, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Padded(pub AtomicU64);
+
+/// State shared by the workers and the main thread, all atomics.
+pub struct Shared {
+    pub connected: AtomicUsize,
+    pub failed: AtomicUsize,
+    /// Open connections that closed later (server close frame, EOF, error).
+    pub dropped: AtomicUsize,
+    /// Messages of ours received so far, per worker (each written by one thread).
+    pub received: Vec<Padded>,
+    pub stop_connecting: AtomicBool,
+    pub stop: AtomicBool,
+    /// When the latest connection opened, unix micros.
+    pub last_open_us: AtomicU64,
+    /// Phases below this number are handed to the main thread (see
+    /// [`Shared::collect`]).
+    collect_upto: AtomicUsize,
+    phase_starts: [AtomicU64; MAX_PHASES],
+    phase_count: AtomicUsize,
+    /// Origin of the timeline, unix microseconds.
+    pub t0_us: u64,
+}
+
+impl Shared {
+    pub fn new(workers: usize, t0_us: u64) -> Shared {
+        Shared {
+            connected: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            received: (0..workers).map(|_| Padded::default()).collect(),
+            stop_connecting: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            last_open_us: AtomicU64::new(0),
+            collect_upto: AtomicUsize::new(0),
+            phase_starts: std::array::from_fn(|_| AtomicU64::new(0)),
+            phase_count: AtomicUsize::new(0),
+            t0_us,
+        }
+    }
+
+    /// Opens phase number `returned`, whose messages carry sequence numbers
+    /// from `first_seq` on (higher than any earlier phase's).
+    pub fn begin_phase(&self, first_seq: u64) -> Option<usize> {
+        let n = self.phase_count.load(Ordering::Relaxed);
+        if n >= MAX_PHASES {
+            return None;
+        }
+        self.phase_starts[n].store(first_seq, Ordering::Relaxed);
+        self.phase_count.store(n + 1, Ordering::Release);
+        Some(n)
+    }
+
+    /// The phase a sequence number belongs to (usually the last one).
+    fn phase_of(&self, seq: u64) -> Option<usize> {
+        let n = self.phase_count.load(Ordering::Acquire);
+        (0..n)
+            .rev()
+            .find(|&p| seq >= self.phase_starts[p].load(Ordering::Relaxed))
+    }
+
+    /// Asks every worker for what it recorded in phase `p` (and earlier
+    /// phases not collected yet); they answer on their collection channel
+    /// within one turn of their loop. Messages of `p` that arrive later are
+    /// kept and come back with the worker's final result.
+    pub fn collect(&self, p: usize) {
+        self.collect_upto.fetch_max(p + 1, Ordering::AcqRel);
+    }
+
+    pub fn received_total(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|r| r.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// One connection to open: which user's token, from which source address.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSpec {
+    pub user: u32,
+    pub source: Ipv4Addr,
+}
+
+/// How to reach the server, same for every worker.
+pub struct ClientConfig {
+    pub target: SocketAddr,
+    pub host_header: String,
+    pub path: String,
+    pub token_in_header: bool,
+    /// One token per user.
+    pub tokens: Arc<Vec<String>>,
+    /// Number of REST lanes: sequence numbers are ordered per lane.
+    pub lanes: u64,
+    /// Handshakes in flight per worker.
+    pub max_pending: usize,
+    pub handshake_timeout: Duration,
+}
+
+/// What one worker saw in one phase.
+pub struct PhaseRecv {
+    pub hist: Histogram<u64>,
+    pub received: u64,
+    pub out_of_order: u64,
+    pub first_us: u64,
+    pub last_us: u64,
+}
+
+impl PhaseRecv {
+    pub fn new() -> PhaseRecv {
+        PhaseRecv {
+            hist: new_histogram(),
+            received: 0,
+            out_of_order: 0,
+            first_us: u64::MAX,
+            last_us: 0,
+        }
+    }
+
+    pub fn merge(&mut self, other: &PhaseRecv) {
+        let _ = self.hist.add(&other.hist);
+        self.received += other.received;
+        self.out_of_order += other.out_of_order;
+        self.first_us = self.first_us.min(other.first_us);
+        self.last_us = self.last_us.max(other.last_us);
+    }
+}
+
+impl Default for PhaseRecv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Everything a worker hands back when it stops.
+pub struct WorkerResult {
+    pub phases: Vec<PhaseRecv>,
+    /// Messages of ours per 100 ms since `t0_us`.
+    pub buckets: Vec<u64>,
+    /// Time from `connect(2)` to a verified `101`, microseconds.
+    pub handshake: Histogram<u64>,
+    /// Connections that never opened, by reason (`"401"`, `"timeout"`…).
+    pub failures: BTreeMap<String, u64>,
+    /// Open connections that closed, by how (`"close 1008"`, `"eof"`…).
+    pub closes: BTreeMap<String, u64>,
+    /// Messages that are not ours (e.g. `connected`).
+    pub other_messages: u64,
+    pub pings_answered: u64,
+    pub open_at_end: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Handshaking,
+    Open,
+}
+
+struct Conn {
+    stream: TcpStream,
+    state: State,
+    started: Instant,
+    /// The expected `Sec-WebSocket-Accept` (only while handshaking).
+    accept: Box<str>,
+    /// Upgrade answer bytes, then the tail of a partial frame.
+    buf: Vec<u8>,
+    /// Bytes waiting for the socket to be writable (request, pongs, close).
+    out: Vec<u8>,
+    /// A fragmented message being put together (rare).
+    frag: Option<Vec<u8>>,
+}
+
+/// Per-message accounting, apart from the connections so both can be
+/// borrowed at once.
+struct Acct {
+    shared: Arc<Shared>,
+    scanner: Scanner,
+    lanes: u64,
+    phases: Vec<PhaseRecv>,
+    buckets: Vec<u64>,
+    /// Per connection and lane: last sequence number + 1 (0: none yet).
+    last_seq: Vec<u64>,
+    received: u64,
+    other: u64,
+    pings: u64,
+    rng: u64,
+}
+
+enum Stop {
+    /// The server sent a close frame with this code.
+    Closed(u16),
+    Protocol(&'static str),
+}
+
+impl Acct {
+    fn message(&mut self, idx: usize, payload: &[u8], now_us: u64) {
+        let Some(sample) = self.scanner.scan(payload) else {
+            self.other += 1;
+            return;
+        };
+        let Some(p) = self.shared.phase_of(sample.seq) else {
+            self.other += 1;
+            return;
+        };
+        while self.phases.len() <= p {
+            self.phases.push(PhaseRecv::new());
+        }
+        let ph = &mut self.phases[p];
+        ph.hist
+            .saturating_record(now_us.saturating_sub(sample.sent_us).max(1));
+        ph.received += 1;
+        ph.first_us = ph.first_us.min(now_us);
+        ph.last_us = ph.last_us.max(now_us);
+        let slot = idx * self.lanes as usize + (sample.seq % self.lanes) as usize;
+        if let Some(last) = self.last_seq.get_mut(slot) {
+            if *last != 0 && sample.seq < *last {
+                ph.out_of_order += 1;
+            } else {
+                *last = sample.seq + 1;
+            }
+        }
+        let b = (now_us.saturating_sub(self.shared.t0_us) / BUCKET_US) as usize;
+        if b < MAX_BUCKETS {
+            if self.buckets.len() <= b {
+                self.buckets.resize(b + 1, 0);
+            }
+            self.buckets[b] += 1;
+        }
+        self.received += 1;
+    }
+
+    fn mask(&mut self) -> [u8; 4] {
+        // xorshift64: masks need not be secret for a load tool on loopback.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng as u32).to_ne_bytes()
+    }
+
+    /// Handles every whole frame at the front of `data`; returns how many
+    /// bytes were used (the rest is a partial frame).
+    fn frames(
+        &mut self,
+        idx: usize,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        frag: &mut Option<Vec<u8>>,
+        now_us: u64,
+    ) -> Result<usize, Stop> {
+        let mut off = 0;
+        loop {
+            let h = match ws::parse_frame(&data[off..], MAX_FRAME) {
+                Parsed::Incomplete => return Ok(off),
+                Parsed::Error(e) => return Err(Stop::Protocol(e)),
+                Parsed::Frame(h) => h,
+            };
+            let payload = &data[off + h.header_len..off + h.total_len()];
+            off += h.total_len();
+            match h.opcode {
+                ws::OP_TEXT | ws::OP_BINARY => {
+                    if frag.is_some() {
+                        return Err(Stop::Protocol("new message inside a fragmented one"));
+                    }
+                    if h.fin {
+                        self.message(idx, payload, now_us);
+                    } else {
+                        *frag = Some(payload.to_vec());
+                    }
+                }
+                ws::OP_CONTINUATION => {
+                    let Some(mut f) = frag.take() else {
+                        return Err(Stop::Protocol("continuation without a first fragment"));
+                    };
+                    f.extend_from_slice(payload);
+                    if f.len() > MAX_FRAME {
+                        return Err(Stop::Protocol("message larger than the client accepts"));
+                    }
+                    if h.fin {
+                        self.message(idx, &f, now_us);
+                    } else {
+                        *frag = Some(f);
+                    }
+                }
+                ws::OP_PING => {
+                    let mask = self.mask();
+                    ws::client_frame(ws::OP_PONG, payload, mask, out);
+                    self.pings += 1;
+                }
+                ws::OP_PONG => {}
+                _ => {
+                    // OP_CLOSE: echo the code (RFC 6455 §5.5.1), then stop.
+                    let code = ws::close_code(payload);
+                    let mask = self.mask();
+                    let echo = if code == 1005 {
+                        Vec::new()
+                    } else {
+                        code.to_be_bytes().to_vec()
+                    };
+                    ws::client_frame(ws::OP_CLOSE, &echo, mask, out);
+                    return Err(Stop::Closed(code));
+                }
+            }
+        }
+    }
+}
+
+struct Worker {
+    id: usize,
+    cfg: Arc<ClientConfig>,
+    specs: Vec<ConnSpec>,
+    poll: Poll,
+    conns: Vec<Option<Conn>>,
+    next: usize,
+    pending: usize,
+    deadlines: VecDeque<(Instant, usize)>,
+    /// Connections to read again (their turn ended before `WouldBlock`).
+    again: Vec<usize>,
+    scratch: Vec<u8>,
+    acct: Acct,
+    handshake: Histogram<u64>,
+    failures: BTreeMap<String, u64>,
+    closes: BTreeMap<String, u64>,
+    handed: usize,
+    collected: crossbeam_channel::Sender<(usize, PhaseRecv)>,
+}
+
+/// Starts a worker thread for `specs`; it runs until `shared.stop`.
+pub fn spawn(
+    id: usize,
+    cfg: Arc<ClientConfig>,
+    specs: Vec<ConnSpec>,
+    shared: Arc<Shared>,
+    collected: crossbeam_channel::Sender<(usize, PhaseRecv)>,
+) -> io::Result<std::thread::JoinHandle<WorkerResult>> {
+    let poll = Poll::new()?;
+    let n = specs.len();
+    let lanes = cfg.lanes.max(1);
+    let worker = Worker {
+        id,
+        specs,
+        poll,
+        conns: (0..n).map(|_| None).collect(),
+        next: 0,
+        pending: 0,
+        deadlines: VecDeque::new(),
+        again: Vec::new(),
+        scratch: vec![0u8; 256 * 1024],
+        acct: Acct {
+            shared,
+            scanner: Scanner::new(),
+            lanes,
+            phases: Vec::new(),
+            buckets: Vec::new(),
+            last_seq: vec![0; n * lanes as usize],
+            received: 0,
+            other: 0,
+            pings: 0,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        },
+        handshake: new_histogram(),
+        failures: BTreeMap::new(),
+        closes: BTreeMap::new(),
+        handed: 0,
+        collected,
+        cfg,
+    };
+    std::thread::Builder::new()
+        .name(format!("lt-client-{id}"))
+        .spawn(move || worker.run())
+}
+
+impl Worker {
+    fn run(mut self) -> WorkerResult {
+        let mut events = Events::with_capacity(1024);
+        let shared = self.acct.shared.clone();
+        loop {
+            if shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            self.start_connects();
+            let timeout = if self.again.is_empty() {
+                Duration::from_millis(if self.pending > 0 { 10 } else { 50 })
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("wsedge-loadtest: worker {}: poll: {e}", self.id);
+                    break;
+                }
+            }
+            let again = std::mem::take(&mut self.again);
+            for idx in again {
+                self.on_ready(idx, true, false);
+            }
+            for ev in events.iter() {
+                let idx = ev.token().0;
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                let writable = ev.is_writable() || ev.is_error();
+                self.on_ready(idx, readable, writable);
+            }
+            self.expire_handshakes();
+            self.hand_over(&shared);
+            shared.received[self.id]
+                .0
+                .store(self.acct.received, Ordering::Relaxed);
+        }
+        let open_at_end = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| c.state == State::Open)
+            .count();
+        WorkerResult {
+            phases: self.acct.phases,
+            buckets: self.acct.buckets,
+            handshake: self.handshake,
+            failures: self.failures,
+            closes: self.closes,
+            other_messages: self.acct.other,
+            pings_answered: self.acct.pings,
+            open_at_end,
+        }
+    }
+
+    fn hand_over(&mut self, shared: &Shared) {
+        let upto = shared.collect_upto.load(Ordering::Acquire);
+        while self.handed < upto {
+            let q = self.handed;
+            let ph = self
+                .acct
+                .phases
+                .get_mut(q)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let _ = self.collected.send((q, ph));
+            self.handed += 1;
+        }
+    }
+
+    fn start_connects(&mut self) {
+        let shared = self.acct.shared.clone();
+        while self.pending < self.cfg.max_pending && self.next < self.specs.len() {
+            if shared.stop_connecting.load(Ordering::Relaxed) {
+                // Count the ones never tried, once.
+                let left = (self.specs.len() - self.next) as u64;
+                *self
+                    .failures
+                    .entry("not tried (connect phase over)".into())
+                    .or_default() += left;
+                shared.failed.fetch_add(left as usize, Ordering::Relaxed);
+                self.next = self.specs.len();
+                break;
+            }
+            let idx = self.next;
+            self.next += 1;
+            match self.open(idx) {
+                Ok(conn) => {
+                    self.conns[idx] = Some(conn);
+                    self.pending += 1;
+                    self.deadlines
+                        .push_back((Instant::now() + self.cfg.handshake_timeout, idx));
+                }
+                Err(e) => self.fail_unopened(&e.to_string()),
+            }
+        }
+    }
+
+    fn open(&mut self, idx: usize) -> io::Result<Conn> {
+        let spec = self.specs[idx];
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        sys::bind_address_no_port(socket.as_raw_fd());
+        socket.bind(&SocketAddr::V4(SocketAddrV4::new(spec.source, 0)).into())?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        match socket.connect(&self.cfg.target.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let mut stream = TcpStream::from_std(socket.into());
+        self.poll.registry().register(
+            &mut stream,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let key = tungstenite::handshake::client::generate_key();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let token = &self.cfg.tokens[spec.user as usize % self.cfg.tokens.len()];
+        let out = ws::upgrade_request(
+            &self.cfg.host_header,
+            &self.cfg.path,
+            token,
+            self.cfg.token_in_header,
+            &key,
+        );
+        Ok(Conn {
+            stream,
+            state: State::Connecting,
+            started: Instant::now(),
+            accept: accept.into_boxed_str(),
+            buf: Vec::new(),
+            out,
+            frag: None,
+        })
+    }
+
+    fn fail_unopened(&mut self, reason: &str) {
+        *self.failures.entry(reason.to_string()).or_default() += 1;
+        self.acct.shared.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends a connection: a failed handshake or a close after it opened.
+    fn finish(&mut self, idx: usize, reason: String) {
+        let Some(mut conn) = self.conns[idx].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if conn.state == State::Open {
+            *self.closes.entry(reason).or_default() += 1;
+            self.acct.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.pending -= 1;
+            self.fail_unopened(&reason);
+        }
+    }
+
+    fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, idx)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if matches!(&self.conns[idx], Some(c) if c.state != State::Open) {
+                self.finish(idx, "handshake timeout".into());
+            }
+        }
+    }
+
+    fn on_ready(&mut self, idx: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if conn.state == State::Connecting {
+            match conn.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.finish(idx, e.to_string()),
+            }
+            match conn.stream.peer_addr() {
+                Ok(_) => conn.state = State::Handshaking,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.finish(idx, e.to_string()),
+            }
+        }
+        if !conn.out.is_empty() {
+            if let Err(e) = flush(conn) {
+                return self.finish(idx, format!("write: {e}"));
+            }
+        }
+        let _ = writable;
+        if readable {
+            match conn.state {
+                State::Handshaking => self.read_handshake(idx),
+                State::Open => self.read_frames(idx),
+                State::Connecting => {}
+            }
+        }
+    }
+
+    fn read_handshake(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        loop {
+            let n = match conn.stream.read(&mut self.scratch[..MAX_HEAD]) {
+                Ok(0) => return self.finish(idx, "closed during the handshake".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.finish(idx, e.to_string()),
+            };
+            conn.buf.extend_from_slice(&self.scratch[..n]);
+            match ws::check_upgrade_response(&conn.buf, &conn.accept) {
+                Ok(None) if conn.buf.len() < MAX_HEAD => continue,
+                Ok(None) => return self.finish(idx, "upgrade answer head too large".into()),
+                Err(reason) => return self.finish(idx, reason),
+                Ok(Some(head)) => {
+                    conn.buf.drain(..head);
+                    conn.accept = Box::from("");
+                    conn.state = State::Open;
+                    let us = conn.started.elapsed().as_micros() as u64;
+                    self.handshake.saturating_record(us.max(1));
+                    self.pending -= 1;
+                    self.acct.shared.connected.fetch_add(1, Ordering::Relaxed);
+                    self.acct
+                        .shared
+                        .last_open_us
+                        .fetch_max(sys::unix_micros(), Ordering::Relaxed);
+                    // Frames that came with the head (e.g. `connected`).
+                    let mut tail = std::mem::take(&mut conn.buf);
+                    let used = match self.acct.frames(
+                        idx,
+                        &tail,
+                        &mut conn.out,
+                        &mut conn.frag,
+                        sys::unix_micros(),
+                    ) {
+                        Ok(used) => used,
+                        Err(stop) => return self.stop_conn(idx, stop),
+                    };
+                    tail.drain(..used);
+                    conn.buf = tail;
+                    return self.read_frames(idx);
+                }
+            }
+        }
+    }
+
+    fn read_frames(&mut self, idx: usize) {
+        let Worker {
+            conns,
+            scratch,
+            acct,
+            again,
+            ..
+        } = self;
+        let Some(conn) = conns[idx].as_mut() else {
+            return;
+        };
+        let mut outcome: Option<Result<(), Stop>> = None;
+        let mut error: Option<String> = None;
+        for _ in 0..READS_PER_TURN {
+            let n = match conn.stream.read(scratch) {
+                Ok(0) => {
+                    error = Some("eof".into());
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outcome = Some(Ok(()));
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            };
+            let now_us = sys::unix_micros();
+            let res = if conn.buf.is_empty() {
+                acct.frames(idx, &scratch[..n], &mut conn.out, &mut conn.frag, now_us)
+                    .map(|used| conn.buf.extend_from_slice(&scratch[used..n]))
+            } else {
+                conn.buf.extend_from_slice(&scratch[..n]);
+                let mut buf = std::mem::take(&mut conn.buf);
+                let r = acct
+                    .frames(idx, &buf, &mut conn.out, &mut conn.frag, now_us)
+                    .map(|used| {
+                        buf.drain(..used);
+                    });
+                conn.buf = buf;
+                r
+            };
+            if let Err(stop) = res {
+                outcome = Some(Err(stop));
+                break;
+            }
+        }
+        if !conn.out.is_empty() {
+            if let Err(e) = flush(conn) {
+                error.get_or_insert(format!("write: {e}"));
+            }
+        }
+        if let Some(e) = error {
+            return self.finish(idx, e);
+        }
+        match outcome {
+            None => again.push(idx),
+            Some(Ok(())) => {}
+            Some(Err(stop)) => self.stop_conn(idx, stop),
+        }
+    }
+
+    fn stop_conn(&mut self, idx: usize, stop: Stop) {
+        if let Some(conn) = self.conns[idx].as_mut() {
+            let _ = flush(conn);
+        }
+        let reason = match stop {
+            Stop::Closed(code) => format!("close {code}"),
+            Stop::Protocol(e) => format!("protocol error: {e}"),
+        };
+        self.finish(idx, reason);
+    }
+}
+
+/// Writes what is queued; keeps the rest for the next writable event.
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    while !conn.out.is_empty() {
+        match conn.stream.write(&conn.out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                conn.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.out = Vec::new();
+    Ok(())
+}

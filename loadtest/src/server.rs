@@ -1,0 +1,271 @@
+//! The server under test: a wsedge child process (default), a wsedge in
+//! this process, a given server binary, or a running server (`--target`).
+//!
+//! A child process is the default because memory and CPU can then be
+//! measured for the server alone: in one process, the client's sockets and
+//! buffers would be counted as the server's. The child is this very binary
+//! re-executed in a hidden server mode, so it runs exactly the wsedge code
+//! this tool was compiled with (a `target/release/wsedge` left over from an
+//! older build cannot be measured by mistake); `--server-bin` measures a
+//! given binary instead.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// How the server under test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Child,
+    InProcess,
+    Binary,
+    Target,
+}
+
+pub struct ServerUnderTest {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    /// The process to measure (`None`: unknown, for a target without a pid).
+    pub pid: Option<u32>,
+    pub shards: Option<usize>,
+    child: Option<(Child, Option<ChildStdin>)>,
+    in_process: Option<wsedge::Server>,
+}
+
+/// Options for a server this tool starts.
+pub struct Own<'a> {
+    pub secret: &'a str,
+    pub shards: usize,
+    pub max_per_user: usize,
+}
+
+fn config(own: &Own) -> wsedge::Config {
+    let mut c = wsedge::Config {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        shards: own.shards,
+        jwt_secret: Some(own.secret.to_string()),
+        serve_web: false,
+        ..wsedge::Config::default()
+    };
+    c.max_connections_per_user = own.max_per_user.max(c.max_connections_per_user);
+    c
+}
+
+impl ServerUnderTest {
+    pub fn in_process(own: &Own) -> Result<ServerUnderTest, String> {
+        let server = wsedge::Server::start(config(own)).map_err(|e| e.to_string())?;
+        Ok(ServerUnderTest {
+            kind: Kind::InProcess,
+            addr: server.local_addr(),
+            pid: Some(std::process::id()),
+            shards: Some(own.shards),
+            child: None,
+            in_process: Some(server),
+        })
+    }
+
+    /// Re-executes this binary as a server (see [`serve_child`]).
+    pub fn child(own: &Own) -> Result<ServerUnderTest, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--internal-serve")
+            .arg("--server-shards")
+            .arg(own.shards.to_string())
+            .arg("--internal-max-per-user")
+            .arg(own.max_per_user.to_string())
+            .env("WSEDGE_LOADTEST_SECRET", own.secret);
+        spawn_and_wait(
+            cmd,
+            Kind::Child,
+            own.shards,
+            |line| line.strip_prefix("LISTENING ").map(str::to_string),
+            true,
+        )
+    }
+
+    /// Starts a wsedge binary (`--server-bin`): flags and `JWT_SECRET`; the
+    /// address comes from its `listening on` log line.
+    pub fn binary(path: &str, own: &Own) -> Result<ServerUnderTest, String> {
+        let mut cmd = Command::new(path);
+        cmd.args(["--bind", "127.0.0.1:0", "--no-web"])
+            .arg("--shards")
+            .arg(own.shards.to_string())
+            .arg("--max-connections-per-user")
+            .arg(own.max_per_user.max(100).to_string())
+            .env("JWT_SECRET", own.secret)
+            .env("RUST_LOG", "warn,wsedge::server=info");
+        spawn_and_wait(
+            cmd,
+            Kind::Binary,
+            own.shards,
+            |line| {
+                let at = line.find("listening on ")? + "listening on ".len();
+                line[at..].split_whitespace().next().map(str::to_string)
+            },
+            false,
+        )
+    }
+
+    pub fn target(addr: SocketAddr, pid: Option<u32>) -> ServerUnderTest {
+        ServerUnderTest {
+            kind: Kind::Target,
+            addr,
+            pid: pid.or_else(|| sys::find_listener_pid(addr.port())),
+            shards: None,
+            child: None,
+            in_process: None,
+        }
+    }
+
+    /// Stops a server this tool started (bounded: 10 s, then SIGKILL).
+    pub fn stop(mut self) {
+        if let Some(server) = self.in_process.take() {
+            server.shutdown();
+        }
+        if let Some((mut child, stdin)) = self.child.take() {
+            // The child server stops on stdin EOF; a wsedge binary on SIGTERM.
+            drop(stdin);
+            sys::send_signal(child.id(), libc::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < end => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Spawns `cmd`, reads its stdout (child mode) or stderr (binary) until a
+/// line gives the listening address (at most 20 s), then forwards the rest
+/// of that stream to our stderr from a thread.
+fn spawn_and_wait(
+    mut cmd: Command,
+    kind: Kind,
+    shards: usize,
+    addr_of: impl Fn(&str) -> Option<String> + Send + 'static,
+    from_stdout: bool,
+) -> Result<ServerUnderTest, String> {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::piped());
+    if from_stdout {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    }
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            sys::die_with_parent();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let stream: Box<dyn Read + Send> = if from_stdout {
+        Box::new(child.stdout.take().expect("piped stdout"))
+    } else {
+        Box::new(child.stderr.take().expect("piped stderr"))
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<Result<String, String>>(1);
+    std::thread::Builder::new()
+        .name("lt-server-log".into())
+        .spawn(move || {
+            let mut lines = BufReader::new(stream).lines();
+            let mut seen = Vec::new();
+            let mut tx = Some(tx);
+            for line in lines.by_ref().map_while(Result::ok).take(1_000_000) {
+                if let Some(t) = tx.as_ref() {
+                    if let Some(addr) = addr_of(&line) {
+                        let _ = t.send(Ok(addr));
+                        tx = None;
+                        continue;
+                    }
+                    seen.push(line);
+                } else {
+                    eprintln!("[server] {line}");
+                }
+            }
+            if let Some(t) = tx {
+                let _ = t.send(Err(seen.join("\n")));
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let stdin = child.stdin.take();
+    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(addr)) => addr,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let why = match other {
+                Ok(Err(out)) => format!("it exited or said:\n{out}"),
+                _ => "no address within 20 s".into(),
+            };
+            return Err(format!("the server did not start: {why}"));
+        }
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("unexpected server address {addr:?}"))?;
+    let pid = child.id();
+    Ok(ServerUnderTest {
+        kind,
+        addr,
+        pid: Some(pid),
+        shards: Some(shards),
+        child: Some((child, stdin)),
+        in_process: None,
+    })
+}
+
+/// The hidden `--internal-serve` mode: run wsedge until stdin closes.
+pub fn serve_child(shards: usize, max_per_user: usize) -> i32 {
+    sys::die_with_parent();
+    let Ok(secret) = std::env::var("WSEDGE_LOADTEST_SECRET") else {
+        eprintln!("wsedge-loadtest: --internal-serve is for the tool's own use");
+        return 2;
+    };
+    let own = Own {
+        secret: &secret,
+        shards,
+        max_per_user,
+    };
+    let server = match wsedge::Server::start(config(&own)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsedge-loadtest: server: {e}");
+            return 1;
+        }
+    };
+    println!("LISTENING {}", server.local_addr());
+    // SIGTERM or the parent closing our stdin: shut down gracefully.
+    let _ = signal_ignore_term();
+    let mut sink = [0u8; 64];
+    let mut stdin = io::stdin();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    server.shutdown();
+    0
+}
+
+/// In the child, SIGTERM would kill before the graceful shutdown; stdin EOF
+/// is the signal that matters, so SIGTERM just closes stdin's wait early.
+fn signal_ignore_term() -> io::Result<()> {
+    // SAFETY: installing SIG_IGN for SIGTERM; the parent closes stdin next.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    Ok(())
+}

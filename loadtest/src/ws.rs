@@ -1,0 +1,527 @@
+//! The client side of RFC 6455, by hand and on bytes: the upgrade request,
+//! the check of the `101` answer, the parser of (unmasked) server frames,
+//! masked client frames (pong, close), and the byte scan that pulls the
+//! sequence number and the send timestamp out of a payload without parsing
+//! JSON. Nothing here does I/O, so all of it is unit-tested.
+
+use memchr::memmem::Finder;
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// The head of one frame: where its payload is and how long it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub fin: bool,
+    pub opcode: u8,
+    /// 2 to 10 bytes for a server frame (never masked).
+    pub header_len: usize,
+    pub payload_len: usize,
+}
+
+impl FrameHead {
+    /// Header plus payload.
+    pub fn total_len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+}
+
+/// The outcome of looking at the front of a receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a whole frame yet: read more.
+    Incomplete,
+    /// A whole frame starts at offset 0; `total_len()` bytes of it are there.
+    Frame(FrameHead),
+    /// The server broke the protocol; the connection is useless.
+    Error(&'static str),
+}
+
+/// Parses the frame at the start of `buf` (bytes from a server). A frame is
+/// returned only when all of its payload is in `buf`.
+pub fn parse_frame(buf: &[u8], max_payload: usize) -> Parsed {
+    if buf.len() < 2 {
+        return Parsed::Incomplete;
+    }
+    let b0 = buf[0];
+    let b1 = buf[1];
+    let fin = b0 & 0x80 != 0;
+    if b0 & 0x70 != 0 {
+        return Parsed::Error("reserved bits set without an extension");
+    }
+    let opcode = b0 & 0x0F;
+    let control = opcode & 0x08 != 0;
+    match opcode {
+        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
+        _ => return Parsed::Error("reserved opcode"),
+    }
+    if b1 & 0x80 != 0 {
+        return Parsed::Error("masked frame from the server");
+    }
+    let len7 = (b1 & 0x7F) as usize;
+    let (header_len, payload_len) = match len7 {
+        0..=125 => (2, len7),
+        126 => {
+            if buf.len() < 4 {
+                return Parsed::Incomplete;
+            }
+            (4, u16::from_be_bytes([buf[2], buf[3]]) as usize)
+        }
+        _ => {
+            if buf.len() < 10 {
+                return Parsed::Incomplete;
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            let n = u64::from_be_bytes(b);
+            if n >> 63 != 0 {
+                return Parsed::Error("64-bit length with the top bit set");
+            }
+            (10, usize::try_from(n).unwrap_or(usize::MAX))
+        }
+    };
+    if control && (!fin || payload_len > 125) {
+        return Parsed::Error("fragmented or oversized control frame");
+    }
+    if payload_len > max_payload {
+        return Parsed::Error("frame larger than the client accepts");
+    }
+    if buf.len() - header_len < payload_len {
+        return Parsed::Incomplete;
+    }
+    Parsed::Frame(FrameHead {
+        fin,
+        opcode,
+        header_len,
+        payload_len,
+    })
+}
+
+/// Appends a final, masked client frame (RFC 6455 §5.3: every client frame
+/// is masked) with `opcode` and `payload` to `out`.
+pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.push(0x80 | (opcode & 0x0F));
+    let n = payload.len();
+    if n <= 125 {
+        out.push(0x80 | n as u8);
+    } else if n <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+/// Reverses (or applies) a mask in place.
+#[cfg(test)]
+pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// The status code of a close frame's payload (1005 "no status" when empty).
+pub fn close_code(payload: &[u8]) -> u16 {
+    if payload.len() >= 2 {
+        u16::from_be_bytes([payload[0], payload[1]])
+    } else {
+        1005
+    }
+}
+
+/// The `GET` request that asks for an upgrade. The token goes in the query
+/// (`?token=`, which all the servers this tool targets accept) or in an
+/// `Authorization: Bearer` header. A JWT is URL-safe as it is.
+pub fn upgrade_request(host: &str, path: &str, token: &str, in_header: bool, key: &str) -> Vec<u8> {
+    let mut req = String::with_capacity(256 + token.len());
+    req.push_str("GET ");
+    req.push_str(path);
+    if !in_header {
+        req.push_str(if path.contains('?') {
+            "&token="
+        } else {
+            "?token="
+        });
+        req.push_str(token);
+    }
+    req.push_str(" HTTP/1.1\r\nHost: ");
+    req.push_str(host);
+    req.push_str(
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
+    );
+    req.push_str(key);
+    req.push_str("\r\n");
+    if in_header {
+        req.push_str("Authorization: Bearer ");
+        req.push_str(token);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// Checks the server's answer to the upgrade request. `Ok(None)`: the head
+/// is not complete yet; `Ok(Some(n))`: a valid `101` whose head is `n` bytes
+/// long (what follows is frames); `Err`: refused, with a short reason (the
+/// status code, e.g. `"401"`, or what is wrong).
+pub fn check_upgrade_response(buf: &[u8], expected_accept: &str) -> Result<Option<usize>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad HTTP answer: {e}")),
+    };
+    let code = resp.code.unwrap_or(0);
+    if code != 101 {
+        return Err(code.to_string());
+    }
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| {
+            std::str::from_utf8(v)
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err("101 without Upgrade: websocket / Connection: Upgrade".into());
+    }
+    match header("sec-websocket-accept") {
+        Some(v) if v == expected_accept.as_bytes() => Ok(Some(n)),
+        _ => Err("101 with a wrong Sec-WebSocket-Accept".into()),
+    }
+}
+
+/// One measured message: its sequence number and when it was offered
+/// (unix microseconds), taken from the payload the tool itself sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub seq: u64,
+    pub sent_us: u64,
+}
+
+/// Finds `"s":<digits>` and `"t":<digits>` in a message by byte search. The
+/// fields may come in any order (some servers re-serialize the payload with
+/// sorted keys) and anywhere in the envelope; a message without both is not
+/// one of ours (e.g. `connected`).
+pub struct Scanner {
+    seq: Finder<'static>,
+    time: Finder<'static>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scanner {
+    pub fn new() -> Scanner {
+        Scanner {
+            seq: Finder::new(b"\"s\":"),
+            time: Finder::new(b"\"t\":"),
+        }
+    }
+
+    pub fn scan(&self, payload: &[u8]) -> Option<Sample> {
+        let seq = number_after(payload, self.seq.find(payload)? + 4)?;
+        let sent_us = number_after(payload, self.time.find(payload)? + 4)?;
+        Some(Sample { seq, sent_us })
+    }
+}
+
+/// The unsigned integer that starts at `at` (after optional spaces).
+fn number_after(buf: &[u8], mut at: usize) -> Option<u64> {
+    while buf.get(at) == Some(&b' ') {
+        at += 1;
+    }
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    while let Some(&c) = buf.get(at) {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        digits += 1;
+        at += 1;
+    }
+    (digits > 0).then_some(value)
+}
+
+/// The payload object this tool sends, `{"s":…,"t":…,"p":"xxx…"}`, padded
+/// with `x` to `size` bytes (never shorter than the fields need).
+pub fn sample_payload(seq: u64, sent_us: u64, size: usize, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let start = out.len();
+    let _ = write!(out, "{{\"s\":{seq},\"t\":{sent_us},\"p\":\"");
+    let fixed = out.len() - start + 2; // the closing `"}`
+    out.resize(out.len() + size.saturating_sub(fixed), b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let n = payload.len();
+        if n <= 125 {
+            v.push(n as u8);
+        } else if n <= 65535 {
+            v.push(126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            v.push(127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn parses_the_three_length_forms() {
+        for n in [0usize, 1, 125, 126, 127, 65535, 65536, 70000] {
+            let payload = vec![b'a'; n];
+            let f = server_frame(true, OP_TEXT, &payload);
+            match parse_frame(&f, MAX) {
+                Parsed::Frame(h) => {
+                    assert_eq!(h.payload_len, n);
+                    assert_eq!(h.header_len, f.len() - n);
+                    assert_eq!(
+                        h.header_len,
+                        if n <= 125 {
+                            2
+                        } else if n <= 65535 {
+                            4
+                        } else {
+                            10
+                        }
+                    );
+                    assert!(h.fin);
+                    assert_eq!(h.opcode, OP_TEXT);
+                    assert_eq!(h.total_len(), f.len());
+                }
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_strict_prefix_is_incomplete() {
+        for n in [5usize, 200, 70000] {
+            let f = server_frame(true, OP_BINARY, &vec![7u8; n]);
+            for cut in [0, 1, 2, 3, 5, 9, f.len() - 1]
+                .into_iter()
+                .filter(|&c| c < f.len())
+            {
+                assert_eq!(
+                    parse_frame(&f[..cut], MAX),
+                    Parsed::Incomplete,
+                    "n={n} cut={cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_frames_back_to_back() {
+        let mut buf = server_frame(true, OP_TEXT, b"one");
+        buf.extend(server_frame(true, OP_PING, b"p"));
+        let Parsed::Frame(a) = parse_frame(&buf, MAX) else {
+            panic!()
+        };
+        assert_eq!(&buf[a.header_len..a.total_len()], b"one");
+        let rest = &buf[a.total_len()..];
+        let Parsed::Frame(b) = parse_frame(rest, MAX) else {
+            panic!()
+        };
+        assert_eq!(b.opcode, OP_PING);
+        assert_eq!(&rest[b.header_len..b.total_len()], b"p");
+    }
+
+    #[test]
+    fn fragments_keep_their_fin_bit() {
+        let f = server_frame(false, OP_TEXT, b"par");
+        assert!(matches!(
+            parse_frame(&f, MAX),
+            Parsed::Frame(FrameHead {
+                fin: false,
+                opcode: OP_TEXT,
+                ..
+            })
+        ));
+        let f = server_frame(true, OP_CONTINUATION, b"t");
+        assert!(matches!(
+            parse_frame(&f, MAX),
+            Parsed::Frame(FrameHead {
+                fin: true,
+                opcode: OP_CONTINUATION,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn protocol_errors() {
+        // masked server frame
+        assert!(matches!(
+            parse_frame(&[0x81, 0x81, 1, 2, 3, 4, 5], MAX),
+            Parsed::Error(_)
+        ));
+        // reserved bits
+        assert!(matches!(parse_frame(&[0xC1, 0x00], MAX), Parsed::Error(_)));
+        // reserved opcode
+        assert!(matches!(parse_frame(&[0x83, 0x00], MAX), Parsed::Error(_)));
+        // fragmented ping
+        assert!(matches!(parse_frame(&[0x09, 0x00], MAX), Parsed::Error(_)));
+        // ping longer than 125
+        let f = server_frame(true, OP_PING, &[0u8; 126]);
+        assert!(matches!(parse_frame(&f, MAX), Parsed::Error(_)));
+        // 64-bit length with the top bit
+        let mut f = vec![0x82, 127];
+        f.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        assert!(matches!(parse_frame(&f, MAX), Parsed::Error(_)));
+        // over the client's limit
+        let f = server_frame(true, OP_TEXT, &[b'a'; 300]);
+        assert!(matches!(parse_frame(&f, 200), Parsed::Error(_)));
+    }
+
+    #[test]
+    fn client_frames_are_masked_and_round_trip() {
+        for n in [0usize, 5, 125, 126, 1000, 70000] {
+            let payload: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let mask = [0x12, 0x34, 0x56, 0x78];
+            let mut out = Vec::new();
+            let op = if n <= 125 { OP_PONG } else { OP_BINARY };
+            client_frame(op, &payload, mask, &mut out);
+            assert_eq!(out[0], 0x80 | op);
+            assert!(out[1] & 0x80 != 0, "mask bit");
+            let header = if n <= 125 {
+                2
+            } else if n <= 65535 {
+                4
+            } else {
+                10
+            };
+            assert_eq!(&out[header..header + 4], &mask);
+            let mut body = out[header + 4..].to_vec();
+            apply_mask(&mut body, mask);
+            assert_eq!(body, payload);
+            // the same bytes unmasked parse as a server frame
+            let mut plain = out[..header].to_vec();
+            plain[1] &= 0x7F;
+            plain.extend_from_slice(&payload);
+            assert!(
+                matches!(parse_frame(&plain, MAX), Parsed::Frame(h) if h.payload_len == n && h.opcode == op)
+            );
+        }
+    }
+
+    #[test]
+    fn close_codes() {
+        assert_eq!(close_code(&[0x03, 0xE8]), 1000);
+        assert_eq!(close_code(&[0x03, 0xF0, b'x']), 1008);
+        assert_eq!(close_code(&[]), 1005);
+    }
+
+    #[test]
+    fn scan_finds_fields_in_any_order() {
+        let s = Scanner::new();
+        let ours = br#"{"type":"lt","payload":{"s":123,"t":1700000000123456,"p":"xxxx"}}"#;
+        assert_eq!(
+            s.scan(ours),
+            Some(Sample {
+                seq: 123,
+                sent_us: 1_700_000_000_123_456
+            })
+        );
+        // sorted keys (serde_json Map), spaces after colons
+        let sorted = br#"{"payload":{"p":"xx","s": 9,"t": 42},"type":"lt"}"#;
+        assert_eq!(
+            s.scan(sorted),
+            Some(Sample {
+                seq: 9,
+                sent_us: 42
+            })
+        );
+        // not ours
+        let hello = br#"{"type":"connected","payload":{"userId":"u","connectionId":"0-1-1","message":"Successfully connected to WebSocket","timestamp":"2024-01-01T00:00:00Z"}}"#;
+        assert_eq!(s.scan(hello), None);
+        // a field without digits, or one missing
+        assert_eq!(s.scan(br#"{"s":"x","t":1}"#), None);
+        assert_eq!(s.scan(br#"{"s":1}"#), None);
+        // overflow is not a number
+        assert_eq!(s.scan(br#"{"s":99999999999999999999999,"t":1}"#), None);
+        // "ms": does not count as "s":
+        assert_eq!(s.scan(br#"{"ms":5,"t":1}"#), None);
+    }
+
+    #[test]
+    fn payload_is_padded_to_size_and_scans_back() {
+        for size in [0usize, 10, 64, 65, 1024] {
+            let mut out = b"prefix".to_vec();
+            sample_payload(77, 1_700_000_000_000_001, size, &mut out);
+            let body = &out[6..];
+            let min = br#"{"s":77,"t":1700000000000001,"p":""}"#.len();
+            assert_eq!(body.len(), size.max(min), "size {size}");
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(v["s"], 77);
+            assert_eq!(
+                Scanner::new().scan(body),
+                Some(Sample {
+                    seq: 77,
+                    sent_us: 1_700_000_000_000_001
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn upgrade_request_and_answer() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let req = upgrade_request("127.0.0.1:3000", "/ws", "a.b.c", false, key);
+        let text = std::str::from_utf8(&req).unwrap();
+        assert!(text.starts_with("GET /ws?token=a.b.c HTTP/1.1\r\n"));
+        assert!(text.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+        let req = upgrade_request("h", "/ws", "a.b.c", true, key);
+        let text = std::str::from_utf8(&req).unwrap();
+        assert!(text.starts_with("GET /ws HTTP/1.1\r\n"));
+        assert!(text.contains("Authorization: Bearer a.b.c\r\n"));
+
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let ok = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\nXYhi");
+        let head = ok.len() - 4;
+        assert_eq!(
+            check_upgrade_response(ok.as_bytes(), &accept),
+            Ok(Some(head))
+        );
+        assert_eq!(
+            check_upgrade_response(&ok.as_bytes()[..20], &accept),
+            Ok(None)
+        );
+        let bad = ok.replace(&accept, "nope");
+        assert!(check_upgrade_response(bad.as_bytes(), &accept).is_err());
+        let refused = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(
+            check_upgrade_response(refused.as_bytes(), &accept),
+            Err("401".into())
+        );
+    }
+}
