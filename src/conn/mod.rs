@@ -305,9 +305,18 @@ impl Conn {
     }
 
     /// Takes the bytes that followed the upgrade request.
+    ///
+    /// A copy of just those bytes, not the read buffer itself: tungstenite
+    /// keeps the Vec it is given as its read buffer for the connection's
+    /// whole life, and the HTTP buffer's capacity would be held (and its
+    /// pages resident) by every idle WebSocket.
     pub fn take_http_leftover(&mut self) -> Vec<u8> {
         match &mut self.state {
-            State::Http(http) => std::mem::take(&mut http.buf),
+            State::Http(http) => {
+                let leftover = http.buf.as_slice().to_vec();
+                http.buf = Vec::new();
+                leftover
+            }
             _ => Vec::new(),
         }
     }

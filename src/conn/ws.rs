@@ -33,8 +33,10 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Messages handled per readable event before the shard serves others.
 const READ_BUDGET: usize = 64;
 
-/// Read buffer tungstenite keeps per connection.
-const READ_BUFFER: usize = 4096;
+/// Read buffer tungstenite keeps per connection (and reads per syscall).
+/// Clients send little; an idle connection's memory is what counts, and a
+/// larger frame makes tungstenite reserve room for it anyway.
+const READ_BUFFER: usize = 512;
 
 /// Where the WebSocket is in its close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
