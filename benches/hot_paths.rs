@@ -45,6 +45,27 @@ fn jwt_verify(c: &mut Criterion) {
     c.bench_function("jwt_verify/hs256", |b| {
         b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
     });
+
+    // RS256 with the test key pair (tests/keys), as a deployment with an
+    // identity provider's public key would run.
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let cfg = Config {
+        jwt_algorithm: "RS256".into(),
+        jwt_public_key: Some(format!("{keys}/rsa_public.pem").into()),
+        ..Config::default()
+    };
+    let verifier = Verifier::from_config(&cfg, None).expect("rs256 verifier");
+    let private = std::fs::read(format!("{keys}/rsa_private.pem")).expect("private key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&private).expect("rsa key");
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"sub": "user-42", "exp": now_secs() + 3600}),
+        &key,
+    )
+    .expect("rs256 token");
+    c.bench_function("jwt_verify/rs256", |b| {
+        b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
+    });
 }
 
 fn envelope_and_frame(c: &mut Criterion) {
