@@ -238,18 +238,28 @@ fn parse_content_length(v: &[u8]) -> Result<usize, HttpError> {
     Ok(s.parse::<usize>().unwrap_or(usize::MAX))
 }
 
+/// Longest chunk size line (size and extensions, without CRLF) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+
 /// Decodes a chunked body. `Ok(None)`: more bytes needed. Trailers are read
 /// and dropped.
 pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+    let too_long = || HttpError::BadRequest("chunk size line too long".into());
     let mut body = Vec::new();
     let mut pos = 0;
     loop {
+        // The same limit whether the line's CRLF has arrived or not (a line
+        // of the limit's length may be waiting for the LF after its CR), so
+        // the answer does not depend on how the body was split into reads.
         let Some(line_end) = find_crlf(&buf[pos..]) else {
-            if buf.len() - pos > 1024 {
-                return Err(HttpError::BadRequest("chunk size line too long".into()));
+            if buf.len() - pos > MAX_CHUNK_LINE + 1 {
+                return Err(too_long());
             }
             return Ok(None);
         };
+        if line_end > MAX_CHUNK_LINE {
+            return Err(too_long());
+        }
         let line = &buf[pos..pos + line_end];
         let size_part = line.split(|&b| b == b';').next().unwrap_or(&[]);
         let size_str = std::str::from_utf8(size_part).unwrap_or("").trim();
