@@ -20,6 +20,9 @@ use crate::handle::Handle;
 const LISTENER: Token = Token(0);
 const STOP: Token = Token(1);
 
+/// Sockets handed over before the shards are woken within one accept burst.
+const WAKE_BATCH: usize = 32;
+
 /// How long to pause accepting after the process ran out of descriptors or memory.
 const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -64,13 +67,21 @@ pub fn run(mut poll: Poll, listener: TcpListener, handle: Handle, stop: Arc<Atom
         // Accept on any wakeup, including the end of a backoff: with
         // edge-triggered readiness no new event comes for queued connections.
         backoff = None;
+        // Shards are woken once per batch of accepted sockets, not per socket.
+        let mut handed = 0usize;
         loop {
+            if handed == WAKE_BATCH {
+                (0..bus.shard_count()).for_each(|s| bus.wake(s));
+                handed = 0;
+            }
             match listener.accept() {
                 Ok((sock, _peer)) => {
                     let _ = sock.set_nodelay(true);
                     let shard = next % bus.shard_count();
                     next = next.wrapping_add(1);
-                    if !bus.send(shard, Command::Adopt(sock)) {
+                    if bus.send_quiet(shard, Command::Adopt(sock)) {
+                        handed += 1;
+                    } else {
                         log::warn!("acceptor: shard {shard} is gone");
                     }
                 }
@@ -88,6 +99,10 @@ pub fn run(mut poll: Poll, listener: TcpListener, handle: Handle, stop: Arc<Atom
                     log::debug!("acceptor: {e}");
                 }
             }
+        }
+        if handed > 0 {
+            let shards = bus.shard_count();
+            (0..shards.min(handed)).for_each(|i| bus.wake(next.wrapping_sub(1 + i) % shards));
         }
     }
 }

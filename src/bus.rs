@@ -105,6 +105,24 @@ impl Bus {
         true
     }
 
+    /// Queues without waking the shard; the caller wakes it with
+    /// [`Bus::wake`] after a batch (one eventfd write per batch, not per
+    /// command). False when that shard has stopped.
+    pub fn send_quiet(&self, shard: usize, cmd: Command) -> bool {
+        self.shards
+            .get(shard)
+            .is_some_and(|inbox| inbox.tx.send(cmd).is_ok())
+    }
+
+    /// Wakes a shard so it drains its inbox.
+    pub fn wake(&self, shard: usize) {
+        if let Some(inbox) = self.shards.get(shard) {
+            if let Err(e) = inbox.waker.wake() {
+                log::warn!("waking shard {shard} failed: {e}");
+            }
+        }
+    }
+
     /// Sends one command built per shard to every shard.
     pub fn send_all(&self, mut make: impl FnMut() -> Command) {
         for i in 0..self.shards.len() {

@@ -224,7 +224,11 @@ impl Shard {
             gen: conn.gen,
         }
         .to_id();
+        // The last HTTP read ran until WouldBlock unless it stopped at the
+        // buffer cap or was paused: only then can bytes wait in the socket.
+        let socket_drained = !conn.http_read_pending() && !conn.http_paused();
         let leftover = conn.take_http_leftover();
+        let frames_pending = !leftover.is_empty() || !socket_drained;
         conn.out.push_owned(switching_protocols(&up.accept_key));
         let ws = WsState::new(
             &up.claims,
@@ -250,8 +254,11 @@ impl Shard {
         core.metrics.handshakes_accepted.fetch_add(1, Relaxed);
         log::debug!("shard {}: websocket {id} open for user {user}", self.id);
         // Frames may have arrived with the request: with edge-triggered
-        // readiness no new event will announce them.
-        self.on_ws_readable(key, now);
+        // readiness no new event will announce them. Otherwise a read here
+        // would only return WouldBlock (one syscall per connect saved).
+        if frames_pending {
+            self.on_ws_readable(key, now);
+        }
     }
 
     fn on_ws_readable(&mut self, key: usize, now: Instant) {
