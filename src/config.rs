@@ -161,6 +161,9 @@ impl Config {
                 "--handshake-timeout-secs",
                 self.handshake_timeout_secs as usize,
             ),
+            // 0 would close every keep-alive (and every paused) REST
+            // connection the moment it goes quiet.
+            ("--idle-timeout-secs", self.idle_timeout_secs as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
