@@ -23,6 +23,9 @@ const STOP: Token = Token(1);
 /// Sockets handed over before the shards are woken within one accept burst.
 const WAKE_BATCH: usize = 32;
 
+/// At most one accept-error warning per this interval.
+const WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long to pause accepting after the process ran out of descriptors or memory.
 const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -54,6 +57,8 @@ pub fn run(mut poll: Poll, listener: TcpListener, handle: Handle, stop: Arc<Atom
     let mut events = Events::with_capacity(64);
     let mut next = 0usize;
     let mut backoff: Option<Duration> = None;
+    // A long descriptor shortage would otherwise log ten warnings a second.
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         if let Err(e) = poll.poll(&mut events, backoff) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -89,7 +94,10 @@ pub fn run(mut poll: Poll, listener: TcpListener, handle: Handle, stop: Arc<Atom
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_resource_error(&e) => {
                     metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("acceptor: {e}; pausing accepts for {ERROR_BACKOFF:?}");
+                    if last_warning.is_none_or(|t| t.elapsed() >= WARNING_INTERVAL) {
+                        last_warning = Some(std::time::Instant::now());
+                        log::warn!("acceptor: {e}; pausing accepts for {ERROR_BACKOFF:?}");
+                    }
                     backoff = Some(ERROR_BACKOFF);
                     break;
                 }
