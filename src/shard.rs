@@ -21,7 +21,7 @@ use slab::Slab;
 
 use crate::bus::{Command, ConnRef};
 use crate::conn::ws::{WsEnv, WsRead};
-use crate::conn::{Conn, HttpStep, State, WsState};
+use crate::conn::{Conn, HttpStep, HttpTimeout, State, WsState};
 use crate::error::{CloseCode, HttpError};
 use crate::frame::{self, SharedFrame};
 use crate::handle::Handle;
@@ -278,9 +278,7 @@ impl Shard {
         let cap = self.handle.core.config.outbound_buffer_bytes;
         if conn.out.len() > cap && conn.is_open_ws() {
             // A client that sends without reading its answers is a slow consumer too.
-            conn.out.drop_unsent();
-            conn.close_ws(CloseCode::Policy, now);
-            conn.drain(now);
+            conn.slow_consumer(now);
             self.metrics().slow_consumer_drops.fetch_add(1, Relaxed);
         }
     }
@@ -413,10 +411,11 @@ impl Shard {
             match &conn.state {
                 State::Http(_) => {
                     if let Some(why) = conn.http_timeout(now) {
-                        if why == "timeout" {
-                            self.handle.core.metrics.reject("timeout");
+                        if why == HttpTimeout::Request {
+                            let label = HttpError::RequestTimeout.metric_label();
+                            self.handle.core.metrics.reject(label);
                         }
-                        log::debug!("shard {}: HTTP connection {why}", self.id);
+                        log::debug!("shard {}: HTTP connection timed out: {why:?}", self.id);
                     }
                 }
                 State::Ws(_) => conn.ws_timer(cfg, now),

@@ -87,6 +87,17 @@ pub struct Conn {
     pub user: Option<Arc<str>>,
 }
 
+/// Which HTTP deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpTimeout {
+    /// Paused for unread answers and no progress: closed.
+    Stalled,
+    /// An idle keep-alive connection: closed.
+    Idle,
+    /// A request did not arrive in time: `408`, then closed.
+    Request,
+}
+
 /// What the HTTP state produced from the bytes it has.
 pub enum HttpStep {
     /// Nothing more to do until more bytes arrive.
@@ -334,7 +345,7 @@ impl Conn {
     /// An HTTP deadline passed: `408` for a request still arriving, a plain
     /// close for an idle keep-alive connection or for one paused because its
     /// client stopped reading the answers.
-    pub fn http_timeout(&mut self, now: Instant) -> Option<&'static str> {
+    pub fn http_timeout(&mut self, now: Instant) -> Option<HttpTimeout> {
         let State::Http(http) = &self.state else {
             return None;
         };
@@ -344,13 +355,13 @@ impl Conn {
         if http.paused {
             self.out.clear();
             self.state = State::Closed;
-            Some("stalled")
+            Some(HttpTimeout::Stalled)
         } else if http.idle {
             self.state = State::Closed;
-            Some("idle")
+            Some(HttpTimeout::Idle)
         } else {
             self.respond(&Response::error(&HttpError::RequestTimeout), now);
-            Some("timeout")
+            Some(HttpTimeout::Request)
         }
     }
 

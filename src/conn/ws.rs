@@ -210,7 +210,7 @@ impl Conn {
 
     /// Frees the queue at once, queues `1008 slow consumer` and drains: the
     /// peer is not reading, so its reply is not awaited.
-    fn slow_consumer(&mut self, now: Instant) {
+    pub fn slow_consumer(&mut self, now: Instant) {
         self.out.drop_unsent();
         self.close_ws(CloseCode::Policy, now);
         self.drain(now);
