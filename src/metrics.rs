@@ -80,38 +80,45 @@ impl Metrics {
     /// Prometheus text exposition format, every metric named `wsedge_…`.
     pub fn render(&self, users: usize, uptime_secs: u64) -> String {
         let mut o = String::with_capacity(4096);
-        let gauge = |o: &mut String, name: &str, help: &str, kind: &str| {
+        let header = |o: &mut String, name: &str, help: &str, kind: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        gauge(
+        let per_shard = |o: &mut String,
+                         name: &str,
+                         help: &str,
+                         kind: &str,
+                         f: &dyn Fn(&ShardMetrics) -> u64| {
+            header(o, name, help, kind);
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s));
+            }
+        };
+        let single = |o: &mut String, name: &str, help: &str, kind: &str, value: u64| {
+            header(o, name, help, kind);
+            let _ = writeln!(o, "{name} {value}");
+        };
+        per_shard(
             &mut o,
             "wsedge_connections",
             "Open WebSocket connections per shard.",
             "gauge",
+            &|s| s.connections.load(Relaxed) as u64,
         );
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "wsedge_connections{{shard=\"{i}\"}} {}",
-                s.connections.load(Relaxed)
-            );
-        }
-        gauge(
+        per_shard(
             &mut o,
             "wsedge_http_connections",
             "Open HTTP connections per shard.",
             "gauge",
+            &|s| s.http_connections.load(Relaxed) as u64,
         );
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "wsedge_http_connections{{shard=\"{i}\"}} {}",
-                s.http_connections.load(Relaxed)
-            );
-        }
-        gauge(&mut o, "wsedge_users", "Distinct connected users.", "gauge");
-        let _ = writeln!(o, "wsedge_users {users}");
-        let per_shard: [(&str, &str, Counter); 7] = [
+        single(
+            &mut o,
+            "wsedge_users",
+            "Distinct connected users.",
+            "gauge",
+            users as u64,
+        );
+        let counters: [(&str, &str, Counter); 7] = [
             (
                 "wsedge_messages_in_total",
                 "WebSocket data messages received.",
@@ -142,24 +149,17 @@ impl Metrics {
                 |s| &s.commands,
             ),
         ];
-        for (name, help, f) in per_shard {
-            gauge(&mut o, name, help, "counter");
-            for (i, s) in self.shards.iter().enumerate() {
-                let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s).load(Relaxed));
-            }
+        for (name, help, f) in counters {
+            per_shard(&mut o, name, help, "counter", &|s| f(s).load(Relaxed));
         }
-        gauge(
+        single(
             &mut o,
             "wsedge_handshakes_accepted_total",
             "WebSocket upgrades accepted.",
             "counter",
+            self.handshakes_accepted.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "wsedge_handshakes_accepted_total {}",
-            self.handshakes_accepted.load(Relaxed)
-        );
-        gauge(
+        header(
             &mut o,
             "wsedge_handshakes_rejected_total",
             "WebSocket upgrades refused, by reason.",
@@ -172,35 +172,27 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        gauge(
+        single(
             &mut o,
             "wsedge_accept_errors_total",
             "Errors from accept(2) (e.g. EMFILE).",
             "counter",
+            self.accept_errors.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "wsedge_accept_errors_total {}",
-            self.accept_errors.load(Relaxed)
-        );
-        gauge(
+        single(
             &mut o,
             "wsedge_broadcasts_total",
             "Broadcasts and sends accepted.",
             "counter",
+            self.broadcasts.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "wsedge_broadcasts_total {}",
-            self.broadcasts.load(Relaxed)
-        );
-        gauge(
+        single(
             &mut o,
             "wsedge_uptime_seconds",
             "Seconds since start.",
             "gauge",
+            uptime_secs,
         );
-        let _ = writeln!(o, "wsedge_uptime_seconds {uptime_secs}");
         o
     }
 }
