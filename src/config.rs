@@ -64,6 +64,14 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// Serve the test page and `realtime.js` (`--no-web` turns off). Default on.
     pub serve_web: bool,
+    /// Redis to join a cluster through (`--redis-url`, `WSEDGE_REDIS_URL`).
+    /// Unset: a single node that needs no Redis.
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster (`--node-id`). Default: hostname + port.
+    pub node_id: Option<String>,
+    /// Prefix of every Redis key and channel (`--cluster-name`), so that
+    /// several clusters can share one Redis. Default `wsedge`.
+    pub cluster_name: String,
 }
 
 /// The largest number of shards accepted; more threads than this on one
@@ -97,6 +105,9 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             drain_timeout_secs: 5,
             serve_web: true,
+            redis_url: None,
+            node_id: None,
+            cluster_name: "wsedge".to_string(),
         }
     }
 }
@@ -174,6 +185,22 @@ impl Config {
         }
         if self.ping_interval_secs > 0 && self.pong_timeout_secs == 0 {
             return Err(ConfigError::Zero("--pong-timeout-secs"));
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "--redis-url {url:?} must start with redis:// (or redis+unix://)"
+                )));
+            }
+        }
+        for (name, v) in [("--node-id", self.node_id.as_deref()), ("--cluster-name", Some(self.cluster_name.as_str()))] {
+            if let Some(v) = v {
+                if v.is_empty() || v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{name} {v:?} must be 1-200 characters without spaces"
+                    )));
+                }
+            }
         }
         Ok(())
     }

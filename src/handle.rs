@@ -18,6 +18,8 @@ use serde_json::Value;
 
 use crate::auth::Verifier;
 use crate::bus::{Bus, Command};
+use crate::cluster::wire::Body;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::CloseCode;
 use crate::frame;
@@ -110,6 +112,8 @@ pub(crate) struct Core {
     pub dev_user_token: Option<String>,
     /// WebSocket connections open or being opened, checked against `--max-connections`.
     pub ws_slots: std::sync::atomic::AtomicUsize,
+    /// The link to the other nodes, in cluster mode (`--redis-url`).
+    pub cluster: Option<Cluster>,
 }
 
 /// A handle on a running server: `Clone + Send + Sync`, cheap to clone.
@@ -137,11 +141,21 @@ pub struct Stats {
     pub messages_out: u64,
     pub bytes_out: u64,
     pub uptime_seconds: u64,
+    /// Cluster mode only: every live node, this one included, sorted by id.
+    /// The totals above are then cluster totals; `shards` stays this node's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeStats>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ShardStats {
     pub id: usize,
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeStats {
+    pub id: String,
     pub connections: usize,
 }
 
@@ -157,8 +171,8 @@ impl Handle {
     }
 
     /// The broadcast every caller ends in: `payload` is already JSON (`None`
-    /// sends `null`).
-    /// Exclusion wins over inclusion.
+    /// sends `null`). Exclusion wins over inclusion. In cluster mode the
+    /// other nodes get it too, and the count includes their connections.
     pub fn broadcast_raw(
         &self,
         kind: &str,
@@ -166,20 +180,57 @@ impl Handle {
         user_ids: Option<&[String]>,
         exclude: &[String],
     ) -> usize {
+        let envelope = frame::envelope(kind, payload);
+        let local = self.deliver_local(&envelope, user_ids, exclude);
+        let Some(cluster) = &self.core.cluster else {
+            return local;
+        };
+        let remote = match user_ids {
+            Some(ids) => distinct_targets(ids, exclude)
+                .map(|u| cluster.remote_user_count(u))
+                .sum::<usize>(),
+            None => {
+                let all: u64 = cluster
+                    .remote_nodes()
+                    .iter()
+                    .map(|(_, c)| c.connections)
+                    .sum();
+                let excluded: usize = distinct_targets(exclude, &[])
+                    .map(|u| cluster.remote_user_count(u))
+                    .sum();
+                (all as usize).saturating_sub(excluded)
+            }
+        };
+        // The envelope is JSON we just wrote.
+        if let Ok(message) = serde_json::from_slice::<&RawValue>(&envelope) {
+            cluster.publish(Body::Broadcast {
+                message,
+                users: user_ids.map(<[String]>::to_vec),
+                exclude: exclude.to_vec(),
+            });
+        }
+        local + remote
+    }
+
+    /// Fans an encoded envelope out to this node's connections only (the
+    /// single-node path, also taken by broadcasts from other nodes).
+    /// Returns the connections addressed here.
+    pub(crate) fn deliver_local(
+        &self,
+        envelope: &[u8],
+        user_ids: Option<&[String]>,
+        exclude: &[String],
+    ) -> usize {
         let core = &self.core;
-        let frame = frame::shared_message(kind, payload);
+        let frame: frame::SharedFrame = Arc::from(frame::text_frame(envelope));
         core.metrics.broadcasts.fetch_add(1, Relaxed);
-        let exclude: HashSet<String> = exclude.iter().cloned().collect();
         match user_ids {
             Some(ids) => {
-                let mut seen = HashSet::new();
-                let targets: Vec<&String> = ids
-                    .iter()
-                    .filter(|u| !exclude.contains(*u) && seen.insert(*u))
-                    .collect();
+                let targets: Vec<&String> = distinct_targets(ids, exclude).collect();
                 self.send_to_users(&frame, &targets)
             }
             None => {
+                let exclude: HashSet<String> = exclude.iter().cloned().collect();
                 let excluded: usize = exclude.iter().map(|u| core.presence.count(u)).sum();
                 let total = core.metrics.connections().saturating_sub(excluded);
                 let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
@@ -234,18 +285,47 @@ impl Handle {
         self.connection_count(user_id) > 0
     }
 
+    /// Connections of `user_id`, on every live node in cluster mode.
     pub fn connection_count(&self, user_id: &str) -> usize {
-        self.core.presence.count(user_id)
+        self.core.presence.count(user_id) + self.remote_user_count(user_id)
     }
 
-    /// Closes every connection of a user: `4000` when it may reconnect,
-    /// `4500` when not. Returns how many connections were asked to close.
+    /// Connections of `user_id` on other live nodes (0 on a single node).
+    pub(crate) fn remote_user_count(&self, user_id: &str) -> usize {
+        self.core
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.remote_user_count(user_id))
+    }
+
+    /// `Some(reason)` while cluster mode cannot reach Redis (`/healthz`).
+    pub fn degraded(&self) -> Option<String> {
+        self.core.cluster.as_ref().and_then(Cluster::degraded)
+    }
+
+    /// Closes every connection of a user, on every node in cluster mode:
+    /// `4000` when it may reconnect, `4500` when not. Returns how many
+    /// connections were asked to close.
     pub fn disconnect_user(&self, user_id: &str, reconnect: bool) -> usize {
         let code = if reconnect {
             CloseCode::Disconnected
         } else {
             CloseCode::DisconnectedNoReconnect
         };
+        let local = self.disconnect_local(user_id, code);
+        let Some(cluster) = &self.core.cluster else {
+            return local;
+        };
+        let remote = cluster.remote_user_count(user_id);
+        cluster.publish(Body::Disconnect {
+            user: user_id.to_string(),
+            code: code.code(),
+        });
+        local + remote
+    }
+
+    /// Closes the connections of `user_id` on this node only.
+    pub(crate) fn disconnect_local(&self, user_id: &str, code: CloseCode) -> usize {
         let mut total = 0;
         for (shard, n) in self.core.presence.shards_of(user_id) {
             total += n as usize;
@@ -262,7 +342,8 @@ impl Handle {
 
     /// Closes one connection by its `connectionId`; false when the id is not
     /// well formed. A stale id (connection gone, slot reused) is ignored by
-    /// the shard.
+    /// the shard. Connection ids are per node: in cluster mode this closes
+    /// a connection of this node only.
     pub fn disconnect_connection(&self, connection_id: &str, reconnect: bool) -> bool {
         let Some(conn) = crate::bus::ConnRef::parse(connection_id) else {
             return false;
@@ -284,12 +365,56 @@ impl Handle {
 
     pub fn stats_limited(&self, limit: usize) -> Stats {
         let m = &self.core.metrics;
-        let (users, users_truncated) = self.core.presence.users(limit);
+        let Some(cluster) = &self.core.cluster else {
+            let (users, users_truncated) = self.core.presence.users(limit);
+            return Stats {
+                total_connections: m.connections(),
+                total_users: self.core.presence.user_count(),
+                users,
+                users_truncated,
+                ..self.node_stats()
+            };
+        };
+        let mut all: HashSet<String> = self.core.presence.all_users().into_iter().collect();
+        cluster.remote_users(&mut all);
+        let total_users = all.len();
+        let mut users: Vec<String> = all.into_iter().collect();
+        users.sort_unstable();
+        let users_truncated = users.len() > limit;
+        users.truncate(limit);
+        let mut stats = self.node_stats();
+        let mut nodes = vec![NodeStats {
+            id: cluster.node_id.clone(),
+            connections: stats.total_connections,
+        }];
+        for (id, c) in cluster.remote_nodes() {
+            stats.total_connections += c.connections as usize;
+            stats.messages_in += c.messages_in;
+            stats.messages_out += c.messages_out;
+            stats.bytes_out += c.bytes_out;
+            nodes.push(NodeStats {
+                id,
+                connections: c.connections as usize,
+            });
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Stats {
-            total_connections: m.connections(),
-            total_users: self.core.presence.user_count(),
+            total_users,
             users,
             users_truncated,
+            nodes: Some(nodes),
+            ..stats
+        }
+    }
+
+    /// This node's own counters, users left empty.
+    fn node_stats(&self) -> Stats {
+        let m = &self.core.metrics;
+        Stats {
+            total_connections: m.connections(),
+            total_users: 0,
+            users: Vec::new(),
+            users_truncated: false,
             shards: m
                 .shards
                 .iter()
@@ -303,14 +428,30 @@ impl Handle {
             messages_out: m.sum(|s| &s.messages_out),
             bytes_out: m.sum(|s| &s.bytes_out),
             uptime_seconds: self.core.started.elapsed().as_secs(),
+            nodes: None,
         }
     }
 
     /// Prometheus text for `/metrics`.
     pub fn metrics_text(&self) -> String {
-        self.core.metrics.render(
+        let mut text = self.core.metrics.render(
             self.core.presence.user_count(),
             self.core.started.elapsed().as_secs(),
-        )
+        );
+        if let Some(c) = &self.core.cluster {
+            c.render_metrics(&mut text);
+        }
+        text
     }
+}
+
+/// `ids` once each, without those in `exclude` (exclusion wins).
+fn distinct_targets<'a>(
+    ids: &'a [String],
+    exclude: &'a [String],
+) -> impl Iterator<Item = &'a String> + 'a {
+    let exclude: HashSet<&String> = exclude.iter().collect();
+    let mut seen = HashSet::new();
+    ids.iter()
+        .filter(move |u| !exclude.contains(u) && seen.insert(*u))
 }

@@ -27,6 +27,8 @@
 //! config.rs     every option and its default
 //! error.rs      HTTP errors → status, close codes, in one place
 //! web.rs        the embedded test page and browser client
+//! cluster/      cluster mode: Redis pub/sub link threads, wire format,
+//!               the view of the other nodes' presence
 //! client/       the Rust client: a thread per client, reconnect with backoff
 //! ```
 //!
@@ -38,12 +40,15 @@
 //! Broadcast: REST route or Handle → frame::shared_message (encoded once)
 //!            → presence picks shards → bus → shard inbox → each target's
 //!            Outbound queue (Arc'd frame) → writev when the socket is writable
+//! Cluster:   the same call also → cluster::publish → publisher thread →
+//!            Redis channel → other nodes' subscriber thread → their bus
 //! ```
 
 pub mod acceptor;
 pub mod auth;
 pub mod bus;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -61,6 +66,7 @@ pub mod web;
 pub use config::Config;
 pub use error::{CloseCode, HttpError};
 pub use handle::{
-    Data, EchoHandler, Handle, MessageHandler, RawEchoHandler, RawVerdict, ShardStats, Stats,
+    Data, EchoHandler, Handle, MessageHandler, NodeStats, RawEchoHandler, RawVerdict, ShardStats,
+    Stats,
 };
 pub use server::{DevMode, Server, ServerBuilder, StartError};

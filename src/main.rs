@@ -107,6 +107,16 @@ struct Cli {
     /// Do not serve the test page (/) and the browser client (/realtime.js)
     #[arg(long, env = "WSEDGE_NO_WEB")]
     no_web: bool,
+    /// Join a cluster through this Redis (redis://HOST:PORT[/DB]); unset: single node
+    #[arg(long, env = "WSEDGE_REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+    /// This node's unique name in the cluster [default: hostname:port]
+    #[arg(long, env = "WSEDGE_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
+    /// Prefix of the cluster's Redis keys and channel; nodes with the same
+    /// Redis and name form one cluster [default: wsedge]
+    #[arg(long, env = "WSEDGE_CLUSTER_NAME", value_name = "NAME")]
+    cluster_name: Option<String>,
 }
 
 impl Cli {
@@ -140,14 +150,17 @@ impl Cli {
             idle_timeout_secs,
             max_header_bytes,
             max_body_bytes,
-            drain_timeout_secs
+            drain_timeout_secs,
+            cluster_name
         );
         set_opt!(
             admin_key,
             jwt_secret,
             jwt_public_key,
             jwt_issuer,
-            jwt_audience
+            jwt_audience,
+            redis_url,
+            node_id
         );
         if self.no_web {
             c.serve_web = false;

@@ -7,8 +7,12 @@
 //! into stripes so that shards opening connections for different users rarely
 //! meet on one lock, and every lock is held for a map operation only: no I/O
 //! and no channel send happen under it.
+//!
+//! In cluster mode it also remembers which users changed since the cluster
+//! link last asked ([`Presence::take_changes`]), so that only those are sent
+//! to the other nodes. A single node does not track changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 
@@ -21,34 +25,59 @@ struct Entry {
     per_shard: Vec<u32>,
 }
 
+#[derive(Debug, Default)]
+struct Stripe {
+    users: HashMap<String, Entry>,
+    /// Users whose count changed since the last `take_changes` (cluster mode).
+    changed: HashSet<String>,
+}
+
 /// The presence table.
 #[derive(Debug)]
 pub struct Presence {
-    stripes: Vec<Mutex<HashMap<String, Entry>>>,
+    stripes: Vec<Mutex<Stripe>>,
     hasher: std::collections::hash_map::RandomState,
     shards: usize,
+    track_changes: bool,
 }
 
 impl Presence {
     pub fn new(shards: usize) -> Presence {
+        Presence::with_change_tracking(shards, false)
+    }
+
+    /// A table that also records which users changed (for cluster mode).
+    pub fn with_change_tracking(shards: usize, track_changes: bool) -> Presence {
         Presence {
-            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
             hasher: Default::default(),
             shards,
+            track_changes,
         }
     }
 
-    fn stripe(&self, user: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
-        let i = (self.hasher.hash_one(user) as usize) % STRIPES;
+    fn lock(stripe: &Mutex<Stripe>) -> MutexGuard<'_, Stripe> {
         // A poisoned stripe only means another thread panicked mid-update of
         // plain counters; the data is still usable.
-        self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
+        stripe.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stripe(&self, user: &str) -> MutexGuard<'_, Stripe> {
+        let i = (self.hasher.hash_one(user) as usize) % STRIPES;
+        Self::lock(&self.stripes[i])
+    }
+
+    fn note_change(&self, stripe: &mut Stripe, user: &str) {
+        if self.track_changes && !stripe.changed.contains(user) {
+            stripe.changed.insert(user.to_string());
+        }
     }
 
     /// Adds a connection of `user` on `shard` unless the user already holds
     /// `max_per_user`; the check and the add are one step.
     pub fn try_add(&self, user: &str, shard: usize, max_per_user: usize) -> bool {
-        let mut map = self.stripe(user);
+        let mut stripe = self.stripe(user);
+        let map = &mut stripe.users;
         let entry = map.entry(user.to_string()).or_insert_with(|| Entry {
             total: 0,
             per_shard: vec![0; self.shards],
@@ -61,12 +90,14 @@ impl Presence {
         }
         entry.total += 1;
         entry.per_shard[shard] += 1;
+        self.note_change(&mut stripe, user);
         true
     }
 
     /// Removes one connection of `user` on `shard`.
     pub fn remove(&self, user: &str, shard: usize) {
-        let mut map = self.stripe(user);
+        let mut stripe = self.stripe(user);
+        let map = &mut stripe.users;
         if let Some(entry) = map.get_mut(user) {
             entry.total = entry.total.saturating_sub(1);
             if let Some(n) = entry.per_shard.get_mut(shard) {
@@ -75,17 +106,46 @@ impl Presence {
             if entry.total == 0 {
                 map.remove(user);
             }
+            self.note_change(&mut stripe, user);
         }
+    }
+
+    /// The users that changed since the last call, each with its count now
+    /// (0: gone). Empty unless change tracking is on.
+    pub fn take_changes(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for s in &self.stripes {
+            let mut stripe = Self::lock(s);
+            let changed = std::mem::take(&mut stripe.changed);
+            out.extend(changed.into_iter().map(|u| {
+                let n = stripe.users.get(&u).map_or(0, |e| e.total);
+                (u, n)
+            }));
+        }
+        out
+    }
+
+    /// Every connected user with its count, and forgets pending changes
+    /// (the snapshot supersedes them).
+    pub fn snapshot(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for s in &self.stripes {
+            let mut stripe = Self::lock(s);
+            stripe.changed.clear();
+            out.extend(stripe.users.iter().map(|(u, e)| (u.clone(), e.total)));
+        }
+        out
     }
 
     /// Connections `user` holds now.
     pub fn count(&self, user: &str) -> usize {
-        self.stripe(user).get(user).map_or(0, |e| e.total)
+        self.stripe(user).users.get(user).map_or(0, |e| e.total)
     }
 
     /// Per shard connection counts of `user` (empty when not connected).
     pub fn shards_of(&self, user: &str) -> Vec<(usize, u32)> {
         self.stripe(user)
+            .users
             .get(user)
             .map(|e| {
                 e.per_shard
@@ -102,21 +162,26 @@ impl Presence {
     pub fn user_count(&self) -> usize {
         self.stripes
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .map(|s| Self::lock(s).users.len())
             .sum()
     }
 
     /// Up to `limit` connected user ids (sorted), and whether more exist.
     pub fn users(&self, limit: usize) -> (Vec<String>, bool) {
-        let mut all: Vec<String> = Vec::new();
-        for s in &self.stripes {
-            let map = s.lock().unwrap_or_else(|p| p.into_inner());
-            all.extend(map.keys().cloned());
-        }
+        let mut all = self.all_users();
         all.sort_unstable();
         let truncated = all.len() > limit;
         all.truncate(limit);
         (all, truncated)
+    }
+
+    /// Every connected user id, unordered.
+    pub fn all_users(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for s in &self.stripes {
+            all.extend(Self::lock(s).users.keys().cloned());
+        }
+        all
     }
 }
 
@@ -140,5 +205,26 @@ mod tests {
         assert_eq!(p.count("a"), 0);
         assert!(p.shards_of("a").is_empty());
         assert_eq!(p.users(10), (vec!["b".to_string()], false));
+        // Without tracking, nothing is recorded.
+        assert!(p.take_changes().is_empty());
+    }
+
+    #[test]
+    fn tracks_changes_once_per_user_with_current_counts() {
+        let p = Presence::with_change_tracking(2, true);
+        assert!(p.try_add("a", 0, 5));
+        assert!(p.try_add("a", 1, 5));
+        assert!(p.try_add("b", 0, 5));
+        p.remove("b", 0);
+        let mut c = p.take_changes();
+        c.sort();
+        assert_eq!(c, vec![("a".to_string(), 2), ("b".to_string(), 0)]);
+        assert!(p.take_changes().is_empty());
+        // A refused add changes nothing.
+        assert!(!p.try_add("a", 0, 2));
+        assert!(p.take_changes().is_empty());
+        p.remove("a", 0);
+        assert_eq!(p.snapshot(), vec![("a".to_string(), 1)]);
+        assert!(p.take_changes().is_empty(), "a snapshot supersedes pending changes");
     }
 }

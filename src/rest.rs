@@ -129,7 +129,16 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
     }
     let core = &h.core;
     Ok(match route {
-        Route::Healthz => Response::text(200, "text/plain; charset=utf-8", "ok"),
+        Route::Healthz => match h.degraded() {
+            // Still 200: a load balancer must not drop every node at once
+            // because their shared Redis is down.
+            Some(reason) => Response::text(
+                200,
+                "text/plain; charset=utf-8",
+                format!("degraded: {reason}"),
+            ),
+            None => Response::text(200, "text/plain; charset=utf-8", "ok"),
+        },
         Route::Metrics => Response::text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::acceptor::{self, AcceptorControl};
 use crate::auth::{mint_hs256, now_secs, Verifier};
 use crate::bus::{self, Bus, Command};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::handle::{Core, EchoHandler, Handle, MessageHandler};
 use crate::metrics::Metrics;
@@ -31,6 +32,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, err: io::Error },
     #[error("cannot start: {0}")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Tokens made up in dev mode (no key configured), valid for 24 hours.
@@ -99,6 +102,8 @@ pub struct Server {
     local_addr: SocketAddr,
     acceptor: Option<(JoinHandle<()>, AcceptorControl)>,
     shards: Vec<JoinHandle<()>>,
+    /// The cluster publisher, joined last so its goodbye goes out.
+    cluster_thread: Option<JoinHandle<()>>,
     dev: Option<DevMode>,
 }
 
@@ -145,8 +150,20 @@ impl Server {
         }
         let bus = Bus::new(inboxes);
         let metrics = Metrics::new(config.shards);
+        let cluster = match &config.redis_url {
+            Some(url) => Some(Cluster::new(
+                url,
+                config
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| crate::cluster::default_node_id(local_addr.port())),
+                &config.cluster_name,
+            )?),
+            None => None,
+        };
         let core = Arc::new(Core {
-            presence: Presence::new(config.shards),
+            presence: Presence::with_change_tracking(config.shards, cluster.is_some()),
+            cluster,
             verifier,
             metrics,
             bus: bus.clone(),
@@ -157,6 +174,18 @@ impl Server {
             config,
         });
         let handle = Handle { core };
+        let cluster_thread = match &handle.core.cluster {
+            Some(c) => {
+                log::info!(
+                    "cluster mode: node {:?} through redis at {} (cluster {:?})",
+                    c.node_id,
+                    c.redis_addr,
+                    handle.core.config.cluster_name
+                );
+                Some(crate::cluster::spawn(&handle)?)
+            }
+            None => None,
+        };
 
         let mut shards = Vec::new();
         for (id, (poll, rx)) in polls.into_iter().zip(receivers).enumerate() {
@@ -184,6 +213,7 @@ impl Server {
             local_addr,
             acceptor: Some((acceptor_thread, control)),
             shards,
+            cluster_thread,
             dev,
         })
     }
@@ -218,6 +248,12 @@ impl Server {
         let _ = thread.join();
         self.handle.core.bus.send_all(|| Command::Shutdown);
         for t in self.shards.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(c) = &self.handle.core.cluster {
+            c.stop.store(true, Ordering::Release);
+        }
+        if let Some(t) = self.cluster_thread.take() {
             let _ = t.join();
         }
         log::info!("wsedge stopped");

@@ -203,10 +203,15 @@ impl Shard {
         let refuse = if core.ws_slots.fetch_add(1, Relaxed) >= core.config.max_connections {
             core.ws_slots.fetch_sub(1, Relaxed);
             Some(HttpError::ServiceUnavailable)
-        } else if !core
-            .presence
-            .try_add(user, self.id, core.config.max_connections_per_user)
-        {
+        } else if !core.presence.try_add(
+            user,
+            self.id,
+            // Cluster-wide, best effort: other nodes' counts are as of their
+            // last presence change heard here.
+            core.config
+                .max_connections_per_user
+                .saturating_sub(self.handle.remote_user_count(user)),
+        ) {
             core.ws_slots.fetch_sub(1, Relaxed);
             Some(HttpError::TooManyRequests)
         } else {

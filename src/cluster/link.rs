@@ -1,0 +1,451 @@
+//! The two threads that talk to Redis, so that no shard ever does.
+//!
+//! - The publisher owns one connection. It sends queued packets (pipelined,
+//!   in queue order, so one node's messages keep their order), writes this
+//!   node's presence changes to Redis every [`PRESENCE_FLUSH`] and a
+//!   heartbeat every [`HEARTBEAT`]. After any error it drops the connection,
+//!   counts what it could not send, and reconnects with back-off; on
+//!   reconnecting it rewrites this node's whole presence snapshot, so that
+//!   Redis restarted empty is healed.
+//! - The subscriber owns a pub/sub connection on the cluster channel and a
+//!   second connection for reading other nodes' snapshots. Packets from
+//!   other nodes go to the shards through the same bus commands as local
+//!   calls, and presence news into the [`super::view::View`].
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+use redis::{Connection, RedisResult};
+
+use super::wire::{self, Body, Packet};
+use super::{Cluster, NodeCounters, HEARTBEAT, PRESENCE_FLUSH};
+use crate::error::CloseCode;
+use crate::handle::Handle;
+
+/// Keys of a node live this long past its last heartbeat.
+const KEY_TTL_MS: u64 = 10_000;
+/// Packets sent in one pipelined round trip at most.
+const BATCH: usize = 512;
+/// Hash fields written per `HSET` in a snapshot.
+const SNAPSHOT_CHUNK: usize = 1000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A Redis that answers nothing for this long is treated as down.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the subscriber waits for a packet before checking for shutdown.
+const SUBSCRIBER_POLL: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+fn cluster(h: &Handle) -> &Cluster {
+    match &h.core.cluster {
+        Some(c) => c,
+        None => unreachable!("cluster threads run only in cluster mode"),
+    }
+}
+
+/// Starts both threads. The publisher's handle is returned so shutdown can
+/// wait for its goodbye; the subscriber stops by itself within
+/// [`SUBSCRIBER_POLL`] of [`Cluster::stop`].
+pub(crate) fn spawn(h: &Handle) -> std::io::Result<JoinHandle<()>> {
+    let h2 = h.clone();
+    std::thread::Builder::new()
+        .name("wsedge-cluster-sub".into())
+        .spawn(move || run_subscriber(&h2))?;
+    let h3 = h.clone();
+    std::thread::Builder::new()
+        .name("wsedge-cluster-pub".into())
+        .spawn(move || run_publisher(&h3))
+}
+
+fn connect(c: &Cluster) -> RedisResult<Connection> {
+    let con = c.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(con)
+}
+
+/// Doubling back-off between reconnects, logging only state changes.
+struct Reconnect {
+    delay: Duration,
+    next: Instant,
+    down_since: Option<Instant>,
+}
+
+impl Reconnect {
+    fn new() -> Reconnect {
+        Reconnect {
+            delay: Duration::from_millis(100),
+            next: Instant::now(),
+            down_since: None,
+        }
+    }
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+    fn failed(&mut self, who: &str, c: &Cluster, e: &redis::RedisError) {
+        if self.down_since.is_none() {
+            log::warn!(
+                "cluster {who}: redis at {} unreachable ({e}); delivering locally until it is back",
+                c.redis_addr
+            );
+            self.down_since = Some(Instant::now());
+        }
+        self.next = Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(MAX_BACKOFF);
+    }
+    fn succeeded(&mut self, who: &str, c: &Cluster) {
+        if let Some(t) = self.down_since.take() {
+            log::info!(
+                "cluster {who}: redis at {} is back after {:.1} s",
+                c.redis_addr,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        self.delay = Duration::from_millis(100);
+    }
+}
+
+struct Publisher<'a> {
+    h: &'a Handle,
+    c: &'a Cluster,
+    con: Option<Connection>,
+    seq: u64,
+    reconnect: Reconnect,
+}
+
+fn run_publisher(h: &Handle) {
+    let c = cluster(h);
+    let mut p = Publisher {
+        h,
+        c,
+        con: None,
+        seq: 0,
+        reconnect: Reconnect::new(),
+    };
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    let mut next_flush = Instant::now();
+    let mut next_heartbeat = Instant::now();
+    loop {
+        let stopping = c.stop.load(Relaxed);
+        let wait = next_flush
+            .min(next_heartbeat)
+            .saturating_duration_since(Instant::now());
+        match c.outbox_rx.recv_timeout(wait) {
+            Ok(b) => batch.push(b),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < BATCH {
+            match c.outbox_rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        if p.con.is_none() && p.reconnect.due() {
+            p.open();
+            next_heartbeat = Instant::now();
+        }
+        let now = Instant::now();
+        let flush = now >= next_flush;
+        let heartbeat = now >= next_heartbeat;
+        if flush {
+            next_flush = now + PRESENCE_FLUSH;
+        }
+        if heartbeat {
+            next_heartbeat = now + HEARTBEAT;
+        }
+        p.send(&mut batch, flush, heartbeat);
+        if stopping {
+            p.goodbye();
+            return;
+        }
+    }
+}
+
+impl Publisher<'_> {
+    /// Connects and rewrites this node's presence snapshot.
+    fn open(&mut self) {
+        let r = connect(self.c).and_then(|mut con| {
+            self.seq += 1;
+            let users = self.h.core.presence.snapshot();
+            let n = self.c.names.presence_key(&self.c.node_id);
+            let mut pipe = redis::pipe();
+            pipe.atomic().del(&n).ignore();
+            for chunk in users.chunks(SNAPSHOT_CHUNK) {
+                pipe.hset_multiple(&n, chunk).ignore();
+            }
+            self.write_seq(&mut pipe);
+            pipe.exec(&mut con)?;
+            Ok(con)
+        });
+        match r {
+            Ok(con) => {
+                self.con = Some(con);
+                self.c.stats.publisher_up.store(true, Relaxed);
+                self.reconnect.succeeded("publisher", self.c);
+            }
+            Err(e) => {
+                self.c.stats.publisher_up.store(false, Relaxed);
+                self.reconnect.failed("publisher", self.c, &e);
+            }
+        }
+    }
+
+    fn write_seq(&self, pipe: &mut redis::Pipeline) {
+        let c = self.c;
+        pipe.cmd("SET")
+            .arg(c.names.seq_key(&c.node_id))
+            .arg(format!("{} {}", c.inc, self.seq))
+            .arg("PX")
+            .arg(KEY_TTL_MS)
+            .ignore();
+        pipe.pexpire(c.names.presence_key(&c.node_id), KEY_TTL_MS as i64)
+            .ignore();
+    }
+
+    fn packet(&self, body: Body<'_>) -> Vec<u8> {
+        wire::encode(&Packet {
+            node: self.c.node_id.as_str().into(),
+            inc: self.c.inc,
+            body,
+        })
+    }
+
+    /// Sends the queued packets, then presence changes and the heartbeat
+    /// when due. Without a connection the packets are dropped and counted
+    /// (presence changes wait: the snapshot on reconnect covers them).
+    fn send(&mut self, batch: &mut Vec<Vec<u8>>, flush: bool, heartbeat: bool) {
+        let Some(mut con) = self.con.take() else {
+            self.c.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
+            batch.clear();
+            return;
+        };
+        let channel = self.c.names.channel();
+        let sent = batch.len() as u64;
+        let r = (|| -> RedisResult<()> {
+            if !batch.is_empty() {
+                let mut pipe = redis::pipe();
+                for b in batch.iter() {
+                    pipe.publish(&channel, b.as_slice()).ignore();
+                }
+                pipe.exec(&mut con)?;
+                self.c.stats.published.fetch_add(sent, Relaxed);
+            }
+            if flush {
+                self.flush_presence(&mut con, &channel)?;
+            }
+            if heartbeat {
+                self.heartbeat(&mut con, &channel)?;
+            }
+            Ok(())
+        })();
+        batch.clear();
+        match r {
+            Ok(()) => self.con = Some(con),
+            Err(e) => {
+                self.c.stats.publisher_up.store(false, Relaxed);
+                self.reconnect.failed("publisher", self.c, &e);
+            }
+        }
+    }
+
+    fn flush_presence(&mut self, con: &mut Connection, channel: &str) -> RedisResult<()> {
+        let changes = self.h.core.presence.take_changes();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.seq += 1;
+        let n = self.c.names.presence_key(&self.c.node_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let (present, gone): (Vec<_>, Vec<_>) = changes.iter().partition(|(_, n)| *n > 0);
+        for chunk in present.chunks(SNAPSHOT_CHUNK) {
+            let fields: Vec<(&str, usize)> = chunk.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+            pipe.hset_multiple(&n, &fields).ignore();
+        }
+        for chunk in gone.chunks(SNAPSHOT_CHUNK) {
+            let fields: Vec<&str> = chunk.iter().map(|(u, _)| u.as_str()).collect();
+            pipe.hdel(&n, fields).ignore();
+        }
+        self.write_seq(&mut pipe);
+        let users = changes
+            .into_iter()
+            .map(|(u, n)| (u, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
+        let packet = self.packet(Body::Presence {
+            seq: self.seq,
+            users,
+        });
+        pipe.publish(channel, packet).ignore();
+        pipe.exec(con)
+    }
+
+    fn heartbeat(&self, con: &mut Connection, channel: &str) -> RedisResult<()> {
+        let m = &self.h.core.metrics;
+        let packet = self.packet(Body::Heartbeat {
+            seq: self.seq,
+            connections: m.connections() as u64,
+            messages_in: m.sum(|s| &s.messages_in),
+            messages_out: m.sum(|s| &s.messages_out),
+            bytes_out: m.sum(|s| &s.bytes_out),
+        });
+        let mut pipe = redis::pipe();
+        pipe.publish(channel, packet).ignore();
+        self.write_seq(&mut pipe);
+        pipe.exec(con)
+    }
+
+    /// Tells the others to forget this node now, and removes its keys.
+    fn goodbye(&mut self) {
+        let Some(mut con) = self.con.take() else {
+            return;
+        };
+        let c = self.c;
+        let mut pipe = redis::pipe();
+        pipe.publish(c.names.channel(), self.packet(Body::Bye))
+            .ignore()
+            .del(c.names.presence_key(&c.node_id))
+            .ignore()
+            .del(c.names.seq_key(&c.node_id))
+            .ignore();
+        if let Err(e) = pipe.exec(&mut con) {
+            log::warn!("cluster: goodbye to redis failed: {e}");
+        }
+    }
+}
+
+fn run_subscriber(h: &Handle) {
+    let c = cluster(h);
+    let mut reconnect = Reconnect::new();
+    while !c.stop.load(Relaxed) {
+        if !reconnect.due() {
+            std::thread::sleep(SUBSCRIBER_POLL.min(reconnect.next - Instant::now()));
+            continue;
+        }
+        let r = subscribe(h, c, &mut reconnect);
+        c.stats.subscriber_up.store(false, Relaxed);
+        if let Err(e) = r {
+            reconnect.failed("subscriber", c, &e);
+        }
+    }
+}
+
+/// One subscribed session: returns when the connection fails or on stop.
+fn subscribe(h: &Handle, c: &Cluster, reconnect: &mut Reconnect) -> RedisResult<()> {
+    let mut query = connect(c)?;
+    let mut con = connect(c)?;
+    let mut ps = con.as_pubsub();
+    ps.subscribe(c.names.channel())?;
+    ps.set_read_timeout(Some(SUBSCRIBER_POLL))?;
+    c.stats.subscriber_up.store(true, Relaxed);
+    reconnect.succeeded("subscriber", c);
+    loop {
+        if c.stop.load(Relaxed) {
+            return Ok(());
+        }
+        match ps.get_message() {
+            Ok(msg) => on_packet(h, c, msg.get_payload_bytes()),
+            Err(e) if e.is_timeout() => {}
+            Err(e) => return Err(e),
+        }
+        let pending = {
+            let mut view = c.view();
+            view.expire(Instant::now());
+            view.take_resync()
+        };
+        for node in pending {
+            resync(c, &mut query, &node)?;
+        }
+    }
+}
+
+/// Reads `node`'s presence snapshot and its sequence number in one step.
+fn resync(c: &Cluster, con: &mut Connection, node: &str) -> RedisResult<()> {
+    let (users, seq): (HashMap<String, u32>, Option<String>) = redis::pipe()
+        .atomic()
+        .hgetall(c.names.presence_key(node))
+        .get(c.names.seq_key(node))
+        .query(con)?;
+    // Keys not written yet (or expired): the next heartbeat asks again.
+    let Some((inc, seq)) = seq.as_deref().and_then(parse_seq) else {
+        return Ok(());
+    };
+    c.view().on_snapshot(node, inc, seq, users);
+    Ok(())
+}
+
+fn parse_seq(s: &str) -> Option<(u64, u64)> {
+    let (inc, seq) = s.split_once(' ')?;
+    Some((inc.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Applies one packet from the channel.
+fn on_packet(h: &Handle, c: &Cluster, bytes: &[u8]) {
+    let p = match wire::decode(bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            c.stats.malformed.fetch_add(1, Relaxed);
+            log::debug!("cluster: {e}");
+            return;
+        }
+    };
+    if p.node == c.node_id {
+        if p.inc != c.inc {
+            log::warn!(
+                "cluster: another node also calls itself {:?}; give each node its own --node-id",
+                c.node_id
+            );
+        }
+        return;
+    }
+    c.stats.received.fetch_add(1, Relaxed);
+    let now = Instant::now();
+    match p.body {
+        Body::Broadcast {
+            message,
+            users,
+            exclude,
+        } => {
+            h.deliver_local(message.get().as_bytes(), users.as_deref(), &exclude);
+        }
+        Body::Disconnect { user, code } => {
+            let code = match code {
+                4500 => CloseCode::DisconnectedNoReconnect,
+                _ => CloseCode::Disconnected,
+            };
+            h.disconnect_local(&user, code);
+        }
+        Body::Presence { seq, users } => c.view().on_presence(&p.node, p.inc, seq, &users, now),
+        Body::Heartbeat {
+            seq,
+            connections,
+            messages_in,
+            messages_out,
+            bytes_out,
+        } => {
+            let counters = NodeCounters {
+                connections,
+                messages_in,
+                messages_out,
+                bytes_out,
+            };
+            c.view().on_heartbeat(&p.node, p.inc, seq, counters, now);
+        }
+        Body::Bye => c.view().on_bye(&p.node),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_values_parse_or_are_refused() {
+        assert_eq!(parse_seq("12 3"), Some((12, 3)));
+        assert_eq!(parse_seq("12"), None);
+        assert_eq!(parse_seq("a 3"), None);
+        assert_eq!(parse_seq(""), None);
+    }
+}

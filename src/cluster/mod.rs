@@ -1,0 +1,173 @@
+//! Cluster mode: several nodes behave as one service through Redis pub/sub
+//! (SPEC §9).
+//!
+//! Data flow: a REST or library call on this node fans out locally through
+//! the bus as on a single node, and [`Cluster::publish`] queues the same
+//! operation for the other nodes. The publisher thread (`link`) sends it on
+//! the cluster channel; every other node's subscriber thread hands it to its
+//! own shards with the single-node path. Presence is cluster-wide through a
+//! [`view::View`] of the other nodes, fed by presence changes and heartbeats
+//! on the same channel.
+//!
+//! What it must never do: make a shard (or any REST call) wait on Redis.
+//! Publishing is a `try_send` into a bounded queue; when Redis is down or
+//! slow the queue overflows into a counter, and local delivery goes on.
+
+mod link;
+mod view;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+pub(crate) use link::spawn;
+pub use view::NodeCounters;
+use view::View;
+use wire::{Body, Names, Packet};
+
+/// How often a node says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node silent this long no longer counts (its connections leave presence
+/// and stats). Three missed heartbeats.
+pub const NODE_TTL: Duration = Duration::from_secs(3);
+/// How often presence changes are sent (they are batched in between).
+pub const PRESENCE_FLUSH: Duration = Duration::from_millis(20);
+/// Packets waiting for the publisher before new ones are dropped.
+const OUTBOX: usize = 100_000;
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("--redis-url: {0}")]
+    Url(String),
+}
+
+/// Link health and traffic counters (exported on `/metrics`).
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub publisher_up: AtomicBool,
+    pub subscriber_up: AtomicBool,
+    pub published: AtomicU64,
+    pub received: AtomicU64,
+    pub dropped: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// This node's membership in a cluster.
+pub(crate) struct Cluster {
+    pub node_id: String,
+    /// Random per process: a restarted node with the same id is a new run.
+    pub inc: u64,
+    pub names: Names,
+    client: redis::Client,
+    /// `host:port` of Redis, for logs and `/healthz` (never the password).
+    pub redis_addr: String,
+    outbox: Sender<Vec<u8>>,
+    outbox_rx: Receiver<Vec<u8>>,
+    view: Mutex<View>,
+    pub stats: LinkStats,
+    pub stop: AtomicBool,
+}
+
+impl Cluster {
+    pub fn new(url: &str, node_id: String, cluster_name: &str) -> Result<Cluster, ClusterError> {
+        let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let redis_addr = client.get_connection_info().addr().to_string();
+        let (outbox, outbox_rx) = crossbeam_channel::bounded(OUTBOX);
+        Ok(Cluster {
+            node_id,
+            inc: rand::random::<u64>() >> 1,
+            names: Names::new(cluster_name),
+            client,
+            redis_addr,
+            outbox,
+            outbox_rx,
+            view: Mutex::new(View::new(NODE_TTL)),
+            stats: LinkStats::default(),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `body` for the other nodes; never blocks. False (and counted)
+    /// when the queue is full because Redis is down or slow.
+    pub fn publish(&self, body: Body<'_>) -> bool {
+        let bytes = wire::encode(&Packet {
+            node: self.node_id.as_str().into(),
+            inc: self.inc,
+            body,
+        });
+        match self.outbox.try_send(bytes) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Connections `user` holds on the other live nodes.
+    pub fn remote_user_count(&self, user: &str) -> usize {
+        self.view().user_count(user, Instant::now())
+    }
+
+    /// The other live nodes with their last reported counters.
+    pub fn remote_nodes(&self) -> Vec<(String, NodeCounters)> {
+        self.view().nodes(Instant::now())
+    }
+
+    /// Adds users connected to other live nodes to `out`.
+    pub fn remote_users(&self, out: &mut HashSet<String>) {
+        self.view().collect_users(out, Instant::now());
+    }
+
+    /// `Some(reason)` while the link to Redis is down.
+    pub fn degraded(&self) -> Option<String> {
+        let up = self.stats.publisher_up.load(Relaxed) && self.stats.subscriber_up.load(Relaxed);
+        (!up).then(|| {
+            format!(
+                "redis at {} unreachable; delivering to this node's connections only",
+                self.redis_addr
+            )
+        })
+    }
+
+    /// Prometheus lines for the cluster link.
+    pub fn render_metrics(&self, o: &mut String) {
+        use std::fmt::Write as _;
+        let s = &self.stats;
+        let up = u64::from(self.degraded().is_none());
+        for (name, help, kind, v) in [
+            ("wsedge_cluster_redis_up", "1 while both Redis connections work.", "gauge", up),
+            (
+                "wsedge_cluster_nodes",
+                "Live nodes in the cluster, this one included.",
+                "gauge",
+                self.remote_nodes().len() as u64 + 1,
+            ),
+            ("wsedge_cluster_published_total", "Packets published to the cluster channel.", "counter", s.published.load(Relaxed)),
+            ("wsedge_cluster_received_total", "Packets received from other nodes.", "counter", s.received.load(Relaxed)),
+            ("wsedge_cluster_dropped_total", "Packets not published because Redis was down or slow.", "counter", s.dropped.load(Relaxed)),
+            ("wsedge_cluster_malformed_total", "Packets on the channel that could not be read.", "counter", s.malformed.load(Relaxed)),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
+}
+
+/// `hostname:port`, the default `--node-id`.
+pub fn default_node_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsedge".to_string());
+    format!("{host}:{port}")
+}
