@@ -16,6 +16,8 @@ use tungstenite::Message;
 use wsedge::auth::{mint_hs256, now_secs};
 use wsedge::{Config, Server};
 
+pub mod process;
+
 pub const SECRET: &str = "integration-test-secret";
 pub const ADMIN_KEY: &str = "integration-admin-key";
 /// Upper bound for any single wait in a test.

@@ -1,0 +1,497 @@
+//! Cluster mode (SPEC §9): three nodes on one machine, joined through a real
+//! `redis-server`, behave as one service.
+//!
+//! Nodes are in-process servers unless a test must kill one without warning,
+//! which takes a child process. Each test gets its own cluster name, so
+//! tests share a Redis (`WSEDGE_TEST_REDIS_URL`, started by `scripts/test`)
+//! without seeing each other; without that variable, and for the outage
+//! test, a test starts a private `redis-server` on an ephemeral port.
+//! Every wait is bounded.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::process::spawn;
+use common::*;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+/// A `redis-server` child on a loopback port; killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut r = Redis { child: None, port };
+        r.restart();
+        r
+    }
+
+    /// Starts the server (again) on the same port and waits until it answers.
+    fn restart(&mut self) {
+        let bin = std::env::var("WSEDGE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {bin}: {e} (apt-get install redis-server; scripts/test does it)")
+            });
+        self.child = Some(child);
+        let url = self.url();
+        eventually("redis-server answers PING", || ping(&url));
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ping(url: &str) -> bool {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+        .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con))
+        .is_ok()
+}
+
+/// The shared Redis of the test run, or a private one.
+fn shared_redis() -> (String, Option<Redis>) {
+    match std::env::var("WSEDGE_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let r = Redis::start();
+            (r.url(), Some(r))
+        }
+    }
+}
+
+/// A cluster name no other test (or run) uses.
+fn cluster_name(test: &str) -> String {
+    format!("test-{}-{}-{}", std::process::id(), test, rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64 % 1_000_000_007)
+}
+
+fn node(url: &str, cluster: &str, id: &str) -> TestServer {
+    start(|c| {
+        c.redis_url = Some(url.to_string());
+        c.cluster_name = cluster.to_string();
+        c.node_id = Some(id.to_string());
+    })
+}
+
+fn stats(addr: SocketAddr) -> Value {
+    let (status, body) = rest(addr, "GET", "/v1/websocket/stats", Some(ADMIN_KEY), None);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn node_ids(stats: &Value) -> Vec<String> {
+    stats["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `addr` sees exactly `ids` as live nodes and `conns` connections.
+fn wait_cluster(addr: SocketAddr, ids: &[&str], conns: u64) {
+    eventually(&format!("{addr} sees nodes {ids:?} with {conns} connections"), || {
+        let s = stats(addr);
+        node_ids(&s) == ids && s["totalConnections"] == conns
+    });
+}
+
+fn connection_count(addr: SocketAddr, user: &str) -> u64 {
+    let (status, body) = rest(
+        addr,
+        "GET",
+        &format!("/v1/websocket/user/{user}/status"),
+        Some(ADMIN_KEY),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body["connectionCount"].as_u64().unwrap_or(u64::MAX)
+}
+
+fn broadcast(addr: SocketAddr, body: Value) -> Value {
+    let (status, resp) = rest(
+        addr,
+        "POST",
+        "/v1/websocket/broadcast",
+        Some(ADMIN_KEY),
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{resp}");
+    resp
+}
+
+fn healthz(addr: SocketAddr) -> String {
+    let (status, _, body) = http_raw(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Three in-process nodes a, b, c of one cluster.
+struct Three {
+    _redis: Option<Redis>,
+    url: String,
+    name: String,
+    a: TestServer,
+    b: TestServer,
+    c: TestServer,
+}
+
+fn three(test: &str) -> Three {
+    let (url, redis) = shared_redis();
+    let name = cluster_name(test);
+    let t = Three {
+        a: node(&url, &name, "a"),
+        b: node(&url, &name, "b"),
+        c: node(&url, &name, "c"),
+        _redis: redis,
+        url,
+        name,
+    };
+    for n in [&t.a, &t.b, &t.c] {
+        wait_cluster(n.addr, &["a", "b", "c"], 0);
+    }
+    t
+}
+
+#[test]
+fn a_broadcast_on_a_reaches_every_node_exactly_once_and_in_order() {
+    let t = three("order");
+    let mut clients: Vec<Ws> = Vec::new();
+    for (i, n) in [&t.a, &t.b, &t.c].iter().enumerate() {
+        for j in 0..2 {
+            clients.push(connect(n.addr, &token(&format!("u{i}{j}"), 600)).0);
+        }
+    }
+    for n in [&t.a, &t.b, &t.c] {
+        wait_cluster(n.addr, &["a", "b", "c"], 6);
+    }
+    const N: u64 = 100;
+    for seq in 0..N {
+        let r = broadcast(t.a.addr, json!({"type":"tick","payload":{"seq":seq}}));
+        assert_eq!(r["sentToConnections"], 6, "{r}");
+    }
+    broadcast(t.a.addr, json!({"type":"end"}));
+    for ws in &mut clients {
+        for seq in 0..N {
+            let m = next_json(ws);
+            assert_eq!(m["type"], "tick", "{m}");
+            assert_eq!(m["payload"]["seq"], seq, "out of order: {m}");
+        }
+        // Exactly once: the next message after the last tick is the end mark.
+        assert_eq!(next_json(ws)["type"], "end");
+    }
+}
+
+#[test]
+fn user_targeting_send_and_status_work_across_nodes() {
+    let t = three("targeting");
+    let (mut on_a, _) = connect(t.a.addr, &token("ann", 600));
+    let (mut on_b, _) = connect(t.b.addr, &token("bob", 600));
+    let (mut on_c, _) = connect(t.c.addr, &token("cid", 600));
+    eventually("a sees cid on c", || connection_count(t.a.addr, "cid") == 1);
+    eventually("a sees bob on b", || connection_count(t.a.addr, "bob") == 1);
+
+    // userIds across nodes, with an exclusion that wins.
+    let r = broadcast(
+        t.a.addr,
+        json!({"type":"only","payload":1,"userIds":["bob","cid","ann"],"excludeUserIds":["ann"]}),
+    );
+    assert_eq!(r["sentToConnections"], 2, "{r}");
+    assert_eq!(r["targetUsers"], 3);
+    assert_eq!(next_json(&mut on_b)["type"], "only");
+    assert_eq!(next_json(&mut on_c)["type"], "only");
+
+    // send to a user connected only to c, called on a.
+    let (status, body) = rest(
+        t.a.addr,
+        "POST",
+        "/v1/websocket/send/cid",
+        Some(ADMIN_KEY),
+        Some(&json!({"type":"direct","payload":{"x":1}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sentToConnections"], 1);
+    let m = next_json(&mut on_c);
+    assert_eq!((m["type"].as_str(), m["payload"]["x"].as_i64()), (Some("direct"), Some(1)));
+    // A user connected nowhere is still a 404.
+    let (status, _) = rest(
+        t.a.addr,
+        "POST",
+        "/v1/websocket/send/nobody",
+        Some(ADMIN_KEY),
+        Some(&json!({"type":"direct"})),
+    );
+    assert_eq!(status, 404);
+
+    // ann was excluded and got nothing else: her next message is this one.
+    broadcast(t.b.addr, json!({"type":"everyone"}));
+    assert_eq!(next_json(&mut on_a)["type"], "everyone");
+    assert_eq!(next_json(&mut on_b)["type"], "everyone");
+    assert_eq!(next_json(&mut on_c)["type"], "everyone");
+}
+
+#[test]
+fn stats_on_b_count_the_connections_of_all_three() {
+    let t = three("stats");
+    let _c1 = connect(t.a.addr, &token("x", 600));
+    let _c2 = connect(t.c.addr, &token("x", 600));
+    let _c3 = connect(t.c.addr, &token("y", 600));
+    wait_cluster(t.b.addr, &["a", "b", "c"], 3);
+    let s = stats(t.b.addr);
+    assert_eq!(
+        s["nodes"],
+        json!([{"id":"a","connections":1},{"id":"b","connections":0},{"id":"c","connections":2}])
+    );
+    eventually("b counts users x and y", || {
+        let s = stats(t.b.addr);
+        s["totalUsers"] == 2 && s["users"] == json!(["x", "y"])
+    });
+    assert_eq!(connection_count(t.b.addr, "x"), 2);
+    // The shard list stays this node's own.
+    let shards: u64 = s["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| s["connections"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(shards, 0);
+    let metrics = http_raw(
+        t.b.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&metrics.2).into_owned();
+    assert!(text.contains("wsedge_cluster_nodes 3"), "{text}");
+    assert!(text.contains("wsedge_cluster_redis_up 1"), "{text}");
+    assert_eq!(healthz(t.b.addr), "ok");
+}
+
+#[test]
+fn disconnect_on_a_closes_the_users_connections_on_c() {
+    let t = three("disconnect");
+    let (mut on_c, _) = connect(t.c.addr, &token("dora", 600));
+    let (mut on_c2, _) = connect(t.c.addr, &token("eve", 600));
+    eventually("a sees dora", || connection_count(t.a.addr, "dora") == 1);
+    eventually("a sees eve", || connection_count(t.a.addr, "eve") == 1);
+    let (status, body) = rest(
+        t.a.addr,
+        "DELETE",
+        "/v1/websocket/user/dora/disconnect",
+        Some(ADMIN_KEY),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnectedConnections"], 1);
+    assert_eq!(expect_close(&mut on_c), 4000);
+    let (status, _) = rest(
+        t.b.addr,
+        "DELETE",
+        "/v1/websocket/user/eve/disconnect?reconnect=false",
+        Some(ADMIN_KEY),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(expect_close(&mut on_c2), 4500);
+    eventually("dora gone everywhere", || {
+        connection_count(t.a.addr, "dora") == 0 && connection_count(t.b.addr, "dora") == 0
+    });
+}
+
+#[test]
+fn the_per_user_limit_holds_across_nodes() {
+    let (url, _redis) = shared_redis();
+    let name = cluster_name("limit");
+    let limited = |id: &str| {
+        start(|c| {
+            c.redis_url = Some(url.clone());
+            c.cluster_name = name.clone();
+            c.node_id = Some(id.to_string());
+            c.max_connections_per_user = 2;
+        })
+    };
+    let a = limited("a");
+    let b = limited("b");
+    let _one = connect(a.addr, &token("lim", 600));
+    let _two = connect(a.addr, &token("lim", 600));
+    eventually("b sees both", || connection_count(b.addr, "lim") == 2);
+    let refused = try_connect(b.addr, &format!("/ws?token={}", token("lim", 600)), &[]);
+    assert_eq!(refused.err(), Some(429));
+}
+
+#[test]
+fn a_killed_node_leaves_presence_within_5_s_while_the_others_deliver() {
+    let (url, _redis) = shared_redis();
+    let name = cluster_name("kill");
+    let a = node(&url, &name, "a");
+    let b = node(&url, &name, "b");
+    let mut c = spawn(
+        &[
+            "--admin-key",
+            ADMIN_KEY,
+            "--redis-url",
+            &url,
+            "--cluster-name",
+            &name,
+            "--node-id",
+            "c",
+        ],
+        &[("JWT_SECRET", SECRET)],
+    );
+    let (mut on_a, _) = connect(a.addr, &token("ua", 600));
+    let (mut on_b, _) = connect(b.addr, &token("ub", 600));
+    let _on_c = connect(c.addr, &token("uc", 600));
+    wait_cluster(a.addr, &["a", "b", "c"], 3);
+    eventually("a sees uc", || connection_count(a.addr, "uc") == 1);
+
+    c.child.kill().expect("SIGKILL");
+    let killed = Instant::now();
+    let _ = c.child.wait();
+    eventually("c drops out of a's presence and stats", || {
+        node_ids(&stats(a.addr)) == ["a", "b"] && connection_count(a.addr, "uc") == 0
+    });
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The survivors never stopped delivering to each other.
+    let r = broadcast(a.addr, json!({"type":"still-here"}));
+    assert_eq!(r["sentToConnections"], 2, "{r}");
+    assert_eq!(next_json(&mut on_a)["type"], "still-here");
+    assert_eq!(next_json(&mut on_b)["type"], "still-here");
+    let (status, _) = rest(
+        b.addr,
+        "POST",
+        "/v1/websocket/send/uc",
+        Some(ADMIN_KEY),
+        Some(&json!({"type":"x"})),
+    );
+    assert_eq!(status, 404);
+}
+
+/// Reads the next text message, or `None` when none comes within `within`.
+fn next_text_within(ws: &mut Ws, within: Duration) -> Option<Value> {
+    let stream: &TcpStream = ws.get_ref();
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let r = loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => break serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(c)) => panic!("closed: {c:?}"),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    ws.get_ref().set_read_timeout(Some(WAIT)).expect("timeout");
+    r
+}
+
+#[test]
+fn a_redis_outage_keeps_local_delivery_and_the_cluster_heals() {
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let name = cluster_name("outage");
+    let a = node(&url, &name, "a");
+    let b = node(&url, &name, "b");
+    let (mut on_a, _) = connect(a.addr, &token("ua", 600));
+    let (mut on_b, _) = connect(b.addr, &token("ub", 600));
+    wait_cluster(a.addr, &["a", "b"], 2);
+    wait_cluster(b.addr, &["a", "b"], 2);
+
+    redis.stop();
+    eventually("a reports degraded", || healthz(a.addr).starts_with("degraded: "));
+    // Local delivery never stops: every broadcast during the outage reaches
+    // a's own client, in order.
+    for seq in 0..20 {
+        broadcast(a.addr, json!({"type":"during","payload":seq}));
+    }
+    for seq in 0..20 {
+        let m = next_json(&mut on_a);
+        assert_eq!((m["type"].as_str(), m["payload"].as_i64()), (Some("during"), Some(seq)));
+    }
+    // b is out of a's presence once its heartbeats stop.
+    eventually("b leaves a's view", || node_ids(&stats(a.addr)) == ["a"]);
+
+    redis.restart();
+    for n in [&a, &b] {
+        eventually("healthz ok again", || healthz(n.addr) == "ok");
+    }
+    wait_cluster(a.addr, &["a", "b"], 2);
+    wait_cluster(b.addr, &["a", "b"], 2);
+    eventually("b sees ua again", || connection_count(b.addr, "ua") == 1);
+    let r = broadcast(a.addr, json!({"type":"after"}));
+    assert_eq!(r["sentToConnections"], 2, "{r}");
+    assert_eq!(next_json(&mut on_a)["type"], "after");
+    // b's client got nothing sent during the outage (those were local to a),
+    // and gets the first broadcast after it.
+    let m = next_text_within(&mut on_b, WAIT).expect("cluster delivery resumed");
+    assert_eq!(m["type"], "after", "{m}");
+}
+
+#[test]
+fn garbage_on_the_cluster_channel_is_counted_and_skipped() {
+    let t = three("garbage");
+    let (mut ws, _) = connect(t.b.addr, &token("g", 600));
+    wait_cluster(t.a.addr, &["a", "b", "c"], 1);
+    let mut con = redis::Client::open(t.url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let channel = format!("{}:bus", t.name);
+    for junk in [&b"not json"[..], b"{\"node\":1}", b"\xff", b"{\"node\":\"x\",\"inc\":1,\"body\":{\"disconnect\":{\"user\":\"g\",\"code\":\"no\"}}}"] {
+        redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(junk)
+            .query::<i64>(&mut con)
+            .expect("publish");
+    }
+    broadcast(t.a.addr, json!({"type":"fine"}));
+    assert_eq!(next_json(&mut ws)["type"], "fine");
+    let text = String::from_utf8_lossy(
+        &http_raw(t.b.addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").2,
+    )
+    .into_owned();
+    assert!(text.contains("wsedge_cluster_malformed_total 4"), "{text}");
+}
