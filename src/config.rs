@@ -187,15 +187,24 @@ impl Config {
             return Err(ConfigError::Zero("--pong-timeout-secs"));
         }
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+            if !(url.starts_with("redis://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
                 return Err(ConfigError::Invalid(format!(
                     "--redis-url {url:?} must start with redis:// (or redis+unix://)"
                 )));
             }
         }
-        for (name, v) in [("--node-id", self.node_id.as_deref()), ("--cluster-name", Some(self.cluster_name.as_str()))] {
+        for (name, v) in [
+            ("--node-id", self.node_id.as_deref()),
+            ("--cluster-name", Some(self.cluster_name.as_str())),
+        ] {
             if let Some(v) = v {
-                if v.is_empty() || v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                if v.is_empty()
+                    || v.len() > 200
+                    || v.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
                     return Err(ConfigError::Invalid(format!(
                         "{name} {v:?} must be 1-200 characters without spaces"
                     )));

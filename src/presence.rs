@@ -49,7 +49,9 @@ impl Presence {
     /// A table that also records which users changed (for cluster mode).
     pub fn with_change_tracking(shards: usize, track_changes: bool) -> Presence {
         Presence {
-            stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(Stripe::default()))
+                .collect(),
             hasher: Default::default(),
             shards,
             track_changes,
@@ -160,10 +162,7 @@ impl Presence {
 
     /// Number of distinct connected users.
     pub fn user_count(&self) -> usize {
-        self.stripes
-            .iter()
-            .map(|s| Self::lock(s).users.len())
-            .sum()
+        self.stripes.iter().map(|s| Self::lock(s).users.len()).sum()
     }
 
     /// Up to `limit` connected user ids (sorted), and whether more exist.
@@ -225,6 +224,9 @@ mod tests {
         assert!(p.take_changes().is_empty());
         p.remove("a", 0);
         assert_eq!(p.snapshot(), vec![("a".to_string(), 1)]);
-        assert!(p.take_changes().is_empty(), "a snapshot supersedes pending changes");
+        assert!(
+            p.take_changes().is_empty(),
+            "a snapshot supersedes pending changes"
+        );
     }
 }

@@ -127,10 +127,13 @@ fn node_ids(stats: &Value) -> Vec<String> {
 
 /// Waits until `addr` sees exactly `ids` as live nodes and `conns` connections.
 fn wait_cluster(addr: SocketAddr, ids: &[&str], conns: u64) {
-    eventually(&format!("{addr} sees nodes {ids:?} with {conns} connections"), || {
-        let s = stats(addr);
-        node_ids(&s) == ids && s["totalConnections"] == conns
-    });
+    eventually(
+        &format!("{addr} sees nodes {ids:?} with {conns} connections"),
+        || {
+            let s = stats(addr);
+            node_ids(&s) == ids && s["totalConnections"] == conns
+        },
+    );
 }
 
 fn connection_count(addr: SocketAddr, user: &str) -> u64 {
@@ -252,7 +255,10 @@ fn user_targeting_send_and_status_work_across_nodes() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sentToConnections"], 1);
     let m = next_json(&mut on_c);
-    assert_eq!((m["type"].as_str(), m["payload"]["x"].as_i64()), (Some("direct"), Some(1)));
+    assert_eq!(
+        (m["type"].as_str(), m["payload"]["x"].as_i64()),
+        (Some("direct"), Some(1))
+    );
     // A user connected nowhere is still a 404.
     let (status, _) = rest(
         t.a.addr,
@@ -442,7 +448,9 @@ fn a_redis_outage_keeps_local_delivery_and_the_cluster_heals() {
     wait_cluster(b.addr, &["a", "b"], 2);
 
     redis.stop();
-    eventually("a reports degraded", || healthz(a.addr).starts_with("degraded: "));
+    eventually("a reports degraded", || {
+        healthz(a.addr).starts_with("degraded: ")
+    });
     // Local delivery never stops: every broadcast during the outage reaches
     // a's own client, in order.
     for seq in 0..20 {
@@ -450,7 +458,10 @@ fn a_redis_outage_keeps_local_delivery_and_the_cluster_heals() {
     }
     for seq in 0..20 {
         let m = next_json(&mut on_a);
-        assert_eq!((m["type"].as_str(), m["payload"].as_i64()), (Some("during"), Some(seq)));
+        assert_eq!(
+            (m["type"].as_str(), m["payload"].as_i64()),
+            (Some("during"), Some(seq))
+        );
     }
     // b is out of a's presence once its heartbeats stop.
     eventually("b leaves a's view", || node_ids(&stats(a.addr)) == ["a"]);
@@ -480,7 +491,12 @@ fn garbage_on_the_cluster_channel_is_counted_and_skipped() {
         .and_then(|c| c.get_connection())
         .expect("redis");
     let channel = format!("{}:bus", t.name);
-    for junk in [&b"not json"[..], b"{\"node\":1}", b"\xff", b"{\"node\":\"x\",\"inc\":1,\"body\":{\"disconnect\":{\"user\":\"g\",\"code\":\"no\"}}}"] {
+    for junk in [
+        &b"not json"[..],
+        b"{\"node\":1}",
+        b"\xff",
+        b"{\"node\":\"x\",\"inc\":1,\"body\":{\"disconnect\":{\"user\":\"g\",\"code\":\"no\"}}}",
+    ] {
         redis::cmd("PUBLISH")
             .arg(&channel)
             .arg(junk)
@@ -490,7 +506,11 @@ fn garbage_on_the_cluster_channel_is_counted_and_skipped() {
     broadcast(t.a.addr, json!({"type":"fine"}));
     assert_eq!(next_json(&mut ws)["type"], "fine");
     let text = String::from_utf8_lossy(
-        &http_raw(t.b.addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").2,
+        &http_raw(
+            t.b.addr,
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .2,
     )
     .into_owned();
     assert!(text.contains("wsedge_cluster_malformed_total 4"), "{text}");

@@ -123,13 +123,16 @@ impl Shared {
 /// One connection to open: which user's token, from which source address.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSpec {
+    /// Index into [`ClientConfig::targets`].
+    pub target: u16,
     pub user: u32,
     pub source: Ipv4Addr,
 }
 
 /// How to reach the server, same for every worker.
 pub struct ClientConfig {
-    pub target: SocketAddr,
+    /// The server, or every node of a cluster.
+    pub targets: Vec<SocketAddr>,
     pub host_header: String,
     pub path: String,
     pub token_in_header: bool,
@@ -518,7 +521,8 @@ impl Worker {
         socket.bind(&SocketAddr::V4(SocketAddrV4::new(spec.source, 0)).into())?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
-        match socket.connect(&self.cfg.target.into()) {
+        let target = self.cfg.targets[usize::from(spec.target) % self.cfg.targets.len()];
+        match socket.connect(&target.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),

@@ -117,9 +117,15 @@ struct Cli {
     /// Also write an HTML report with charts to this file
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
-    /// Load a running server instead, e.g. ws://127.0.0.1:3000 (loopback only)
-    #[arg(long, value_name = "ws://HOST:PORT")]
+    /// Load a running server instead, e.g. ws://127.0.0.1:3000 (loopback only); a comma-separated list spreads the connections over a running cluster's nodes, with the REST calls to the first
+    #[arg(long, value_name = "ws://HOST:PORT[,…]")]
     target: Option<String>,
+    /// Start a cluster of this many wsedge nodes (child processes joined through Redis), spread the connections over them and send the REST calls to node 0
+    #[arg(long, value_name = "NODES")]
+    cluster: Option<usize>,
+    /// Redis for --cluster [default: a redis-server started here on a free loopback port]
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    redis_url: Option<String>,
     /// The server's JWT secret (HS256): user tokens, and the admin token unless --admin-key [default: random, for a server started here]
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -321,7 +327,7 @@ fn cpu_now(srv: &ServerUnderTest) -> (Option<f64>, f64) {
             let server = sys::thread_cpu_secs(me, &["wsedge-"]);
             (Some(server), total - server)
         }
-        _ => (srv.pid.and_then(sys::cpu_secs), total),
+        _ => (srv.cpu_secs(), total),
     }
 }
 
@@ -378,6 +384,8 @@ fn run(cli: Cli) -> Result<Report, String> {
     let fd = sys::raise_fd_limit().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
     let kind = if cli.target.is_some() {
         Kind::Target
+    } else if cli.cluster.is_some() {
+        Kind::Cluster
     } else if cli.in_process {
         Kind::InProcess
     } else if cli.server_bin.is_some() {
@@ -435,11 +443,14 @@ fn run(cli: Cli) -> Result<Report, String> {
         shards,
         max_per_user: per_user + 1,
     };
-    let (endpoint, srv) = match (&cli.target, kind) {
-        (Some(url), _) => {
-            let ep = parse_target(url)?;
-            let srv = ServerUnderTest::target(ep.addr, cli.server_pid);
-            (ep, srv)
+    let (endpoints, srv) = match (&cli.target, kind) {
+        (Some(urls), _) => {
+            let eps = urls
+                .split(',')
+                .map(|u| parse_target(u.trim()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let srv = ServerUnderTest::target(eps[0].addr, cli.server_pid);
+            (eps, srv)
         }
         (None, k) => {
             let srv = match k {
@@ -448,16 +459,37 @@ fn run(cli: Cli) -> Result<Report, String> {
                     let path = cli.server_bin.as_ref().expect("binary kind has a path");
                     ServerUnderTest::binary(&path.to_string_lossy(), &own)?
                 }
+                Kind::Cluster => {
+                    let nodes = cli.cluster.unwrap_or(1);
+                    if !(1..=16).contains(&nodes) {
+                        return Err("--cluster takes 1 to 16 nodes".into());
+                    }
+                    ServerUnderTest::cluster(&own, nodes, cli.redis_url.as_deref())?
+                }
                 _ => ServerUnderTest::child(&own)?,
             };
-            let ep = Endpoint {
-                addr: srv.addr,
-                host_header: srv.addr.to_string(),
-                path: "/ws".into(),
-            };
-            (ep, srv)
+            let eps = srv
+                .addrs()
+                .into_iter()
+                .map(|addr| Endpoint {
+                    addr,
+                    host_header: addr.to_string(),
+                    path: "/ws".into(),
+                })
+                .collect();
+            (eps, srv)
         }
     };
+    let endpoint = &endpoints[0];
+    if endpoints.len() > 1 {
+        let msg = format!(
+            "cluster of {} nodes: connections spread over them, REST calls to {}; server memory and CPU are the nodes' (and a Redis started here) together",
+            endpoints.len(),
+            endpoint.addr
+        );
+        say(&msg);
+        notes.push(msg);
+    }
     say(format!(
         "server: {:?} at {}{}",
         srv.kind,
@@ -512,7 +544,7 @@ fn run(cli: Cli) -> Result<Report, String> {
     // Baselines.
     std::thread::sleep(Duration::from_millis(300));
     let my_pid = std::process::id();
-    let srv_rss_idle = srv.pid.and_then(sys::rss_bytes);
+    let srv_rss_idle = srv.rss_bytes();
     let tool_rss_idle = sys::rss_bytes(my_pid);
     let (srv_cpu0, tool_cpu0) = cpu_now(&srv);
 
@@ -520,7 +552,7 @@ fn run(cli: Cli) -> Result<Report, String> {
     let t_connect_us = sys::unix_micros();
     let shared = Arc::new(Shared::new(threads, t_connect_us));
     let ccfg = Arc::new(ClientConfig {
-        target: endpoint.addr,
+        targets: endpoints.iter().map(|e| e.addr).collect(),
         host_header: endpoint.host_header.clone(),
         path: endpoint.path.clone(),
         token_in_header: cli.token_in_header,
@@ -532,6 +564,7 @@ fn run(cli: Cli) -> Result<Report, String> {
     let mut per_worker: Vec<Vec<ConnSpec>> = vec![Vec::new(); threads];
     for i in 0..n {
         per_worker[i % threads].push(ConnSpec {
+            target: (i % endpoints.len()) as u16,
             user: (i % users) as u32,
             source: Ipv4Addr::new(127, 0, 0, 1 + (i % source_addrs) as u8),
         });
@@ -607,7 +640,29 @@ fn run(cli: Cli) -> Result<Report, String> {
     ));
     // Let the server settle (welcome messages out), then measure.
     std::thread::sleep(Duration::from_millis(500));
-    let srv_rss_conn = srv.pid.and_then(sys::rss_bytes);
+    if endpoints.len() > 1 {
+        // A cluster counts deliveries from its presence, which is a
+        // heartbeat behind: measure only once node 0 sees every connection.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = rest::get_json(endpoint.addr, "/v1/websocket/stats?limit=0", &bearer)
+                .ok()
+                .and_then(|v| v["totalConnections"].as_u64());
+            if seen.is_some_and(|c| c >= open as u64) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let msg = format!(
+                    "node 0 sees {seen:?} of {open} connections after 15 s; deliveries are counted from what it sees"
+                );
+                say(&msg);
+                notes.push(msg);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let srv_rss_conn = srv.rss_bytes();
     let tool_rss_conn = sys::rss_bytes(my_pid);
     let (srv_cpu1, tool_cpu1) = cpu_now(&srv);
 
@@ -822,7 +877,7 @@ fn run(cli: Cli) -> Result<Report, String> {
         }
         ran.push(r);
     }
-    let srv_rss_load = srv.pid.and_then(sys::rss_bytes);
+    let srv_rss_load = srv.rss_bytes();
     let (srv_cpu2, tool_cpu2) = cpu_now(&srv);
 
     // Stop: clients first (the server then sees plain closes), then the server.
@@ -999,6 +1054,7 @@ fn run(cli: Cli) -> Result<Report, String> {
             pid: server_pid,
             shards: server_shards,
             rss_combined: combined,
+            nodes: endpoints.len(),
         },
         config: ConfigEcho {
             connections: n,

@@ -43,6 +43,8 @@ pub struct ServerInfo {
     pub shards: Option<usize>,
     /// In-process mode: server and tool share one RSS.
     pub rss_combined: bool,
+    /// Nodes connected to (1, or the cluster's nodes).
+    pub nodes: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -279,11 +281,16 @@ impl Report {
         let s = &self.server;
         let _ = writeln!(
             o,
-            "\nserver        {:?} at {} (pid {}, {} shards){}",
+            "\nserver        {:?} at {} (pid {}, {} shards{}){}",
             s.kind,
             s.addr,
             opt(s.pid, |p| p.to_string()),
             opt(s.shards, |n| n.to_string()),
+            if s.nodes > 1 {
+                format!(" each, {} nodes", s.nodes)
+            } else {
+                String::new()
+            },
             if s.rss_combined {
                 " — in-process: RSS is server + tool"
             } else {

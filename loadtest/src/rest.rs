@@ -539,6 +539,32 @@ fn next_answer(
 
 /// Parses one answer (Content-Length or chunked body) at the front of
 /// `data`: `Ok(None)` when incomplete.
+/// One blocking `GET` (Connection: close) answered with JSON, bounded by
+/// 2 s timeouts; for setup checks, never on the measured path.
+pub fn get_json(addr: SocketAddr, path: &str, bearer: &str) -> Result<serde_json::Value, String> {
+    let t = Duration::from_secs(2);
+    let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(t)).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.take(16 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    let at = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP head in the answer")?;
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        return Err(String::from_utf8_lossy(&buf[..at]).into_owned());
+    }
+    serde_json::from_slice(&buf[at + 4..]).map_err(|e| e.to_string())
+}
+
 pub fn parse_answer(data: &[u8]) -> Result<Option<(Answer, usize)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);

@@ -1,5 +1,6 @@
 //! The server under test: a wsedge child process (default), a wsedge in
-//! this process, a given server binary, or a running server (`--target`).
+//! this process, a given server binary, a running server (`--target`), or
+//! a cluster of wsedge child processes joined through Redis (`--cluster N`).
 //!
 //! A child process is the default because memory and CPU can then be
 //! measured for the server alone: in one process, the client's sockets and
@@ -24,6 +25,7 @@ pub enum Kind {
     InProcess,
     Binary,
     Target,
+    Cluster,
 }
 
 pub struct ServerUnderTest {
@@ -34,6 +36,10 @@ pub struct ServerUnderTest {
     pub shards: Option<usize>,
     child: Option<(Child, Option<ChildStdin>)>,
     in_process: Option<wsedge::Server>,
+    /// `--cluster`: the other nodes (this one is node 0) and the Redis
+    /// started for them, if any.
+    others: Vec<ServerUnderTest>,
+    redis: Option<Child>,
 }
 
 /// Options for a server this tool starts.
@@ -65,26 +71,96 @@ impl ServerUnderTest {
             shards: Some(own.shards),
             child: None,
             in_process: Some(server),
+            others: Vec::new(),
+            redis: None,
         })
     }
 
     /// Re-executes this binary as a server (see [`serve_child`]).
     pub fn child(own: &Own) -> Result<ServerUnderTest, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("--internal-serve")
-            .arg("--server-shards")
-            .arg(own.shards.to_string())
-            .arg("--internal-max-per-user")
-            .arg(own.max_per_user.to_string())
-            .env("WSEDGE_LOADTEST_SECRET", own.secret);
         spawn_and_wait(
-            cmd,
+            child_command(own)?,
             Kind::Child,
             own.shards,
             |line| line.strip_prefix("LISTENING ").map(str::to_string),
             true,
         )
+    }
+
+    /// `nodes` child servers in one cluster through Redis at `redis_url`,
+    /// or through a `redis-server` started here on a free loopback port.
+    pub fn cluster(
+        own: &Own,
+        nodes: usize,
+        redis_url: Option<&str>,
+    ) -> Result<ServerUnderTest, String> {
+        let (url, redis) = match redis_url {
+            Some(u) => (u.to_string(), None),
+            None => {
+                let (url, child) = start_redis()?;
+                (url, Some(child))
+            }
+        };
+        // Unique per run, so a shared Redis mixes no two runs.
+        let name = format!("loadtest-{}-{}", std::process::id(), sys::unix_micros());
+        let mut started: Vec<ServerUnderTest> = Vec::new();
+        for i in 0..nodes {
+            let mut cmd = child_command(own)?;
+            cmd.env("WSEDGE_LOADTEST_REDIS_URL", &url)
+                .env("WSEDGE_LOADTEST_CLUSTER", &name)
+                .env("WSEDGE_LOADTEST_NODE", format!("node-{i}"));
+            let node = spawn_and_wait(
+                cmd,
+                Kind::Cluster,
+                own.shards,
+                |line| line.strip_prefix("LISTENING ").map(str::to_string),
+                true,
+            );
+            match node {
+                Ok(n) => started.push(n),
+                Err(e) => {
+                    for n in started {
+                        n.stop();
+                    }
+                    if let Some(mut r) = redis {
+                        let _ = r.kill();
+                        let _ = r.wait();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut first = started.remove(0);
+        first.others = started;
+        first.redis = redis;
+        Ok(first)
+    }
+
+    /// Every node's address, node 0 first.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.others.iter().map(|n| n.addr))
+            .collect()
+    }
+
+    /// The processes that serve: every node, and a Redis started here.
+    fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.pid.into_iter().collect();
+        v.extend(self.others.iter().filter_map(|n| n.pid));
+        v.extend(self.redis.as_ref().map(Child::id));
+        v
+    }
+
+    /// Resident memory of the serving processes together.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        self.pid?;
+        self.pids().into_iter().map(sys::rss_bytes).sum()
+    }
+
+    /// CPU seconds of the serving processes together.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.pid?;
+        self.pids().into_iter().map(sys::cpu_secs).sum()
     }
 
     /// Starts a wsedge binary (`--server-bin`): flags and `JWT_SECRET`; the
@@ -118,11 +194,16 @@ impl ServerUnderTest {
             shards: None,
             child: None,
             in_process: None,
+            others: Vec::new(),
+            redis: None,
         }
     }
 
     /// Stops a server this tool started (bounded: 10 s, then SIGKILL).
     pub fn stop(mut self) {
+        for node in std::mem::take(&mut self.others) {
+            node.stop();
+        }
         if let Some(server) = self.in_process.take() {
             server.shutdown();
         }
@@ -145,7 +226,75 @@ impl ServerUnderTest {
                 }
             }
         }
+        if let Some(mut r) = self.redis.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
     }
+}
+
+fn child_command(own: &Own) -> Result<Command, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--internal-serve")
+        .arg("--server-shards")
+        .arg(own.shards.to_string())
+        .arg("--internal-max-per-user")
+        .arg(own.max_per_user.to_string())
+        .env("WSEDGE_LOADTEST_SECRET", own.secret);
+    Ok(cmd)
+}
+
+/// Whether a Redis on this loopback port answers `PING` (inline command).
+fn redis_answers(port: u16) -> bool {
+    use std::io::Write;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"PING\r\n").is_ok()
+        && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Starts `redis-server` (from `PATH`, or `WSEDGE_REDIS_SERVER`) on a free
+/// loopback port, without persistence, and waits (at most 10 s) until it
+/// answers.
+fn start_redis() -> Result<(String, Child), String> {
+    use std::os::unix::process::CommandExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port for redis-server: {e}"))?
+        .port();
+    let bin = std::env::var("WSEDGE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            sys::die_with_parent();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        format!("--cluster needs Redis: cannot run {bin} ({e}); install redis-server or give --redis-url")
+    })?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if redis_answers(port) {
+            return Ok((url, child));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("{bin} did not answer on port {port} within 10 s"))
 }
 
 /// Spawns `cmd`, reads its stdout (child mode) or stderr (binary) until a
@@ -228,6 +377,8 @@ fn spawn_and_wait(
         shards: Some(shards),
         child: Some((child, stdin)),
         in_process: None,
+        others: Vec::new(),
+        redis: None,
     })
 }
 
@@ -243,7 +394,13 @@ pub fn serve_child(shards: usize, max_per_user: usize) -> i32 {
         shards,
         max_per_user,
     };
-    let server = match wsedge::Server::start(config(&own)) {
+    let mut cfg = config(&own);
+    if let Ok(url) = std::env::var("WSEDGE_LOADTEST_REDIS_URL") {
+        cfg.redis_url = Some(url);
+        cfg.cluster_name = std::env::var("WSEDGE_LOADTEST_CLUSTER").unwrap_or_default();
+        cfg.node_id = std::env::var("WSEDGE_LOADTEST_NODE").ok();
+    }
+    let server = match wsedge::Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wsedge-loadtest: server: {e}");

@@ -145,17 +145,42 @@ impl Cluster {
         let s = &self.stats;
         let up = u64::from(self.degraded().is_none());
         for (name, help, kind, v) in [
-            ("wsedge_cluster_redis_up", "1 while both Redis connections work.", "gauge", up),
+            (
+                "wsedge_cluster_redis_up",
+                "1 while both Redis connections work.",
+                "gauge",
+                up,
+            ),
             (
                 "wsedge_cluster_nodes",
                 "Live nodes in the cluster, this one included.",
                 "gauge",
                 self.remote_nodes().len() as u64 + 1,
             ),
-            ("wsedge_cluster_published_total", "Packets published to the cluster channel.", "counter", s.published.load(Relaxed)),
-            ("wsedge_cluster_received_total", "Packets received from other nodes.", "counter", s.received.load(Relaxed)),
-            ("wsedge_cluster_dropped_total", "Packets not published because Redis was down or slow.", "counter", s.dropped.load(Relaxed)),
-            ("wsedge_cluster_malformed_total", "Packets on the channel that could not be read.", "counter", s.malformed.load(Relaxed)),
+            (
+                "wsedge_cluster_published_total",
+                "Packets published to the cluster channel.",
+                "counter",
+                s.published.load(Relaxed),
+            ),
+            (
+                "wsedge_cluster_received_total",
+                "Packets received from other nodes.",
+                "counter",
+                s.received.load(Relaxed),
+            ),
+            (
+                "wsedge_cluster_dropped_total",
+                "Packets not published because Redis was down or slow.",
+                "counter",
+                s.dropped.load(Relaxed),
+            ),
+            (
+                "wsedge_cluster_malformed_total",
+                "Packets on the channel that could not be read.",
+                "counter",
+                s.malformed.load(Relaxed),
+            ),
         ] {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }

@@ -129,13 +129,7 @@ impl View {
 
     /// A snapshot read from Redis: the whole user table of `node` as of
     /// change `seq`.
-    pub fn on_snapshot(
-        &mut self,
-        node: &str,
-        inc: u64,
-        seq: u64,
-        users: HashMap<String, u32>,
-    ) {
+    pub fn on_snapshot(&mut self, node: &str, inc: u64, seq: u64, users: HashMap<String, u32>) {
         let Some(copy) = self.nodes.get_mut(node) else {
             return; // gone (bye) while it was being read
         };
@@ -260,7 +254,11 @@ mod tests {
         v.on_heartbeat("b", 2, 1, NodeCounters::default(), t);
         assert_eq!(v.user_count("u", t), 0, "the old run's users are gone");
         v.on_snapshot("b", 1, 60, map(&[("u", 1)]));
-        assert_eq!(v.user_count("u", t), 0, "a snapshot of the old run is refused");
+        assert_eq!(
+            v.user_count("u", t),
+            0,
+            "a snapshot of the old run is refused"
+        );
     }
 
     #[test]

@@ -156,7 +156,10 @@ mod tests {
         });
         assert!(matches!(
             decode(&hb).unwrap().body,
-            Body::Heartbeat { connections: 10, .. }
+            Body::Heartbeat {
+                connections: 10,
+                ..
+            }
         ));
     }
 
@@ -173,7 +176,9 @@ mod tests {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
         assert!(matches!(
-            decode(b"{\"node\":\"n\",\"inc\":1,\"body\":\"bye\"}").unwrap().body,
+            decode(b"{\"node\":\"n\",\"inc\":1,\"body\":\"bye\"}")
+                .unwrap()
+                .body,
             Body::Bye
         ));
     }
