@@ -14,7 +14,7 @@
 //! slow the queue overflows into a counter, and local delivery goes on.
 
 mod link;
-mod view;
+pub mod view;
 pub mod wire;
 
 use std::collections::HashSet;

@@ -1,0 +1,50 @@
+//! What arrives on the cluster's Redis channel: arbitrary bytes through
+//! `cluster::wire::decode`, and every packet that decodes applied to a
+//! `cluster::view::View` (presence changes, heartbeats, goodbyes, and a
+//! snapshot made of the same users), as the subscriber thread would. A
+//! broadcast's message is framed as the receiving node would frame it.
+//!
+//! Input: the packet bytes, as published.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use wsedge::cluster::view::{NodeCounters, View};
+use wsedge::cluster::wire::{decode, Body};
+
+pub fn run(data: &[u8]) {
+    static VIEW: Mutex<Option<View>> = Mutex::new(None);
+    let Ok(p) = decode(data) else {
+        return;
+    };
+    let mut guard = VIEW.lock().unwrap_or_else(|e| e.into_inner());
+    let view = guard.get_or_insert_with(|| View::new(Duration::from_secs(3)));
+    let now = Instant::now();
+    match p.body {
+        Body::Broadcast { message, .. } => {
+            let frame = wsedge::frame::text_frame(message.get().as_bytes());
+            assert!(frame.len() > message.get().len());
+        }
+        Body::Disconnect { .. } => {}
+        Body::Presence { seq, users } => {
+            view.on_presence(&p.node, p.inc, seq, &users, now);
+            let snapshot: HashMap<String, u32> = users.into_iter().collect();
+            view.on_snapshot(&p.node, p.inc, seq, snapshot);
+        }
+        Body::Heartbeat {
+            seq, connections, ..
+        } => {
+            let counters = NodeCounters {
+                connections,
+                ..NodeCounters::default()
+            };
+            view.on_heartbeat(&p.node, p.inc, seq, counters, now);
+        }
+        Body::Bye => view.on_bye(&p.node),
+    }
+    let _ = view.user_count("u", now);
+    let _ = view.nodes(now);
+    view.take_resync();
+    view.expire(now + Duration::from_secs(10));
+}
