@@ -515,3 +515,21 @@ fn garbage_on_the_cluster_channel_is_counted_and_skipped() {
     .into_owned();
     assert!(text.contains("wsedge_cluster_malformed_total 4"), "{text}");
 }
+
+#[test]
+fn a_node_starts_and_serves_locally_while_redis_is_not_there_yet() {
+    // A port nobody listens on (bound, then released).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut redis = Redis { child: None, port };
+    let a = node(&redis.url(), &cluster_name("late"), "a");
+    assert!(healthz(a.addr).starts_with("degraded: redis at 127.0.0.1:"));
+    let (mut ws, _) = connect(a.addr, &token("early", 600));
+    let r = broadcast(a.addr, json!({"type":"local"}));
+    assert_eq!(r["sentToConnections"], 1);
+    assert_eq!(next_json(&mut ws)["type"], "local");
+    redis.restart();
+    eventually("joined once redis is up", || healthz(a.addr) == "ok");
+}
