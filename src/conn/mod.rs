@@ -150,7 +150,15 @@ impl Conn {
     /// Reads what the socket has into the HTTP buffer. Returns the bytes read
     /// and whether the peer finished sending (EOF): the requests already in
     /// the buffer are still answered, then the connection drains.
-    pub fn read_http(&mut self, cfg: &Config, now: Instant) -> (u64, bool) {
+    ///
+    /// Unless `to_end`, a read that returns less than it asked for ends the
+    /// loop: the socket was drained at that moment, and with edge-triggered
+    /// readiness anything arriving later (more bytes, the FIN) raises a new
+    /// event. That saves the `recv` returning `WouldBlock` on every upgrade.
+    /// The shard asks for `to_end` when the event also reported the peer's
+    /// FIN or an error (which may wait behind the bytes) and when it reads
+    /// again without an event.
+    pub fn read_http(&mut self, cfg: &Config, to_end: bool, now: Instant) -> (u64, bool) {
         let State::Http(http) = &mut self.state else {
             return (0, false);
         };
@@ -185,6 +193,9 @@ impl Conn {
                     if old == 0 && http.idle {
                         http.idle = false;
                         http.deadline = now + cfg.handshake_timeout();
+                    }
+                    if n < HTTP_READ_CHUNK && !to_end {
+                        return (total, false);
                     }
                 }
                 Err(e) => {
