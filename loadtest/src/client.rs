@@ -9,7 +9,7 @@
 //! clock read per `read(2)`, and a byte scan of the payload.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -641,7 +641,7 @@ impl Worker {
             return;
         };
         loop {
-            let n = match conn.stream.read(&mut self.scratch[..MAX_HEAD]) {
+            let n = match sys::recv(conn.stream.as_raw_fd(), &mut self.scratch[..MAX_HEAD]) {
                 Ok(0) => return self.finish(idx, "closed during the handshake".into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -702,7 +702,7 @@ impl Worker {
         let mut outcome: Option<Result<(), Stop>> = None;
         let mut error: Option<String> = None;
         for _ in 0..READS_PER_TURN {
-            let n = match conn.stream.read(scratch) {
+            let n = match sys::recv(conn.stream.as_raw_fd(), scratch) {
                 Ok(0) => {
                     error = Some("eof".into());
                     break;
