@@ -53,18 +53,20 @@ pub fn raw_payload(payload: &serde_json::Value) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(payload).ok()
 }
 
-/// `{"type":"connected",...}` sent when a connection opens.
-pub fn connected(user_id: &str, connection_id: &str) -> String {
-    serde_json::json!({
-        "type": "connected",
-        "payload": {
-            "userId": user_id,
-            "connectionId": connection_id,
-            "message": "Successfully connected to WebSocket",
-            "timestamp": timestamp(),
-        }
-    })
-    .to_string()
+/// `{"type":"connected",...}` sent when a connection opens, as a whole
+/// text frame. Written straight into one buffer (no `serde_json::Value`
+/// tree): it is built once per connect, on the connect-rate hot path.
+pub fn connected(user_id: &str, connection_id: &str) -> Vec<u8> {
+    let mut json = Vec::with_capacity(160 + user_id.len() + connection_id.len());
+    json.extend_from_slice(br#"{"type":"connected","payload":{"userId":"#);
+    // Serializing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut json, user_id);
+    json.extend_from_slice(br#","connectionId":"#);
+    let _ = serde_json::to_writer(&mut json, connection_id);
+    json.extend_from_slice(br#","message":"Successfully connected to WebSocket","timestamp":""#);
+    json.extend_from_slice(timestamp().as_bytes());
+    json.extend_from_slice(br#""}}"#);
+    text_frame(&json)
 }
 
 /// `{"type":"echo",...}`: the default answer to a well-formed message.
@@ -101,6 +103,26 @@ mod tests {
         let f = text_frame(&p);
         assert_eq!(&f[..4], &[0x81, 126, 1, 44]);
         assert_eq!(f.len(), 304);
+    }
+
+    #[test]
+    fn connected_is_one_text_frame_of_valid_json() {
+        let f = connected("u\"1", "0-1-2");
+        assert_eq!(f[0], 0x81);
+        let (len, body) = match f[1] {
+            126 => (usize::from(u16::from_be_bytes([f[2], f[3]])), &f[4..]),
+            n => (usize::from(n), &f[2..]),
+        };
+        assert_eq!(len, body.len());
+        let v: serde_json::Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(v["type"], "connected");
+        assert_eq!(v["payload"]["userId"], "u\"1");
+        assert_eq!(v["payload"]["connectionId"], "0-1-2");
+        assert_eq!(
+            v["payload"]["message"],
+            "Successfully connected to WebSocket"
+        );
+        assert!(v["payload"]["timestamp"].is_string());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! # Layout
 //!
 //! ```text
-//! server.rs     start/stop: binds, spawns the acceptor and the shards
-//! acceptor.rs   accept(2) until WouldBlock → hand the socket to a shard
+//! server.rs     start/stop: binds a listener per shard, spawns the shards
+//! acceptor.rs   SO_REUSEPORT listeners; each shard accepts on its own
 //! shard.rs      a reactor: Poll loop, Slab of connections, inbox, timers
 //! conn/         one connection: state machine Http → Ws → Draining → Closed,
 //!   mod.rs        HTTP reading and dispatch; outbound.rs the write queue
@@ -35,7 +35,7 @@
 //! # The two data flows
 //!
 //! ```text
-//! WebSocket: acceptor → bus(Adopt) → shard → conn Http: read → http::parse_request
+//! WebSocket: shard's listener → accept → conn Http: read → http::parse_request
 //!            → upgrade::check (auth) → limits → 101 → conn Ws: frames ↔ tungstenite
 //! Broadcast: REST route or Handle → frame::shared_message (encoded once)
 //!            → presence picks shards → bus → shard inbox → each target's

@@ -1,10 +1,10 @@
-//! Starting and stopping a server: binds the listener, builds the shared
-//! core, spawns the shard threads and the acceptor, and shuts them down
-//! gracefully (SPEC §5, §7).
+//! Starting and stopping a server: binds one listener per shard, builds the
+//! shared core, spawns the shard threads (each accepts on its own listener,
+//! see [`crate::acceptor`]), and shuts them down gracefully (SPEC §5, §7).
 
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -13,7 +13,7 @@ use mio::{Poll, Waker};
 use rand::Rng;
 use serde_json::json;
 
-use crate::acceptor::{self, AcceptorControl};
+use crate::acceptor::{self, Acceptor};
 use crate::auth::{mint_hs256, now_secs, Verifier};
 use crate::bus::{self, Bus, Command};
 use crate::cluster::Cluster;
@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::handle::{Core, EchoHandler, Handle, MessageHandler};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::shard::{Shard, WAKER};
+use crate::shard::{Shard, LISTENER, WAKER};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +43,6 @@ pub struct DevMode {
     pub user_token: String,
     pub admin_token: String,
 }
-
-/// Listen backlog: connect storms must not be refused by a short queue.
-const BACKLOG: i32 = 4096;
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
@@ -100,7 +97,6 @@ impl ServerBuilder {
 pub struct Server {
     handle: Handle,
     local_addr: SocketAddr,
-    acceptor: Option<(JoinHandle<()>, AcceptorControl)>,
     shards: Vec<JoinHandle<()>>,
     /// The cluster publisher, joined last so its goodbye goes out.
     cluster_thread: Option<JoinHandle<()>>,
@@ -130,19 +126,22 @@ impl Server {
             .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
         let verifier = Verifier::from_config(&config, secret.as_deref())?;
 
-        let std_listener = bind(config.bind).map_err(|err| StartError::Bind {
-            addr: config.bind,
-            err,
+        let listeners = acceptor::bind_listeners(config.bind, config.shards).map_err(|err| {
+            StartError::Bind {
+                addr: config.bind,
+                err,
+            }
         })?;
-        let local_addr = std_listener.local_addr()?;
-        let mut listener = mio::net::TcpListener::from_std(std_listener);
+        let local_addr = listeners[0].local_addr()?;
 
         let mut polls = Vec::with_capacity(config.shards);
         let mut inboxes = Vec::with_capacity(config.shards);
         let mut receivers = Vec::with_capacity(config.shards);
-        for _ in 0..config.shards {
+        let mut acceptors = Vec::with_capacity(config.shards);
+        for listener in listeners {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            acceptors.push(Acceptor::new(listener, poll.registry(), LISTENER)?);
             let (tx, rx) = bus::inbox();
             inboxes.push((tx, waker));
             receivers.push(rx);
@@ -188,21 +187,15 @@ impl Server {
         };
 
         let mut shards = Vec::new();
-        for (id, (poll, rx)) in polls.into_iter().zip(receivers).enumerate() {
-            let shard = Shard::new(id, poll, rx, handle.clone());
+        let parts = polls.into_iter().zip(receivers).zip(acceptors);
+        for (id, ((poll, rx), acceptor)) in parts.enumerate() {
+            let shard = Shard::new(id, poll, rx, Some(acceptor), handle.clone());
             shards.push(
                 std::thread::Builder::new()
                     .name(format!("wsedge-shard-{id}"))
                     .spawn(move || shard.run())?,
             );
         }
-
-        let (apoll, control) = acceptor::prepare(&mut listener)?;
-        let stop = control.stop.clone();
-        let h2 = handle.clone();
-        let acceptor_thread = std::thread::Builder::new()
-            .name("wsedge-acceptor".into())
-            .spawn(move || acceptor::run(apoll, listener, h2, stop))?;
 
         log::info!(
             "wsedge listening on {local_addr} with {} shards",
@@ -211,7 +204,6 @@ impl Server {
         Ok(Server {
             handle,
             local_addr,
-            acceptor: Some((acceptor_thread, control)),
             shards,
             cluster_thread,
             dev,
@@ -240,18 +232,16 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        let Some((thread, control)) = self.acceptor.take() else {
+        if self.shards.is_empty() {
             return;
-        };
-        control.stop.store(true, Ordering::Release);
-        let _ = control.waker.wake();
-        let _ = thread.join();
+        }
+        // Each shard closes its listener first, then drains.
         self.handle.core.bus.send_all(|| Command::Shutdown);
         for t in self.shards.drain(..) {
             let _ = t.join();
         }
         if let Some(c) = &self.handle.core.cluster {
-            c.stop.store(true, Ordering::Release);
+            c.stop.store(true, std::sync::atomic::Ordering::Release);
         }
         if let Some(t) = self.cluster_thread.take() {
             let _ = t.join();
@@ -264,18 +254,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A listener with SO_REUSEADDR (restart without waiting for TIME_WAIT) and
-/// a deep backlog.
-fn bind(addr: SocketAddr) -> io::Result<StdListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 fn dev_mode() -> DevMode {

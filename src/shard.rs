@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::acceptor::Acceptor;
 use crate::bus::{Command, ConnRef};
 use crate::conn::ws::{WsEnv, WsRead};
 use crate::conn::{Conn, HttpStep, HttpTimeout, State, WsState};
@@ -31,17 +32,36 @@ use crate::metrics::ShardMetrics;
 /// The token of the shard's waker.
 pub const WAKER: Token = Token(usize::MAX);
 
+/// The token of the shard's listening socket.
+pub const LISTENER: Token = Token(usize::MAX - 1);
+
 /// Commands handled per loop turn.
 const INBOX_BUDGET: usize = 1024;
 
 /// Longest poll wait, so a shard notices a lost wakeup within this.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 
+/// How a connection's readiness asks it to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Writable only.
+    No,
+    /// New bytes arrived (edge-triggered): a short read means the socket is
+    /// drained, and bytes arriving after it raise a new event.
+    Fresh,
+    /// Read until `WouldBlock` or EOF: the peer's FIN (or an error) may wait
+    /// behind the bytes, or an earlier read stopped before the end.
+    ToEnd,
+}
+
 /// One reactor.
 pub struct Shard {
     id: usize,
     poll: Poll,
     inbox: Receiver<Command>,
+    /// This shard's listener (see [`crate::acceptor`]); `None` for a shard
+    /// that only adopts sockets handed to it.
+    acceptor: Option<Acceptor>,
     conns: Slab<Conn>,
     next_gen: u32,
     /// This shard's open WebSocket connections by user.
@@ -58,11 +78,18 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, poll: Poll, inbox: Receiver<Command>, handle: Handle) -> Shard {
+    pub fn new(
+        id: usize,
+        poll: Poll,
+        inbox: Receiver<Command>,
+        acceptor: Option<Acceptor>,
+        handle: Handle,
+    ) -> Shard {
         Shard {
             id,
             poll,
             inbox,
+            acceptor,
             conns: Slab::new(),
             next_gen: 0,
             users: HashMap::new(),
@@ -91,6 +118,11 @@ impl Shard {
                     .timers
                     .peek()
                     .map(|Reverse((at, _, _))| at.saturating_duration_since(now));
+                let accept = self.acceptor.as_ref().and_then(|a| a.timeout(now));
+                let next = match (next, accept) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 Some(next.map_or(MAX_POLL_WAIT, |d| d.min(MAX_POLL_WAIT)))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -100,18 +132,33 @@ impl Shard {
                 }
             }
             let now = Instant::now();
+            let mut accept = self.acceptor.as_ref().is_some_and(|a| a.due(now));
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKER {
                     continue;
                 }
-                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                self.on_ready(token.0, readable, now);
+                if token == LISTENER {
+                    accept = true;
+                    continue;
+                }
+                let hup = ev.is_read_closed() || ev.is_error();
+                let read = if hup {
+                    Read::ToEnd
+                } else if ev.is_readable() {
+                    Read::Fresh
+                } else {
+                    Read::No
+                };
+                self.on_ready(token.0, read, now);
             }
             for (key, gen) in std::mem::take(&mut self.more_read) {
                 if self.conns.get(key).is_some_and(|c| c.gen == gen) {
-                    self.on_ready(key, true, now);
+                    self.on_ready(key, Read::ToEnd, now);
                 }
+            }
+            if accept {
+                self.accept(now);
             }
             inbox_pending = self.drain_inbox(now);
             self.fire_timers(now);
@@ -130,6 +177,9 @@ impl Shard {
                 }
             }
         }
+        if let Some(a) = &mut self.acceptor {
+            a.close(self.poll.registry());
+        }
         for (_, conn) in self.conns.iter_mut() {
             let _ = self.poll.registry().deregister(&mut conn.sock);
         }
@@ -144,23 +194,23 @@ impl Shard {
     }
 
     /// Readiness on a connection: read what it has and act on it.
-    fn on_ready(&mut self, key: usize, readable: bool, now: Instant) {
+    fn on_ready(&mut self, key: usize, read: Read, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // an event for a connection already gone
         };
         Self::mark_dirty(&mut self.dirty, key, conn);
-        if !readable {
+        if read == Read::No {
             return;
         }
         match &conn.state {
-            State::Http(_) => self.on_http_readable(key, now),
+            State::Http(_) => self.on_http_readable(key, read == Read::ToEnd, now),
             State::Ws(_) => self.on_ws_readable(key, now),
             // Nothing more is read once draining: the answer is all that is left.
             State::Draining { .. } | State::Closed => {}
         }
     }
 
-    fn on_http_readable(&mut self, key: usize, now: Instant) {
+    fn on_http_readable(&mut self, key: usize, to_end: bool, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -169,7 +219,7 @@ impl Shard {
             return;
         }
         let cfg = &self.handle.core.config;
-        let (bytes, eof) = conn.read_http(cfg, now);
+        let (bytes, eof) = conn.read_http(cfg, to_end, now);
         let (step, requests) = conn.process_http(&self.handle, now);
         let m = &self.handle.core.metrics.shards[self.id];
         m.bytes_in.fetch_add(bytes, Relaxed);
@@ -247,7 +297,9 @@ impl Shard {
         conn.become_ws(ws);
         let greet = core.handler.sends_connected();
         if greet {
-            conn.send_text(frame::connected(&user, &id));
+            // Queued as a ready frame, like broadcasts: tungstenite has
+            // nothing buffered for a connection that just opened.
+            conn.out.push_owned(frame::connected(&user, &id));
         }
         self.users.entry(user.clone()).or_default().push(key);
         let m = &core.metrics.shards[self.id];
@@ -358,6 +410,10 @@ impl Shard {
                 }
             }
             Command::Shutdown => {
+                // No new connections from here on.
+                if let Some(a) = &mut self.acceptor {
+                    a.close(self.poll.registry());
+                }
                 let drain = Duration::from_secs(self.handle.core.config.drain_timeout_secs);
                 self.drain_deadline = Some(now + drain);
                 for (key, conn) in self.conns.iter_mut() {
@@ -368,14 +424,24 @@ impl Shard {
         }
     }
 
-    /// Takes a socket from the acceptor.
+    /// Accepts what this shard's listener has queued (up to its budget).
+    fn accept(&mut self, now: Instant) {
+        let Some(mut acceptor) = self.acceptor.take() else {
+            return;
+        };
+        let core = self.handle.core.clone();
+        acceptor.accept(now, &core.metrics, |sock| self.adopt(sock, now));
+        self.acceptor = Some(acceptor);
+    }
+
+    /// Takes a socket accepted here or handed over through the bus.
     fn adopt(&mut self, mut sock: mio::net::TcpStream, now: Instant) {
         if self.drain_deadline.is_some() {
             return; // shutting down: dropping the socket closes it
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if key == WAKER.0 {
+        if key >= LISTENER.0 {
             return;
         }
         if let Err(e) = self.poll.registry().register(

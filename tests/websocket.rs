@@ -503,6 +503,36 @@ fn invalid_claims_are_401() {
 }
 
 /// Base64url without padding, enough to build an unsigned token by hand.
+/// Every shard accepts on its own `SO_REUSEPORT` listener: connections
+/// land on all of them, and a second server cannot take the same address
+/// (it would silently split the connections with the first).
+#[test]
+fn shards_accept_on_their_own_listeners_and_the_address_is_not_shared() {
+    let srv = start(|_| {});
+    let mut shards = std::collections::BTreeSet::new();
+    let mut open = Vec::new();
+    for i in 0..40 {
+        let (ws, hello) = connect(srv.addr, &token(&format!("spread-{i}"), 600));
+        let id = hello["payload"]["connectionId"].as_str().unwrap_or("");
+        shards.insert(id.split('-').next().unwrap_or("").to_string());
+        open.push(ws);
+    }
+    assert_eq!(shards.len(), 2, "connections on shards {shards:?}");
+
+    let second = wsedge::Server::builder()
+        .bind(&srv.addr.to_string())
+        .jwt_secret("another")
+        .start();
+    assert!(
+        matches!(second, Err(wsedge::StartError::Bind { .. })),
+        "a second server on {} must be refused",
+        srv.addr
+    );
+    // The first one still serves.
+    let (_ws, hello) = connect(srv.addr, &token("after-second", 600));
+    assert_eq!(hello["type"], "connected");
+}
+
 mod base64_like {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 

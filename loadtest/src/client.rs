@@ -9,7 +9,7 @@
 //! clock read per `read(2)`, and a byte scan of the payload.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -439,13 +439,13 @@ impl Worker {
             }
             let again = std::mem::take(&mut self.again);
             for idx in again {
-                self.on_ready(idx, true, false);
+                self.on_ready(idx, true, true);
             }
             for ev in events.iter() {
                 let idx = ev.token().0;
-                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                let writable = ev.is_writable() || ev.is_error();
-                self.on_ready(idx, readable, writable);
+                let hup = ev.is_read_closed() || ev.is_error();
+                let readable = ev.is_readable() || hup;
+                self.on_ready(idx, readable, hup);
             }
             self.expire_handshakes();
             self.hand_over(&shared);
@@ -514,13 +514,18 @@ impl Worker {
         }
     }
 
+    /// Starts one connection: a non-blocking socket from the start (no
+    /// `fcntl`s), bound to its source address, connected, registered, and
+    /// the upgrade request written at once when the connection is already
+    /// up (on loopback the handshake usually completes inside `connect`),
+    /// which saves waiting for a writable event and the `SO_ERROR` and
+    /// `getpeername` checks that go with it. No `TCP_NODELAY`: a client
+    /// writes its request once and otherwise only pongs and close frames.
     fn open(&mut self, idx: usize) -> io::Result<Conn> {
         let spec = self.specs[idx];
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)?;
         sys::bind_address_no_port(socket.as_raw_fd());
         socket.bind(&SocketAddr::V4(SocketAddrV4::new(spec.source, 0)).into())?;
-        socket.set_nonblocking(true)?;
-        socket.set_tcp_nodelay(true)?;
         let target = self.cfg.targets[usize::from(spec.target) % self.cfg.targets.len()];
         match socket.connect(&target.into()) {
             Ok(()) => {}
@@ -543,7 +548,7 @@ impl Worker {
             self.cfg.token_in_header,
             &key,
         );
-        Ok(Conn {
+        let mut conn = Conn {
             stream,
             state: State::Connecting,
             started: Instant::now(),
@@ -551,7 +556,22 @@ impl Worker {
             buf: Vec::new(),
             out,
             frag: None,
-        })
+        };
+        // A write before the connection is up fails with WouldBlock (or
+        // ENOTCONN): the writable event then takes the usual path. A real
+        // error (refused) shows up the same way on that event.
+        match conn.stream.write(&conn.out) {
+            Ok(n) if n == conn.out.len() => {
+                conn.out = Vec::new();
+                conn.state = State::Handshaking;
+            }
+            Ok(n) => {
+                conn.out.drain(..n);
+                conn.state = State::Handshaking;
+            }
+            Err(_) => {}
+        }
+        Ok(conn)
     }
 
     fn fail_unopened(&mut self, reason: &str) {
@@ -587,7 +607,11 @@ impl Worker {
         }
     }
 
-    fn on_ready(&mut self, idx: usize, readable: bool, writable: bool) {
+    /// Readiness of one connection. `to_end`: read until `WouldBlock` (the
+    /// event also reported the peer's FIN or an error, which may wait behind
+    /// the bytes, or a read stopped early); otherwise a short read means the
+    /// socket is drained and later bytes raise a new (edge-triggered) event.
+    fn on_ready(&mut self, idx: usize, readable: bool, to_end: bool) {
         let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -607,22 +631,21 @@ impl Worker {
                 return self.finish(idx, format!("write: {e}"));
             }
         }
-        let _ = writable;
         if readable {
             match conn.state {
-                State::Handshaking => self.read_handshake(idx),
-                State::Open => self.read_frames(idx),
+                State::Handshaking => self.read_handshake(idx, to_end),
+                State::Open => self.read_frames(idx, to_end),
                 State::Connecting => {}
             }
         }
     }
 
-    fn read_handshake(&mut self, idx: usize) {
+    fn read_handshake(&mut self, idx: usize, to_end: bool) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
         loop {
-            let n = match conn.stream.read(&mut self.scratch[..MAX_HEAD]) {
+            let n = match sys::recv(conn.stream.as_raw_fd(), &mut self.scratch[..MAX_HEAD]) {
                 Ok(0) => return self.finish(idx, "closed during the handshake".into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -660,13 +683,16 @@ impl Worker {
                     };
                     tail.drain(..used);
                     conn.buf = tail;
-                    return self.read_frames(idx);
+                    if n < MAX_HEAD && !to_end {
+                        return; // drained; the next bytes raise an event
+                    }
+                    return self.read_frames(idx, to_end);
                 }
             }
         }
     }
 
-    fn read_frames(&mut self, idx: usize) {
+    fn read_frames(&mut self, idx: usize, to_end: bool) {
         let Worker {
             conns,
             scratch,
@@ -680,7 +706,7 @@ impl Worker {
         let mut outcome: Option<Result<(), Stop>> = None;
         let mut error: Option<String> = None;
         for _ in 0..READS_PER_TURN {
-            let n = match conn.stream.read(scratch) {
+            let n = match sys::recv(conn.stream.as_raw_fd(), scratch) {
                 Ok(0) => {
                     error = Some("eof".into());
                     break;
@@ -713,6 +739,10 @@ impl Worker {
             };
             if let Err(stop) = res {
                 outcome = Some(Err(stop));
+                break;
+            }
+            if n < scratch.len() && !to_end {
+                outcome = Some(Ok(())); // drained: the next bytes raise an event
                 break;
             }
         }

@@ -39,6 +39,19 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
     })
 }
 
+/// `recv(2)` into `buf`: what `read(2)` does on a socket minus the VFS layer
+/// (file-position lock), one call per delivery on the tool's hot path.
+pub fn recv(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which
+    // we borrow mutably for the call; `fd` is a socket the caller owns.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `IP_BIND_ADDRESS_NO_PORT`: bind() picks the source address only; the
 /// port is chosen at connect() with the whole 4-tuple in view, so one source
 /// address can reach the ~28k ephemeral ports per destination.

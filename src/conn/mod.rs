@@ -87,6 +87,28 @@ pub struct Conn {
     pub user: Option<Arc<str>>,
 }
 
+/// The socket as the outbound queue writes to it: `send`/`sendmsg` rather
+/// than `write`/`writev`. On a socket they do the same, minus the VFS layer
+/// (`writev` takes the file-position lock and imports the iovec through
+/// `vfs_writev`): a few per cent of the kernel time of each delivery, and a
+/// fixed-rate fan-out is one such call per connection per message.
+struct Sender<'a>(socket2::SockRef<'a>);
+
+impl io::Write for Sender<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match bufs {
+            [one] => self.0.send(one),
+            _ => self.0.send_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Which HTTP deadline passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpTimeout {
@@ -150,7 +172,15 @@ impl Conn {
     /// Reads what the socket has into the HTTP buffer. Returns the bytes read
     /// and whether the peer finished sending (EOF): the requests already in
     /// the buffer are still answered, then the connection drains.
-    pub fn read_http(&mut self, cfg: &Config, now: Instant) -> (u64, bool) {
+    ///
+    /// Unless `to_end`, a read that returns less than it asked for ends the
+    /// loop: the socket was drained at that moment, and with edge-triggered
+    /// readiness anything arriving later (more bytes, the FIN) raises a new
+    /// event. That saves the `recv` returning `WouldBlock` on every upgrade.
+    /// The shard asks for `to_end` when the event also reported the peer's
+    /// FIN or an error (which may wait behind the bytes) and when it reads
+    /// again without an event.
+    pub fn read_http(&mut self, cfg: &Config, to_end: bool, now: Instant) -> (u64, bool) {
         let State::Http(http) = &mut self.state else {
             return (0, false);
         };
@@ -185,6 +215,9 @@ impl Conn {
                     if old == 0 && http.idle {
                         http.idle = false;
                         http.deadline = now + cfg.handshake_timeout();
+                    }
+                    if n < HTTP_READ_CHUNK && !to_end {
+                        return (total, false);
                     }
                 }
                 Err(e) => {
@@ -368,7 +401,8 @@ impl Conn {
     /// Writes the queue. Returns the bytes written; a write error closes.
     pub fn flush(&mut self) -> u64 {
         let mut written = 0;
-        match self.out.flush_to(&mut self.sock, &mut written) {
+        let mut sender = Sender(socket2::SockRef::from(&self.sock));
+        match self.out.flush_to(&mut sender, &mut written) {
             Ok(Flushed::All) => {
                 if let State::Draining { .. } = self.state {
                     let _ = self.sock.shutdown(std::net::Shutdown::Both);
