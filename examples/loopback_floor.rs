@@ -118,8 +118,7 @@ fn main() -> io::Result<()> {
     let w1 = writer(servers, barrier.clone());
     let w2 = writer(second, barrier);
     let join = |h: std::thread::JoinHandle<io::Result<Vec<f64>>>| {
-        h.join()
-            .map_err(|_| io::Error::other("thread panicked"))?
+        h.join().map_err(|_| io::Error::other("thread panicked"))?
     };
     let t1 = join(w1)?;
     let t2 = join(w2)?;

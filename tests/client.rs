@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use serde_json::{json, Value};
+use serde_json::json;
 use wsedge::client::{Client, ClientConfig, ClientError, Event, State, Subscription};
 
-use common::{admin_token, eventually, rest, start, token, ADMIN_KEY, WAIT};
+use common::{admin_token, eventually, rest, start, token, user_status, ADMIN_KEY, WAIT};
 
 fn url(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
@@ -66,18 +66,6 @@ fn quiet_for<T: std::fmt::Debug>(rx: &Receiver<T>, d: Duration, what: &str) {
         Ok(v) => panic!("unexpected {what}: {v:?}"),
         Err(e) => panic!("channel closed: {e}"),
     }
-}
-
-fn user_status(addr: SocketAddr, user: &str) -> Value {
-    let (status, body) = rest(
-        addr,
-        "GET",
-        &format!("/v1/websocket/user/{user}/status"),
-        Some(ADMIN_KEY),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    body
 }
 
 /// A token provider for `user` that counts its calls.

@@ -137,15 +137,9 @@ fn wait_cluster(addr: SocketAddr, ids: &[&str], conns: u64) {
 }
 
 fn connection_count(addr: SocketAddr, user: &str) -> u64 {
-    let (status, body) = rest(
-        addr,
-        "GET",
-        &format!("/v1/websocket/user/{user}/status"),
-        Some(ADMIN_KEY),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    body["connectionCount"].as_u64().unwrap_or(u64::MAX)
+    user_status(addr, user)["connectionCount"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 fn broadcast(addr: SocketAddr, body: Value) -> Value {

@@ -207,6 +207,19 @@ pub fn rest(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// The status route's answer for `user` (asserting 200).
+pub fn user_status(addr: SocketAddr, user: &str) -> Value {
+    let (status, body) = rest(
+        addr,
+        "GET",
+        &format!("/v1/websocket/user/{user}/status"),
+        Some(ADMIN_KEY),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// Polls `f` until it is true or the wait runs out.
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
