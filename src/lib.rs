@@ -14,6 +14,7 @@
 //! conn/         one connection: state machine Http → Ws → Draining → Closed,
 //!   mod.rs        HTTP reading and dispatch; outbound.rs the write queue
 //!   ws.rs         WebSocket session over tungstenite; refresh; ping; expiry
+//!   sock.rs       the socket: TCP, or an in-memory sink for benches and tests
 //! http/         request parsing on bytes (httparse) and response writing
 //! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT
 //! auth.rs       JWT validation and admin credentials

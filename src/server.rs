@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::handle::{Core, EchoHandler, Handle, MessageHandler};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::shard::{Shard, LISTENER, WAKER};
+use crate::shard::{Shard, SinkShard, LISTENER, WAKER};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +148,6 @@ impl Server {
             polls.push(poll);
         }
         let bus = Bus::new(inboxes);
-        let metrics = Metrics::new(config.shards);
         let cluster = match &config.redis_url {
             Some(url) => Some(Cluster::new(
                 url,
@@ -160,19 +159,7 @@ impl Server {
             )?),
             None => None,
         };
-        let core = Arc::new(Core {
-            presence: Presence::with_change_tracking(config.shards, cluster.is_some()),
-            cluster,
-            verifier,
-            metrics,
-            bus: bus.clone(),
-            started: Instant::now(),
-            handler,
-            dev_user_token: dev.as_ref().map(|d| d.user_token.clone()),
-            ws_slots: AtomicUsize::new(0),
-            config,
-        });
-        let handle = Handle { core };
+        let handle = core(config, verifier, bus, cluster, handler, dev.as_ref());
         let cluster_thread = match &handle.core.cluster {
             Some(c) => {
                 log::info!(
@@ -254,6 +241,83 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The state every shard and handle shares, for a server of `config.shards`
+/// shards reached through `bus`.
+fn core(
+    config: Config,
+    verifier: Verifier,
+    bus: Bus,
+    cluster: Option<Cluster>,
+    handler: Arc<dyn MessageHandler>,
+    dev: Option<&DevMode>,
+) -> Handle {
+    let core = Arc::new(Core {
+        presence: Presence::with_change_tracking(config.shards, cluster.is_some()),
+        cluster,
+        verifier,
+        metrics: Metrics::new(config.shards),
+        bus,
+        started: Instant::now(),
+        handler,
+        dev_user_token: dev.map(|d| d.user_token.clone()),
+        ws_slots: AtomicUsize::new(0),
+        config,
+    });
+    Handle { core }
+}
+
+/// The fan-out test bed, never used by the server: a handle on
+/// `config.shards` shards that each hold `conns_per_shard` open WebSocket
+/// connections writing into in-memory sinks, and those shards, which the
+/// caller drives (one per thread, [`SinkShard::turn`]) in place of
+/// [`Shard::run`]. Broadcasts through the handle take the real path: encode
+/// once, the bus, each shard's inbox and waker, delivery and flush. There is
+/// no listener and no cluster link (`redis_url` is ignored).
+#[doc(hidden)]
+pub fn sink_shards(
+    mut config: Config,
+    conns_per_shard: usize,
+) -> Result<(Handle, Vec<SinkShard>), StartError> {
+    config.redis_url = None;
+    config.validate()?;
+    let dev = config.is_dev_mode().then(dev_mode);
+    let secret = config
+        .jwt_secret
+        .clone()
+        .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
+    let verifier = Verifier::from_config(&config, secret.as_deref())?;
+    let mut polls = Vec::with_capacity(config.shards);
+    let mut inboxes = Vec::with_capacity(config.shards);
+    let mut receivers = Vec::with_capacity(config.shards);
+    for _ in 0..config.shards {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = bus::inbox();
+        inboxes.push((tx, waker));
+        receivers.push(rx);
+        polls.push(poll);
+    }
+    let handler: Arc<dyn MessageHandler> = Arc::new(EchoHandler);
+    let handle = core(
+        config,
+        verifier,
+        Bus::new(inboxes),
+        None,
+        handler,
+        dev.as_ref(),
+    );
+    let shards = polls
+        .into_iter()
+        .zip(receivers)
+        .enumerate()
+        .map(|(id, (poll, rx))| {
+            let shard = Shard::new(id, poll, rx, None, handle.clone());
+            SinkShard::new(shard, conns_per_shard)
+        })
+        .collect();
+    Ok((handle, shards))
 }
 
 fn dev_mode() -> DevMode {

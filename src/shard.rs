@@ -7,6 +7,9 @@
 //! connection that got bytes queued. A shard never blocks on a client, never
 //! waits on another shard, and owns each of its connections for their whole
 //! life; the only shared state it writes is presence and its own counters.
+//!
+//! [`SinkShard`] lets the fan-out bench and tests drive the same shard one
+//! turn at a time over in-memory sinks; the server never builds one.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,7 +25,7 @@ use slab::Slab;
 use crate::acceptor::Acceptor;
 use crate::bus::{Command, ConnRef};
 use crate::conn::ws::{WsEnv, WsRead};
-use crate::conn::{Conn, HttpStep, HttpTimeout, State, WsState};
+use crate::conn::{Conn, HttpStep, HttpTimeout, Sink, Sock, State, WsState};
 use crate::error::{CloseCode, HttpError};
 use crate::frame::{self, SharedFrame};
 use crate::handle::Handle;
@@ -454,7 +457,7 @@ impl Shard {
         }
         self.next_gen = self.next_gen.wrapping_add(1);
         let conn = entry.insert(Conn::new(
-            sock,
+            Sock::Tcp(sock),
             self.next_gen,
             now,
             &self.handle.core.config,
@@ -503,8 +506,8 @@ impl Shard {
     }
 
     /// Writes every connection touched this turn, removes the closed ones,
-    /// and keeps each one's timer armed.
-    fn flush_dirty(&mut self, now: Instant) {
+    /// and keeps each one's timer armed. Returns the bytes written.
+    fn flush_dirty(&mut self, now: Instant) -> u64 {
         let core = self.handle.core.clone();
         let cfg = &core.config;
         let mut written = 0u64;
@@ -533,6 +536,7 @@ impl Shard {
             }
         }
         self.metrics().bytes_out.fetch_add(written, Relaxed);
+        written
     }
 
     /// Forgets a closed connection: socket, slab slot, presence, counters.
@@ -600,5 +604,235 @@ impl Delivery {
         if self.dropped > 0 {
             m.slow_consumer_drops.fetch_add(self.dropped, Relaxed);
         }
+    }
+}
+
+/// A shard of the test bed ([`crate::server::sink_shards`]): the real
+/// [`Shard`], holding open WebSocket connections whose sockets are in-memory
+/// sinks, driven by its caller one step at a time instead of by [`Shard::run`].
+///
+/// It exists so the fan-out bench and tests measure the code a broadcast
+/// really takes (`on_command` → `Delivery` → `Conn::push_frame` →
+/// `flush_dirty` → `Conn::flush`) with only the kernel's socket writes left
+/// out. The server never builds one. Timers never fire here: a sink never
+/// answers a ping, so the first pong timeout would close every connection
+/// in the middle of a measurement.
+#[doc(hidden)]
+pub struct SinkShard {
+    shard: Shard,
+    events: Events,
+}
+
+impl SinkShard {
+    /// Wraps a shard with no listener and opens `conns` sink connections on it.
+    pub(crate) fn new(shard: Shard, conns: usize) -> SinkShard {
+        let mut s = SinkShard {
+            shard,
+            events: Events::with_capacity(8),
+        };
+        let now = Instant::now();
+        let shards = s.shard.handle.core.config.shards;
+        for i in 0..conns {
+            // Numbered across shards as an accept loop would spread them,
+            // ten connections per user as in the load test.
+            let user = format!("user-{}", (i * shards + s.shard.id) / 10);
+            s.open_sink(&user, now);
+        }
+        s
+    }
+
+    /// Opens one WebSocket of `user` on a sink and registers it as
+    /// [`Shard::open_websocket`] does (presence, the shard's users, the
+    /// counters), without the limits and without queuing the `101` or the
+    /// greeting: a sink's count is then exactly what was sent to it later.
+    fn open_sink(&mut self, user: &str, now: Instant) {
+        let sh = &mut self.shard;
+        let core = sh.handle.core.clone();
+        let entry = sh.conns.vacant_entry();
+        let key = entry.key();
+        sh.next_gen = sh.next_gen.wrapping_add(1);
+        let gen = sh.next_gen;
+        let conn = entry.insert(Conn::new(
+            Sock::Sink(Sink::default()),
+            gen,
+            now,
+            &core.config,
+        ));
+        let id = ConnRef {
+            shard: sh.id as u16,
+            slot: key as u32,
+            gen,
+        }
+        .to_id();
+        let claims = crate::auth::UserClaims {
+            user_id: user.to_string(),
+            exp: u64::MAX,
+        };
+        let ws = WsState::new(
+            &claims,
+            id,
+            Vec::new(),
+            &core.config,
+            core.verifier.leeway(),
+            now,
+        );
+        let user: Arc<str> = ws.user.clone();
+        conn.become_ws(ws);
+        core.presence.try_add(&user, sh.id, usize::MAX);
+        core.ws_slots.fetch_add(1, Relaxed);
+        sh.users.entry(user).or_default().push(key);
+        core.metrics.shards[sh.id].connections.fetch_add(1, Relaxed);
+    }
+
+    /// One broadcast to every connection straight through the shard, with
+    /// no channel: `on_command(BroadcastAll)` then `flush_dirty`. Returns
+    /// the bytes written.
+    pub fn broadcast(&mut self, frame: SharedFrame) -> u64 {
+        let now = Instant::now();
+        self.shard.on_command(
+            Command::BroadcastAll {
+                frame,
+                exclude: None,
+            },
+            now,
+        );
+        self.shard.flush_dirty(now)
+    }
+
+    /// One turn of the loop as [`Shard::run`] takes it, minus sockets and
+    /// timers: waits on the shard's poll until the bus wakes it, drains the
+    /// inbox, and writes what was queued. Returns the commands handled and
+    /// the bytes written; `None` once every sender of the bus is gone (the
+    /// shard has then started its shutdown, as a running one would).
+    pub fn turn(&mut self) -> io::Result<Option<(u64, u64)>> {
+        match self.shard.poll.poll(&mut self.events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some((0, 0))),
+            Err(e) => return Err(e),
+        }
+        let now = Instant::now();
+        let before = self.shard.metrics().commands.load(Relaxed);
+        // `run` polls again without waiting when the budget runs out; here
+        // the waker will not fire again for commands already queued, so
+        // this turn takes them all.
+        while self.shard.drain_inbox(now) {}
+        let commands = self.shard.metrics().commands.load(Relaxed) - before;
+        let written = self.shard.flush_dirty(now);
+        if self.shard.drain_deadline.is_some() {
+            return Ok(None);
+        }
+        Ok(Some((commands, written)))
+    }
+
+    /// The shard's connections (open WebSockets and those closing).
+    pub fn connections(&self) -> usize {
+        self.shard.conns.len()
+    }
+
+    /// What each connection's sink took so far, modulo 2³².
+    pub fn sink_bytes(&self) -> Vec<u32> {
+        self.shard
+            .conns
+            .iter()
+            .filter_map(|(_, c)| c.sock.sink().map(Sink::written))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::server::sink_shards;
+
+    const PER_SHARD: usize = 50;
+
+    fn config(outbound_buffer_bytes: usize) -> Config {
+        Config {
+            shards: 2,
+            jwt_secret: Some("sink-test-secret".into()),
+            outbound_buffer_bytes,
+            ..Config::default()
+        }
+    }
+
+    fn message(n: u64) -> SharedFrame {
+        let json = format!(r#"{{"s":{n},"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#);
+        let payload = serde_json::value::RawValue::from_string(json).expect("valid JSON");
+        frame::shared_message("notification", Some(&payload))
+    }
+
+    #[test]
+    fn broadcast_writes_each_frame_once_to_every_sink() {
+        let (handle, mut shards) = sink_shards(config(1 << 20), PER_SHARD).expect("test bed");
+        assert_eq!(handle.stats().total_connections, 2 * PER_SHARD);
+        assert_eq!(handle.stats().total_users, 2 * PER_SHARD / 10);
+
+        // Straight through the shard.
+        let frame = message(1);
+        let len = frame.len() as u64;
+        for s in &mut shards {
+            assert_eq!(s.broadcast(frame.clone()), PER_SHARD as u64 * len);
+            assert_eq!(s.sink_bytes(), vec![len as u32; PER_SHARD]);
+        }
+
+        // Through the handle, the bus and each shard's waker and inbox.
+        let kind = "notification";
+        let payload = serde_json::json!({"s": 2});
+        assert_eq!(handle.broadcast(kind, payload.clone(), None), 2 * PER_SHARD);
+        let raw = frame::raw_payload(&payload);
+        let len2 = frame::shared_message(kind, raw.as_deref()).len() as u64;
+        for s in &mut shards {
+            let turn = s.turn().expect("poll").expect("bus open");
+            assert_eq!(turn, (1, PER_SHARD as u64 * len2));
+            assert_eq!(s.sink_bytes(), vec![(len + len2) as u32; PER_SHARD]);
+        }
+        let stats = handle.stats();
+        assert_eq!(stats.messages_out, 4 * PER_SHARD as u64);
+        assert_eq!(stats.bytes_out, 2 * PER_SHARD as u64 * (len + len2));
+    }
+
+    #[test]
+    fn sink_over_its_outbound_cap_is_dropped_as_a_slow_consumer() {
+        let frame = message(1);
+        let len = frame.len() as u64;
+        // Room for exactly one frame.
+        let (handle, mut shards) = sink_shards(config(frame.len()), PER_SHARD).expect("test bed");
+        let bus = &handle.core.bus;
+        for shard in 0..2 {
+            // Two frames in one turn: a sink never blocks, so only a burst
+            // between two flushes can overrun its queue.
+            for _ in 0..2 {
+                bus.send(
+                    shard,
+                    Command::BroadcastAll {
+                        frame: frame.clone(),
+                        exclude: None,
+                    },
+                );
+            }
+        }
+        // 1008 "slow consumer", unmasked: 2 header bytes, 2 code bytes, reason.
+        let close_len = 4 + CloseCode::Policy.reason().len() as u64;
+        for s in &mut shards {
+            let turn = s.turn().expect("poll").expect("bus open");
+            // The first frame was dropped unsent along with the second:
+            // only the close frame went out, and the connection is gone.
+            assert_eq!(turn, (2, PER_SHARD as u64 * close_len));
+            assert!(close_len < len);
+            assert_eq!(s.connections(), 0);
+        }
+        let stats = handle.stats();
+        assert_eq!(stats.total_connections, 0);
+        assert_eq!(stats.total_users, 0);
+        let drops: u64 = (0..2)
+            .map(|i| {
+                handle.core.metrics.shards[i]
+                    .slow_consumer_drops
+                    .load(Relaxed)
+            })
+            .sum();
+        assert_eq!(drops, 2 * PER_SHARD as u64);
+        assert_eq!(handle.core.ws_slots.load(Relaxed), 0);
     }
 }

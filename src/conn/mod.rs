@@ -8,16 +8,16 @@
 //! reaches into other connections or shared tables (the shard does that).
 
 mod outbound;
+mod sock;
 pub mod ws;
 
 pub use outbound::{Flushed, Outbound};
+pub use sock::{Sink, Sock};
 pub use ws::{WsPhase, WsState};
 
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use mio::net::TcpStream;
 
 use crate::config::Config;
 use crate::error::HttpError;
@@ -73,7 +73,7 @@ pub struct HttpState {
 
 /// One connection.
 pub struct Conn {
-    pub sock: TcpStream,
+    pub sock: Sock,
     /// Generation of the slab slot when this connection took it.
     pub gen: u32,
     pub out: Outbound,
@@ -85,28 +85,6 @@ pub struct Conn {
     /// The user this connection was registered under in presence; the shard
     /// removes it from presence exactly when this is taken.
     pub user: Option<Arc<str>>,
-}
-
-/// The socket as the outbound queue writes to it: `send`/`sendmsg` rather
-/// than `write`/`writev`. On a socket they do the same, minus the VFS layer
-/// (`writev` takes the file-position lock and imports the iovec through
-/// `vfs_writev`): a few per cent of the kernel time of each delivery, and a
-/// fixed-rate fan-out is one such call per connection per message.
-struct Sender<'a>(socket2::SockRef<'a>);
-
-impl io::Write for Sender<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match bufs {
-            [one] => self.0.send(one),
-            _ => self.0.send_vectored(bufs),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Which HTTP deadline passed.
@@ -129,7 +107,7 @@ pub enum HttpStep {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, gen: u32, now: Instant, cfg: &Config) -> Conn {
+    pub fn new(sock: Sock, gen: u32, now: Instant, cfg: &Config) -> Conn {
         Conn {
             sock,
             gen,
@@ -401,8 +379,7 @@ impl Conn {
     /// Writes the queue. Returns the bytes written; a write error closes.
     pub fn flush(&mut self) -> u64 {
         let mut written = 0;
-        let mut sender = Sender(socket2::SockRef::from(&self.sock));
-        match self.out.flush_to(&mut sender, &mut written) {
+        match self.out.flush_to(&mut self.sock, &mut written) {
             Ok(Flushed::All) => {
                 if let State::Draining { .. } = self.state {
                     let _ = self.sock.shutdown(std::net::Shutdown::Both);

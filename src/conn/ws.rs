@@ -13,13 +13,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::TcpStream;
 use serde_json::Value;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
-use super::{Conn, Outbound, State};
+use super::{Conn, Outbound, Sock, State};
 use crate::auth::UserClaims;
 use crate::config::Config;
 use crate::error::CloseCode;
@@ -65,7 +64,7 @@ pub struct WsState {
 /// The socket as tungstenite sees it: reads from the socket, writes into the
 /// outbound queue. Generic over the reader only so that [`feed`] can drive the
 /// same read path from memory.
-struct Io<'a, R = TcpStream> {
+struct Io<'a, R = Sock> {
     sock: &'a mut R,
     out: &'a mut Outbound,
     read: u64,
