@@ -142,11 +142,16 @@ fn dev_mode_prints_working_tokens() {
     let page = value_of("test page:");
     assert_eq!(page, format!("http://{}/", p.addr));
     assert!(!user.is_empty() && !admin.is_empty() && user != admin);
-    let stderr = collect_now(&p.stderr, &mut p.log);
-    assert!(
-        stderr.iter().any(|l| l.contains("DEV MODE")),
-        "a loud warning: {stderr:?}"
-    );
+    // The warning goes to stderr, read by another thread than stdout's:
+    // wait for it rather than expect it already there.
+    let deadline = Instant::now() + WAIT;
+    while !p.log.iter().any(|l| l.contains("DEV MODE")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.stderr.recv_timeout(left) {
+            Ok(l) => p.log.push(l),
+            Err(e) => panic!("no loud warning ({e}): {:?}", p.log),
+        }
+    }
 
     let (mut ws, hello) = connect(p.addr, &user);
     assert_eq!(hello["payload"]["userId"], "dev-user");
@@ -167,12 +172,6 @@ fn dev_mode_prints_working_tokens() {
     );
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&body).contains(&user));
-}
-
-/// What a reader has right now, without waiting; also kept in `log`.
-fn collect_now(rx: &Receiver<String>, log: &mut Vec<String>) -> Vec<String> {
-    log.extend(rx.try_iter());
-    log.clone()
 }
 
 #[test]
