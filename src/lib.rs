@@ -40,7 +40,7 @@
 //!            → upgrade::check (auth) → limits → 101 → conn Ws: frames ↔ tungstenite
 //! Broadcast: REST route or Handle → frame::shared_message (encoded once)
 //!            → presence picks shards → bus → shard inbox → each target's
-//!            Outbound queue (Arc'd frame) → writev when the socket is writable
+//!            Outbound queue (Arc'd frame) → send/sendmsg when the socket is writable
 //! Cluster:   the same call also → cluster::publish → publisher thread →
 //!            Redis channel → other nodes' subscriber thread → their bus
 //! ```

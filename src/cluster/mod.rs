@@ -2,7 +2,7 @@
 //! (SPEC §9).
 //!
 //! Data flow: a REST or library call on this node fans out locally through
-//! the bus as on a single node, and [`Cluster::publish`] queues the same
+//! the bus as on a single node, and `Cluster::publish` queues the same
 //! operation for the other nodes. The publisher thread (`link`) sends it on
 //! the cluster channel; every other node's subscriber thread hands it to its
 //! own shards with the single-node path. Presence is cluster-wide through a

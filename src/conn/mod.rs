@@ -294,7 +294,7 @@ impl Conn {
     }
 
     /// True while reading is paused by a full outbound queue (see
-    /// [`http_out_high`]); requests may wait in the buffer and the socket.
+    /// `http_out_high`); requests may wait in the buffer and the socket.
     pub fn http_paused(&self) -> bool {
         matches!(&self.state, State::Http(http) if http.paused)
     }

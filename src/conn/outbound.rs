@@ -3,14 +3,14 @@
 //! Broadcast frames are queued by reference (`SharedFrame`), so a message to
 //! 10,000 connections is one allocation; per-connection answers (HTTP
 //! responses, echoes, pongs, close frames) are owned chunks. Writes use
-//! `writev` over the front chunks until the socket would block.
+//! `sendmsg` (one vectored send) over the front chunks until the socket would block.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 use crate::frame::SharedFrame;
 
-/// At most this many chunks go into one `writev`.
+/// At most this many chunks go into one vectored send.
 const MAX_IOV: usize = 64;
 
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! the session knows (user, token expiry, ping bookkeeping).
 //!
 //! tungstenite's `WebSocketContext` reads frames and writes its automatic
-//! answers (pongs, close replies) through [`Io`], whose writer appends to the
+//! answers (pongs, close replies) through `Io`, whose writer appends to the
 //! outbound queue and never blocks, so control frames keep their order with
 //! data and nothing waits on the socket here. Broadcast frames bypass the
 //! context: they are already encoded and are queued by reference.
