@@ -118,13 +118,7 @@ impl Server {
     }
 
     fn start_with(config: Config, handler: Arc<dyn MessageHandler>) -> Result<Server, StartError> {
-        config.validate()?;
-        let dev = config.is_dev_mode().then(dev_mode);
-        let secret = config
-            .jwt_secret
-            .clone()
-            .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
-        let verifier = Verifier::from_config(&config, secret.as_deref())?;
+        let (dev, verifier) = checked(&config)?;
 
         let listeners = acceptor::bind_listeners(config.bind, config.shards).map_err(|err| {
             StartError::Bind {
@@ -281,13 +275,7 @@ pub fn sink_shards(
     conns_per_shard: usize,
 ) -> Result<(Handle, Vec<SinkShard>), StartError> {
     config.redis_url = None;
-    config.validate()?;
-    let dev = config.is_dev_mode().then(dev_mode);
-    let secret = config
-        .jwt_secret
-        .clone()
-        .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
-    let verifier = Verifier::from_config(&config, secret.as_deref())?;
+    let (dev, verifier) = checked(&config)?;
     let mut polls = Vec::with_capacity(config.shards);
     let mut inboxes = Vec::with_capacity(config.shards);
     let mut receivers = Vec::with_capacity(config.shards);
@@ -318,6 +306,19 @@ pub fn sink_shards(
         })
         .collect();
     Ok((handle, shards))
+}
+
+/// Validates `config` and builds its token verifier, with dev mode's made-up
+/// secret when no key is configured.
+fn checked(config: &Config) -> Result<(Option<DevMode>, Verifier), StartError> {
+    config.validate()?;
+    let dev = config.is_dev_mode().then(dev_mode);
+    let secret = config
+        .jwt_secret
+        .clone()
+        .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
+    let verifier = Verifier::from_config(config, secret.as_deref())?;
+    Ok((dev, verifier))
 }
 
 fn dev_mode() -> DevMode {
