@@ -321,7 +321,9 @@ fn run_subscriber(h: &Handle) {
     let mut reconnect = Reconnect::new();
     while !c.stop.load(Relaxed) {
         if !reconnect.due() {
-            std::thread::sleep(SUBSCRIBER_POLL.min(reconnect.next - Instant::now()));
+            std::thread::sleep(
+                SUBSCRIBER_POLL.min(reconnect.next.saturating_duration_since(Instant::now())),
+            );
             continue;
         }
         let r = subscribe(h, c, &mut reconnect);
