@@ -263,8 +263,14 @@ pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>
         let line = &buf[pos..pos + line_end];
         let size_part = line.split(|&b| b == b';').next().unwrap_or(&[]);
         let size_str = std::str::from_utf8(size_part).unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| HttpError::BadRequest(format!("invalid chunk size {size_str:?}")))?;
+        // RFC 9112 chunk-size is 1*HEXDIG: no sign (from_str_radix would
+        // take a leading "+"), no "0x".
+        let size = size_str
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+            .then(|| usize::from_str_radix(size_str, 16).ok())
+            .flatten()
+            .ok_or_else(|| HttpError::BadRequest(format!("invalid chunk size {size_str:?}")))?;
         pos += line_end + 2;
         if size == 0 {
             // Trailers: lines until an empty one.
@@ -379,6 +385,18 @@ mod tests {
             ),
             Ok(Parsed::NeedBody { .. })
         ));
+        for bad in ["+2", "-2", "0x2", "", " ", "2 2", "g"] {
+            let req = format!(
+                "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{bad}\r\n{{}}\r\n0\r\n\r\n"
+            );
+            assert!(
+                matches!(
+                    parse_request(req.as_bytes(), &L),
+                    Err(HttpError::BadRequest(_))
+                ),
+                "chunk size {bad:?} accepted"
+            );
+        }
     }
 
     #[test]
