@@ -4,7 +4,7 @@
 //!
 //! - `shard_path_10k_conns_2_shards`: the real path. Two threads each drive
 //!   a real `Shard` holding 5,000 open WebSocket connections whose sockets
-//!   are sinks (`wsedge::server::sink_shards`). One iteration is
+//!   are sinks (`wsedge::testbed::sink_shards`). One iteration is
 //!   `Handle::broadcast_raw`: envelope and frame encoded once, one
 //!   `BroadcastAll` per shard over the bus (channel + waker), and in each
 //!   shard the turn `run` takes for it: woken from `epoll_wait`, inbox
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::value::RawValue;
-use wsedge::conn::Outbound;
-use wsedge::frame::{self, SharedFrame};
+use wsedge::testbed::Outbound;
+use wsedge::testbed::{self as frame, SharedFrame};
 use wsedge::Config;
 
 const CONNECTIONS: usize = 10_000;
@@ -56,7 +56,7 @@ fn shard_path(c: &mut Criterion) {
         ..Config::default()
     };
     let (handle, shards) =
-        wsedge::server::sink_shards(config, CONNECTIONS / SHARDS).expect("sink shards");
+        wsedge::testbed::sink_shards(config, CONNECTIONS / SHARDS).expect("sink shards");
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = bounded::<u64>(SHARDS);
     let threads: Vec<_> = shards

@@ -6,9 +6,11 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use serde_json::value::RawValue;
-use wsedge::auth::{mint_hs256, now_secs, Verifier};
-use wsedge::http::{parse_request, Limits, Parsed};
-use wsedge::{frame, Config};
+use wsedge::testbed as frame;
+use wsedge::testbed::Verifier;
+use wsedge::testbed::{parse_request, Limits, Parsed};
+use wsedge::Config;
+use wsedge::{mint_hs256, now_secs};
 
 const BROADCAST_REQUEST: &[u8] = b"POST /v1/websocket/broadcast HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nAuthorization: Bearer integration-admin-key\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"type\":\"notification\",\"payload\":{\"seq\":1,\"t\":1732700000000000}}";
 

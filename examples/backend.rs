@@ -19,9 +19,9 @@ use std::time::Duration;
 use clap::Parser;
 use crossbeam_channel::Receiver;
 use serde_json::json;
-use wsedge::auth::{mint_hs256, now_secs};
 use wsedge::client::{Client, ClientConfig, Event, State};
 use wsedge::Server;
+use wsedge::{mint_hs256, now_secs};
 
 #[derive(Parser)]
 #[command(about = "wsedge library demo: broadcast, targeted broadcast, send to a user")]

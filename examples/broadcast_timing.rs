@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tungstenite::Message;
-use wsedge::auth::{mint_hs256, now_secs};
+use wsedge::{mint_hs256, now_secs};
 use wsedge::{Config, Server};
 
 fn main() {

@@ -7,7 +7,7 @@
 //! prints `ws://ADDR/ws?token=…` on stdout once it listens.
 
 use serde_json::json;
-use wsedge::auth::{mint_hs256, now_secs};
+use wsedge::{mint_hs256, now_secs};
 use wsedge::{Config, RawEchoHandler, Server};
 
 fn main() {

@@ -37,8 +37,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
-use wsedge::auth::{mint_hs256, now_secs};
 use wsedge::Server;
+use wsedge::{mint_hs256, now_secs};
 
 /// Connection churn and broadcasts against a wsedge server, checking for leaks.
 #[derive(Debug, Parser)]

@@ -34,21 +34,6 @@ pub enum AuthError {
     Malformed(String),
 }
 
-impl AuthError {
-    /// A short label for the `wsedge_handshakes_rejected_total{reason}` metric.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "token_missing",
-            AuthError::Expired => "token_expired",
-            AuthError::NotYetValid => "token_not_yet_valid",
-            AuthError::BadSignature => "token_bad_signature",
-            AuthError::WrongIssuer | AuthError::WrongAudience => "token_wrong_claims",
-            AuthError::BadSubject => "token_bad_sub",
-            AuthError::Malformed(_) => "token_malformed",
-        }
-    }
-}
-
 /// What a valid user token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserClaims {

@@ -1,6 +1,6 @@
-//! Commands to shards: every broadcast, send, disconnect and new socket
-//! reaches the shard that owns its connections through that shard's inbox
-//! (a crossbeam channel) plus a `mio::Waker` to end its poll.
+//! Commands to shards: every broadcast, send and disconnect reaches the
+//! shard that owns its connections through that shard's inbox (a crossbeam
+//! channel) plus a `mio::Waker` to end its poll.
 //!
 //! Sending never blocks (the channels are unbounded and the waker is a
 //! write to an eventfd); the bus holds no lock.
@@ -44,8 +44,6 @@ impl ConnRef {
 /// What a shard is asked to do.
 #[derive(Debug)]
 pub enum Command {
-    /// Take ownership of a freshly accepted socket.
-    Adopt(mio::net::TcpStream),
     /// Queue `frame` to every open WebSocket connection whose user is not in `exclude`.
     BroadcastAll {
         frame: SharedFrame,
@@ -103,24 +101,6 @@ impl Bus {
             log::warn!("waking shard {shard} failed: {e}");
         }
         true
-    }
-
-    /// Queues without waking the shard; the caller wakes it with
-    /// [`Bus::wake`] after a batch (one eventfd write per batch, not per
-    /// command). False when that shard has stopped.
-    pub fn send_quiet(&self, shard: usize, cmd: Command) -> bool {
-        self.shards
-            .get(shard)
-            .is_some_and(|inbox| inbox.tx.send(cmd).is_ok())
-    }
-
-    /// Wakes a shard so it drains its inbox.
-    pub fn wake(&self, shard: usize) {
-        if let Some(inbox) = self.shards.get(shard) {
-            if let Err(e) = inbox.waker.wake() {
-                log::warn!("waking shard {shard} failed: {e}");
-            }
-        }
     }
 
     /// Sends one command built per shard to every shard.

@@ -1,9 +1,12 @@
 //! Typed errors of the HTTP layer and the WebSocket close codes, each mapped
 //! to what the peer sees in exactly one place.
 //!
-//! `HttpError::status` and `HttpError::body` decide the status line and JSON
+//! `HttpError::status` and `HttpError::message` decide the status line and JSON
 //! body of every refusal; `CloseCode` lists every close code the server sends
-//! (SPEC §3). Nothing else in the crate invents a status or a close code.
+//! (docs/PROTOCOL.md §3), and which management call or peer error picks
+//! which. Nothing else in the crate invents a status or a close code.
+
+use crate::metrics::Reject;
 
 /// A request the server refuses, and why. Turned into a response by
 /// [`crate::http::Response::error`].
@@ -72,22 +75,22 @@ impl HttpError {
         )
     }
 
-    /// Label for `wsedge_handshakes_rejected_total{reason}` when an upgrade is refused.
-    pub fn metric_label(&self) -> &'static str {
+    /// The `reason` of `wsedge_handshakes_rejected_total` when this refuses an upgrade.
+    pub(crate) fn reject_reason(&self) -> Reject {
         match self {
-            HttpError::BadRequest(_) | HttpError::UpgradeRequired(_) => "bad_request",
-            HttpError::Unauthorized => "unauthorized",
-            HttpError::Forbidden => "origin",
-            HttpError::TooManyRequests => "per_user_limit",
-            HttpError::ServiceUnavailable => "connection_limit",
-            HttpError::RequestTimeout => "timeout",
-            HttpError::HeadersTooLarge { .. } => "headers_too_large",
-            _ => "other",
+            HttpError::BadRequest(_) | HttpError::UpgradeRequired(_) => Reject::BadRequest,
+            HttpError::Unauthorized => Reject::Unauthorized,
+            HttpError::Forbidden => Reject::Origin,
+            HttpError::TooManyRequests => Reject::PerUserLimit,
+            HttpError::ServiceUnavailable => Reject::ConnectionLimit,
+            HttpError::RequestTimeout => Reject::Timeout,
+            HttpError::HeadersTooLarge { .. } => Reject::HeadersTooLarge,
+            _ => Reject::Other,
         }
     }
 }
 
-/// Every close code the server sends (SPEC §3).
+/// Every close code the server sends (docs/PROTOCOL.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCode {
     /// 1000: normal closure.
@@ -137,6 +140,16 @@ impl CloseCode {
             CloseCode::Disconnected => "disconnected by server",
             CloseCode::DisconnectedNoReconnect => "disconnected by server, do not reconnect",
             CloseCode::TokenExpired => "token expired",
+        }
+    }
+
+    /// The code of a disconnect by the management API: `4000` when the
+    /// client may reconnect, `4500` when it must not.
+    pub fn disconnect(reconnect: bool) -> CloseCode {
+        if reconnect {
+            CloseCode::Disconnected
+        } else {
+            CloseCode::DisconnectedNoReconnect
         }
     }
 

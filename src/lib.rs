@@ -3,24 +3,35 @@
 //! An authenticated WebSocket edge server: sharded `mio` reactors hold many
 //! long-lived WebSocket connections of users logged in with a JWT, and a
 //! backend pushes JSON messages to all of them, to some users or to one user,
-//! through a REST API or this crate's [`Handle`].
+//! through a REST API or this crate's [`Handle`]. The protocol (routes,
+//! messages, close codes, flags) is in `docs/PROTOCOL.md`; the threads and
+//! the path of a broadcast are in `docs/ARCHITECTURE.md`.
 //!
 //! # Layout
 //!
 //! ```text
-//! server.rs     start/stop: binds a listener per shard, spawns the shards
+//! server.rs     start/stop: binds a listener per shard, assembles the shared
+//!               state, spawns the shards and the cluster link
 //! acceptor.rs   SO_REUSEPORT listeners; each shard accepts on its own
-//! shard.rs      a reactor: Poll loop, Slab of connections, inbox, timers
-//! conn/         one connection: state machine Http → Ws → Draining → Closed,
-//!   mod.rs        HTTP reading and dispatch; outbound.rs the write queue
-//!   ws.rs         WebSocket session over tungstenite; refresh; ping; expiry
-//!   sock.rs       the socket: TCP, or an in-memory sink for benches and tests
+//! shard/        a reactor: Poll loop, Slab of connections, timers (mod.rs);
+//!   commands.rs   the inbox: broadcasts fan out to connections here
+//!   registry.rs   the WebSocket lifecycle: limits, presence, users index
+//!   sink.rs       the fan-out test bed (in-memory sinks), never the server
+//! conn/         one connection: state machine Http → Ws → Flushing → Closed
+//!   http.rs       HTTP requests framed for the router; keep-alive, pipelining
+//!   ws.rs         WebSocket state over tungstenite; close, ping, expiry
+//!   session.rs    what a session does with a message: handler, refresh
+//!   outbound.rs   the write queue (shared broadcast frames + owned bytes)
+//!   sock.rs       the socket: TCP, or an in-memory sink for the test bed
 //! http/         request parsing on bytes (httparse) and response writing
+//! router.rs     a complete request → the upgrade checks or the REST API
 //! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT
 //! auth.rs       JWT validation and admin credentials
-//! rest.rs       routes of the management API → Handle calls
-//! handle.rs     the operations (broadcast, send, disconnect, stats): one
-//!               code path for REST and the library
+//! rest.rs       the management API's routes → operations
+//! ops.rs        the operations behind Handle (broadcast, send, disconnect,
+//!               stats): one code path for REST and the library
+//! handler.rs    MessageHandler: what an application answers to messages
+//! shared.rs     the state one server's threads share
 //! bus.rs        commands to shards over crossbeam channels + mio::Waker
 //! frame.rs      JSON envelopes and WebSocket frames, encoded once
 //! presence.rs   who is connected, how often, on which shards
@@ -31,43 +42,53 @@
 //! cluster/      cluster mode: Redis pub/sub link threads, wire format,
 //!               the view of the other nodes' presence
 //! client/       the Rust client: a thread per client, reconnect with backoff
+//! testbed.rs    internals for the fuzz targets, benches and tests only
 //! ```
 //!
-//! # The two data flows
+//! # The data flows
 //!
 //! ```text
 //! WebSocket: shard's listener → accept → conn Http: read → http::parse_request
-//!            → upgrade::check (auth) → limits → 101 → conn Ws: frames ↔ tungstenite
-//! Broadcast: REST route or Handle → frame::shared_message (encoded once)
-//!            → presence picks shards → bus → shard inbox → each target's
-//!            Outbound queue (Arc'd frame) → send/sendmsg when the socket is writable
+//!            → router → upgrade::check (auth) → registry (limits) → 101
+//!            → conn Ws: frames ↔ tungstenite → session (handler)
+//! REST:      conn Http: read → http::parse_request → router → rest → ops
+//! Broadcast: REST route or Handle → ops: frame::shared_message (encoded once)
+//!            → presence picks shards → bus → shard inbox (commands.rs) → each
+//!            target's Outbound queue (Arc'd frame) → send/sendmsg when the
+//!            socket is writable
 //! Cluster:   the same call also → cluster::publish → publisher thread →
-//!            Redis channel → other nodes' subscriber thread → their bus
+//!            Redis channel → other nodes' subscriber thread → their ops
+//!            (through cluster::LocalNode) → their bus
 //! ```
 
-pub mod acceptor;
-pub mod auth;
-pub mod bus;
+mod acceptor;
+mod auth;
+mod bus;
 pub mod client;
-pub mod cluster;
-pub mod config;
-pub mod conn;
-pub mod error;
-pub mod frame;
-pub mod handle;
-pub mod http;
-pub mod metrics;
-pub mod presence;
-pub mod rest;
-pub mod server;
-pub mod shard;
-pub mod upgrade;
-pub mod web;
+mod cluster;
+mod config;
+mod conn;
+mod error;
+mod frame;
+mod handler;
+mod http;
+mod metrics;
+mod ops;
+mod presence;
+mod rest;
+mod router;
+mod server;
+mod shard;
+mod shared;
+mod upgrade;
+mod web;
 
-pub use config::Config;
+#[doc(hidden)]
+pub mod testbed;
+
+pub use auth::{mint_hs256, now_secs};
+pub use config::{default_shards, Config, ConfigError};
 pub use error::{CloseCode, HttpError};
-pub use handle::{
-    Data, EchoHandler, Handle, MessageHandler, NodeStats, RawEchoHandler, RawVerdict, ShardStats,
-    Stats,
-};
+pub use handler::{Data, EchoHandler, MessageHandler, RawEchoHandler, RawVerdict};
+pub use ops::{Handle, NodeStats, ShardStats, Stats};
 pub use server::{DevMode, Server, ServerBuilder, StartError};

@@ -25,24 +25,82 @@ pub struct ShardMetrics {
 /// Picks one counter out of a shard's metrics.
 type Counter = fn(&ShardMetrics) -> &AtomicU64;
 
-/// Handshake refusal reasons, in the order of [`Metrics::rejected`].
-pub const REJECT_REASONS: &[&str] = &[
-    "bad_request",
-    "unauthorized",
-    "origin",
-    "per_user_limit",
-    "connection_limit",
-    "timeout",
-    "headers_too_large",
-    "other",
-];
+/// Why a WebSocket upgrade was refused: the `reason` label of
+/// `wsedge_handshakes_rejected_total`. `HttpError::reject_reason` maps each
+/// refusal to one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reject {
+    BadRequest,
+    Unauthorized,
+    Origin,
+    PerUserLimit,
+    ConnectionLimit,
+    Timeout,
+    HeadersTooLarge,
+    Other,
+}
+
+impl Reject {
+    /// Every reason, in the order of [`Metrics::rejected`].
+    pub const ALL: [Reject; 8] = [
+        Reject::BadRequest,
+        Reject::Unauthorized,
+        Reject::Origin,
+        Reject::PerUserLimit,
+        Reject::ConnectionLimit,
+        Reject::Timeout,
+        Reject::HeadersTooLarge,
+        Reject::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::BadRequest => "bad_request",
+            Reject::Unauthorized => "unauthorized",
+            Reject::Origin => "origin",
+            Reject::PerUserLimit => "per_user_limit",
+            Reject::ConnectionLimit => "connection_limit",
+            Reject::Timeout => "timeout",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::Other => "other",
+        }
+    }
+}
+
+/// A writer of the Prometheus text exposition format, shared by the
+/// server's counters and the cluster link's.
+pub(crate) struct Prom<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Prom<'a> {
+    pub fn new(out: &'a mut String) -> Prom<'a> {
+        Prom { out }
+    }
+
+    /// The `# HELP` and `# TYPE` lines of one metric family.
+    pub fn family(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample with one label.
+    pub fn labelled(&mut self, name: &str, label: &str, value: impl std::fmt::Display, n: u64) {
+        let _ = writeln!(self.out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+
+    /// A family of one unlabelled sample.
+    pub fn single(&mut self, name: &str, help: &str, kind: &str, value: u64) {
+        self.family(name, help, kind);
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+}
 
 /// All counters of a server.
 #[derive(Debug)]
 pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
     pub handshakes_accepted: AtomicU64,
-    pub rejected: Vec<AtomicU64>,
+    pub rejected: [AtomicU64; Reject::ALL.len()],
     pub accept_errors: AtomicU64,
     pub broadcasts: AtomicU64,
 }
@@ -52,18 +110,14 @@ impl Metrics {
         Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             handshakes_accepted: AtomicU64::new(0),
-            rejected: REJECT_REASONS.iter().map(|_| AtomicU64::new(0)).collect(),
+            rejected: Reject::ALL.map(|_| AtomicU64::new(0)),
             accept_errors: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
         }
     }
 
-    pub fn reject(&self, reason: &str) {
-        let i = REJECT_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(REJECT_REASONS.len() - 1);
-        self.rejected[i].fetch_add(1, Relaxed);
+    pub fn reject(&self, reason: Reject) {
+        self.rejected[reason as usize].fetch_add(1, Relaxed);
     }
 
     pub fn connections(&self) -> usize {
@@ -80,114 +134,64 @@ impl Metrics {
     /// Prometheus text exposition format, every metric named `wsedge_…`.
     pub fn render(&self, users: usize, uptime_secs: u64) -> String {
         let mut o = String::with_capacity(4096);
-        let header = |o: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        let per_shard = |o: &mut String,
+        let mut p = Prom::new(&mut o);
+        let per_shard = |p: &mut Prom<'_>,
                          name: &str,
                          help: &str,
                          kind: &str,
                          f: &dyn Fn(&ShardMetrics) -> u64| {
-            header(o, name, help, kind);
+            p.family(name, help, kind);
             for (i, s) in self.shards.iter().enumerate() {
-                let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s));
+                p.labelled(name, "shard", i, f(s));
             }
         };
-        let single = |o: &mut String, name: &str, help: &str, kind: &str, value: u64| {
-            header(o, name, help, kind);
-            let _ = writeln!(o, "{name} {value}");
-        };
         per_shard(
-            &mut o,
+            &mut p,
             "wsedge_connections",
             "Open WebSocket connections per shard.",
             "gauge",
             &|s| s.connections.load(Relaxed) as u64,
         );
         per_shard(
-            &mut o,
+            &mut p,
             "wsedge_http_connections",
             "Open HTTP connections per shard.",
             "gauge",
             &|s| s.http_connections.load(Relaxed) as u64,
         );
-        single(
-            &mut o,
+        p.single(
             "wsedge_users",
             "Distinct connected users.",
             "gauge",
             users as u64,
         );
-        let counters: [(&str, &str, Counter); 7] = [
-            (
-                "wsedge_messages_in_total",
-                "WebSocket data messages received.",
-                |s| &s.messages_in,
-            ),
-            (
-                "wsedge_messages_out_total",
-                "WebSocket messages queued to clients.",
-                |s| &s.messages_out,
-            ),
-            ("wsedge_bytes_in_total", "Bytes read from sockets.", |s| {
-                &s.bytes_in
-            }),
-            ("wsedge_bytes_out_total", "Bytes written to sockets.", |s| {
-                &s.bytes_out
-            }),
-            (
-                "wsedge_slow_consumer_drops_total",
-                "Connections closed for exceeding their outbound buffer.",
-                |s| &s.slow_consumer_drops,
-            ),
-            ("wsedge_http_requests_total", "HTTP requests parsed.", |s| {
-                &s.http_requests
-            }),
-            (
-                "wsedge_shard_commands_total",
-                "Commands handled from the shard inbox.",
-                |s| &s.commands,
-            ),
-        ];
-        for (name, help, f) in counters {
-            per_shard(&mut o, name, help, "counter", &|s| f(s).load(Relaxed));
+        for (name, help, f) in COUNTERS {
+            per_shard(&mut p, name, help, "counter", &|s| f(s).load(Relaxed));
         }
-        single(
-            &mut o,
+        p.single(
             "wsedge_handshakes_accepted_total",
             "WebSocket upgrades accepted.",
             "counter",
             self.handshakes_accepted.load(Relaxed),
         );
-        header(
-            &mut o,
-            "wsedge_handshakes_rejected_total",
-            "WebSocket upgrades refused, by reason.",
-            "counter",
-        );
-        for (r, c) in REJECT_REASONS.iter().zip(&self.rejected) {
-            let _ = writeln!(
-                o,
-                "wsedge_handshakes_rejected_total{{reason=\"{r}\"}} {}",
-                c.load(Relaxed)
-            );
+        let name = "wsedge_handshakes_rejected_total";
+        p.family(name, "WebSocket upgrades refused, by reason.", "counter");
+        for (r, c) in Reject::ALL.iter().zip(&self.rejected) {
+            p.labelled(name, "reason", r.label(), c.load(Relaxed));
         }
-        single(
-            &mut o,
+        p.single(
             "wsedge_accept_errors_total",
             "Errors from accept(2) (e.g. EMFILE).",
             "counter",
             self.accept_errors.load(Relaxed),
         );
-        single(
-            &mut o,
+        p.single(
             "wsedge_broadcasts_total",
             "Broadcasts and sends accepted.",
             "counter",
             self.broadcasts.load(Relaxed),
         );
-        single(
-            &mut o,
+        p.single(
             "wsedge_uptime_seconds",
             "Seconds since start.",
             "gauge",
@@ -196,3 +200,36 @@ impl Metrics {
         o
     }
 }
+
+/// The per-shard counters on `/metrics`: name, help, counter.
+const COUNTERS: [(&str, &str, Counter); 7] = [
+    (
+        "wsedge_messages_in_total",
+        "WebSocket data messages received.",
+        |s| &s.messages_in,
+    ),
+    (
+        "wsedge_messages_out_total",
+        "WebSocket messages queued to clients.",
+        |s| &s.messages_out,
+    ),
+    ("wsedge_bytes_in_total", "Bytes read from sockets.", |s| {
+        &s.bytes_in
+    }),
+    ("wsedge_bytes_out_total", "Bytes written to sockets.", |s| {
+        &s.bytes_out
+    }),
+    (
+        "wsedge_slow_consumer_drops_total",
+        "Connections closed for exceeding their outbound buffer.",
+        |s| &s.slow_consumer_drops,
+    ),
+    ("wsedge_http_requests_total", "HTTP requests parsed.", |s| {
+        &s.http_requests
+    }),
+    (
+        "wsedge_shard_commands_total",
+        "Commands handled from the shard inbox.",
+        |s| &s.commands,
+    ),
+];

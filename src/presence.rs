@@ -42,12 +42,9 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn new(shards: usize) -> Presence {
-        Presence::with_change_tracking(shards, false)
-    }
-
-    /// A table that also records which users changed (for cluster mode).
-    pub fn with_change_tracking(shards: usize, track_changes: bool) -> Presence {
+    /// A table for `shards` shards; with `track_changes` it also records
+    /// which users changed (for cluster mode).
+    pub fn new(shards: usize, track_changes: bool) -> Presence {
         Presence {
             stripes: (0..STRIPES)
                 .map(|_| Mutex::new(Stripe::default()))
@@ -190,7 +187,7 @@ mod tests {
 
     #[test]
     fn add_remove_and_limits() {
-        let p = Presence::new(4);
+        let p = Presence::new(4, false);
         assert!(p.try_add("a", 0, 2));
         assert!(p.try_add("a", 3, 2));
         assert!(!p.try_add("a", 1, 2));
@@ -210,7 +207,7 @@ mod tests {
 
     #[test]
     fn tracks_changes_once_per_user_with_current_counts() {
-        let p = Presence::with_change_tracking(2, true);
+        let p = Presence::new(2, true);
         assert!(p.try_add("a", 0, 5));
         assert!(p.try_add("a", 1, 5));
         assert!(p.try_add("b", 0, 5));

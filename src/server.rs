@@ -1,6 +1,7 @@
-//! Starting and stopping a server: binds one listener per shard, builds the
-//! shared core, spawns the shard threads (each accepts on its own listener,
-//! see [`crate::acceptor`]), and shuts them down gracefully (SPEC §5, §7).
+//! Starting and stopping a server: binds one listener per shard, assembles
+//! the shared state, spawns the shard threads (each accepts on its own
+//! listener, see [`crate::acceptor`]) and the cluster link, and shuts them
+//! down gracefully (docs/PROTOCOL.md §5, §7).
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,15 +14,19 @@ use mio::{Poll, Waker};
 use rand::Rng;
 use serde_json::json;
 
+use crossbeam_channel::Receiver;
+
 use crate::acceptor::{self, Acceptor};
 use crate::auth::{mint_hs256, now_secs, Verifier};
 use crate::bus::{self, Bus, Command};
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
-use crate::handle::{Core, EchoHandler, Handle, MessageHandler};
+use crate::handler::{EchoHandler, MessageHandler};
 use crate::metrics::Metrics;
+use crate::ops::Handle;
 use crate::presence::Presence;
-use crate::shard::{Shard, SinkShard, LISTENER, WAKER};
+use crate::shard::{Registry, Shard, ShardCtx, LISTENER, WAKER};
+use crate::shared::Shared;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +123,7 @@ impl Server {
     }
 
     fn start_with(config: Config, handler: Arc<dyn MessageHandler>) -> Result<Server, StartError> {
-        let (dev, verifier) = checked(&config)?;
-
+        config.validate()?;
         let listeners = acceptor::bind_listeners(config.bind, config.shards).map_err(|err| {
             StartError::Bind {
                 addr: config.bind,
@@ -127,57 +131,37 @@ impl Server {
             }
         })?;
         let local_addr = listeners[0].local_addr()?;
-
-        let mut polls = Vec::with_capacity(config.shards);
-        let mut inboxes = Vec::with_capacity(config.shards);
-        let mut receivers = Vec::with_capacity(config.shards);
-        let mut acceptors = Vec::with_capacity(config.shards);
-        for listener in listeners {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            acceptors.push(Acceptor::new(listener, poll.registry(), LISTENER)?);
-            let (tx, rx) = bus::inbox();
-            inboxes.push((tx, waker));
-            receivers.push(rx);
-            polls.push(poll);
-        }
-        let bus = Bus::new(inboxes);
-        let cluster = match &config.redis_url {
-            Some(url) => Some(Cluster::new(
-                url,
-                config
-                    .node_id
-                    .clone()
-                    .unwrap_or_else(|| crate::cluster::default_node_id(local_addr.port())),
-                &config.cluster_name,
-            )?),
-            None => None,
-        };
-        let handle = core(config, verifier, bus, cluster, handler, dev.as_ref());
-        let cluster_thread = match &handle.core.cluster {
+        let parts = assemble(config, handler, Some(local_addr.port()))?;
+        let handle = parts.handle;
+        let cluster_thread = match &handle.shared.cluster {
             Some(c) => {
                 log::info!(
                     "cluster mode: node {:?} through redis at {} (cluster {:?})",
                     c.node_id,
                     c.redis_addr,
-                    handle.core.config.cluster_name
+                    handle.shared.config.cluster_name
                 );
-                Some(crate::cluster::spawn(&handle)?)
+                Some(crate::cluster::spawn(c, Arc::new(handle.clone()))?)
             }
             None => None,
         };
-
-        let mut shards = Vec::new();
-        let parts = polls.into_iter().zip(receivers).zip(acceptors);
-        for (id, ((poll, rx), acceptor)) in parts.enumerate() {
-            let shard = Shard::new(id, poll, rx, Some(acceptor), handle.clone());
+        let mut shards = Vec::with_capacity(parts.shards.len());
+        for (id, ((poll, inbox), listener)) in parts.shards.into_iter().zip(listeners).enumerate() {
+            let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
+            let shard = Shard::new(
+                id,
+                poll,
+                inbox,
+                Some(acceptor),
+                Registry::new(id, &handle),
+                ShardCtx::new(&handle),
+            );
             shards.push(
                 std::thread::Builder::new()
                     .name(format!("wsedge-shard-{id}"))
                     .spawn(move || shard.run())?,
             );
         }
-
         log::info!(
             "wsedge listening on {local_addr} with {} shards",
             shards.len()
@@ -187,7 +171,7 @@ impl Server {
             local_addr,
             shards,
             cluster_thread,
-            dev,
+            dev: parts.dev,
         })
     }
 
@@ -217,11 +201,11 @@ impl Server {
             return;
         }
         // Each shard closes its listener first, then drains.
-        self.handle.core.bus.send_all(|| Command::Shutdown);
+        self.handle.shared.bus.send_all(|| Command::Shutdown);
         for t in self.shards.drain(..) {
             let _ = t.join();
         }
-        if let Some(c) = &self.handle.core.cluster {
+        if let Some(c) = &self.handle.shared.cluster {
             c.stop.store(true, std::sync::atomic::Ordering::Release);
         }
         if let Some(t) = self.cluster_thread.take() {
@@ -237,88 +221,68 @@ impl Drop for Server {
     }
 }
 
-/// The state every shard and handle shares, for a server of `config.shards`
-/// shards reached through `bus`.
-fn core(
+/// A server's pieces before its threads run: the handle on its shared
+/// state, and each shard's poll (with its waker registered) and inbox.
+pub(crate) struct Parts {
+    pub handle: Handle,
+    pub shards: Vec<(Poll, Receiver<Command>)>,
+    pub dev: Option<DevMode>,
+}
+
+/// Builds the shared state of a server of `config.shards` shards from a
+/// validated `config`: the token
+/// verifier (with dev mode's made-up secret when no key is configured), the
+/// bus with a poll and waker per shard, and the cluster link's state when
+/// `--redis-url` is set (`port` names the node by default).
+pub(crate) fn assemble(
     config: Config,
-    verifier: Verifier,
-    bus: Bus,
-    cluster: Option<Cluster>,
     handler: Arc<dyn MessageHandler>,
-    dev: Option<&DevMode>,
-) -> Handle {
-    let core = Arc::new(Core {
-        presence: Presence::with_change_tracking(config.shards, cluster.is_some()),
-        cluster,
-        verifier,
-        metrics: Metrics::new(config.shards),
-        bus,
-        started: Instant::now(),
-        handler,
-        dev_user_token: dev.map(|d| d.user_token.clone()),
-        ws_slots: AtomicUsize::new(0),
-        config,
-    });
-    Handle { core }
-}
-
-/// The fan-out test bed, never used by the server: a handle on
-/// `config.shards` shards that each hold `conns_per_shard` open WebSocket
-/// connections writing into in-memory sinks, and those shards, which the
-/// caller drives (one per thread, [`SinkShard::turn`]) in place of
-/// [`Shard::run`]. Broadcasts through the handle take the real path: encode
-/// once, the bus, each shard's inbox and waker, delivery and flush. There is
-/// no listener and no cluster link (`redis_url` is ignored).
-#[doc(hidden)]
-pub fn sink_shards(
-    mut config: Config,
-    conns_per_shard: usize,
-) -> Result<(Handle, Vec<SinkShard>), StartError> {
-    config.redis_url = None;
-    let (dev, verifier) = checked(&config)?;
-    let mut polls = Vec::with_capacity(config.shards);
-    let mut inboxes = Vec::with_capacity(config.shards);
-    let mut receivers = Vec::with_capacity(config.shards);
-    for _ in 0..config.shards {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = bus::inbox();
-        inboxes.push((tx, waker));
-        receivers.push(rx);
-        polls.push(poll);
-    }
-    let handler: Arc<dyn MessageHandler> = Arc::new(EchoHandler);
-    let handle = core(
-        config,
-        verifier,
-        Bus::new(inboxes),
-        None,
-        handler,
-        dev.as_ref(),
-    );
-    let shards = polls
-        .into_iter()
-        .zip(receivers)
-        .enumerate()
-        .map(|(id, (poll, rx))| {
-            let shard = Shard::new(id, poll, rx, None, handle.clone());
-            SinkShard::new(shard, conns_per_shard)
-        })
-        .collect();
-    Ok((handle, shards))
-}
-
-/// Validates `config` and builds its token verifier, with dev mode's made-up
-/// secret when no key is configured.
-fn checked(config: &Config) -> Result<(Option<DevMode>, Verifier), StartError> {
-    config.validate()?;
+    port: Option<u16>,
+) -> Result<Parts, StartError> {
     let dev = config.is_dev_mode().then(dev_mode);
     let secret = config
         .jwt_secret
         .clone()
         .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
-    let verifier = Verifier::from_config(config, secret.as_deref())?;
-    Ok((dev, verifier))
+    let verifier = Verifier::from_config(&config, secret.as_deref())?;
+    let mut inboxes = Vec::with_capacity(config.shards);
+    let mut shards = Vec::with_capacity(config.shards);
+    for _ in 0..config.shards {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = bus::inbox();
+        inboxes.push((tx, waker));
+        shards.push((poll, rx));
+    }
+    let cluster = match (&config.redis_url, port) {
+        (Some(url), Some(port)) => {
+            let node_id = config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| crate::cluster::default_node_id(port));
+            Some(Arc::new(Cluster::new(url, node_id, &config.cluster_name)?))
+        }
+        _ => None,
+    };
+    let shared = Shared {
+        presence: Arc::new(Presence::new(config.shards, cluster.is_some())),
+        cluster,
+        verifier: Arc::new(verifier),
+        metrics: Arc::new(Metrics::new(config.shards)),
+        bus: Bus::new(inboxes),
+        started: Instant::now(),
+        handler,
+        dev_user_token: dev.as_ref().map(|d| d.user_token.clone()),
+        ws_slots: Arc::new(AtomicUsize::new(0)),
+        config: Arc::new(config),
+    };
+    Ok(Parts {
+        handle: Handle {
+            shared: Arc::new(shared),
+        },
+        shards,
+        dev,
+    })
 }
 
 fn dev_mode() -> DevMode {

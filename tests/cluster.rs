@@ -1,4 +1,4 @@
-//! Cluster mode (SPEC §9): three nodes on one machine, joined through a real
+//! Cluster mode (docs/PROTOCOL.md §9): three nodes on one machine, joined through a real
 //! `redis-server`, behave as one service.
 //!
 //! Nodes are in-process servers unless a test must kill one without warning,

@@ -13,10 +13,8 @@ mod harness;
 use std::path::Path;
 use std::time::Instant;
 
-use wsedge::auth::{mint_hs256, UserClaims};
-use wsedge::conn::ws::{feed, WsEnv, WsRead};
-use wsedge::conn::{Outbound, WsState};
-use wsedge::metrics::ShardMetrics;
+use wsedge::mint_hs256;
+use wsedge::testbed::{feed, Outbound, ShardMetrics, WsRead, WsState};
 
 /// A `refresh` whose token (validly signed) has `exp` near `u64::MAX`
 /// overflowed `SystemTime` in `conn::ws::expiry_instant` and panicked the
@@ -35,11 +33,8 @@ fn token_with_largest_exp_opens_and_refreshes() {
     let cfg = harness::config();
     let now = Instant::now();
     for exp in [u64::MAX, u64::MAX - 30, 1 << 63, i64::MAX as u64] {
-        let claims = UserClaims {
-            user_id: harness::USER.into(),
-            exp,
-        };
-        let mut ws = WsState::new(&claims, "0-1-1".into(), Vec::new(), &cfg, 30, now);
+        let user = harness::USER.into();
+        let mut ws = WsState::new(user, exp, "0-1-1".into(), Vec::new(), &cfg, 30, now);
         assert!(ws.next_deadline(&cfg) > now);
 
         let token = mint_hs256(
@@ -52,15 +47,12 @@ fn token_with_largest_exp_opens_and_refreshes() {
         frame.extend_from_slice(&[0; 4]); // zero mask: payload as is
         frame.extend_from_slice(msg.as_bytes());
         let metrics = ShardMetrics::default();
-        let env = WsEnv {
-            handle: &harness::handle(false),
-            metrics: &metrics,
-            now,
-        };
+        let handle = harness::handle(false);
+        let env = wsedge::testbed::ws_env(&handle, &metrics, now);
         let mut out = Outbound::default();
         let mut input = Drained(&frame);
         let (read, end) = feed(&mut ws, &mut input, &mut out, &env);
-        assert_eq!((read, end), (WsRead::Drained, None));
+        assert_eq!((read, end), (WsRead::Empty, None));
         let mut bytes = Vec::new();
         out.flush_to(&mut bytes, &mut 0)
             .expect("a Vec takes everything");

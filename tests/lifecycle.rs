@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::process::*;
 use common::*;
 use serde_json::json;
-use wsedge::auth::{mint_hs256, now_secs};
+use wsedge::{mint_hs256, now_secs};
 
 /// Waits (bounded) for the child to exit.
 fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {

@@ -5,9 +5,9 @@
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use wsedge::auth::{bearer_token, extract_token};
-use wsedge::bus::ConnRef;
-use wsedge::http::{decode_chunked, parse_request, percent_decode, Limits, Parsed, Request};
+use wsedge::testbed::ConnRef;
+use wsedge::testbed::{bearer_token, extract_token};
+use wsedge::testbed::{decode_chunked, parse_request, percent_decode, Limits, Parsed, Request};
 
 const BIG: Limits = Limits {
     max_header_bytes: 64 * 1024,
@@ -209,7 +209,7 @@ proptest! {
         if let Ok(Parsed::Complete(req, used)) = parse_request(&buf, &limits) {
             prop_assert!(used <= buf.len());
             let _ = req.query_param("token");
-            let _ = wsedge::rest::route(&req);
+            let _ = wsedge::testbed::route(&req);
         }
     }
 

@@ -1,4 +1,4 @@
-//! The management REST API and the HTTP layer (SPEC §4) over real sockets:
+//! The management REST API and the HTTP layer (docs/PROTOCOL.md §4) over real sockets:
 //! admin auth on every route, each route's answer and its effect on
 //! connected WebSocket clients, `/healthz` and `/metrics`, and HTTP framing
 //! (keep-alive, pipelining, chunked bodies, limits, timeouts).
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
-use wsedge::auth::{mint_hs256, now_secs};
+use wsedge::{mint_hs256, now_secs};
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -1,4 +1,4 @@
-//! The WebSocket endpoint `GET /ws` (SPEC §3) driven over real loopback
+//! The WebSocket endpoint `GET /ws` (docs/PROTOCOL.md §3) driven over real loopback
 //! sockets: JWT auth before the upgrade (every algorithm, every claim rule),
 //! the message format, token refresh and expiry, close codes, ping/pong, the
 //! close handshake, handshake header errors and frames pipelined with the
@@ -20,7 +20,7 @@ use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tungstenite::Message;
-use wsedge::auth::{mint_hs256, now_secs};
+use wsedge::{mint_hs256, now_secs};
 
 // ---------------------------------------------------------------------------
 // Helpers: tokens, keys, assertions
@@ -885,7 +885,7 @@ fn refused_refresh_answers_error_and_keeps_the_connection() {
 #[test]
 fn expired_token_closes_the_connection_with_4001() {
     let srv = start(|cfg| cfg.jwt_leeway_secs = 0);
-    // exp is at most 2 s away; SPEC: closed within a second of exp + leeway.
+    // exp is at most 2 s away; docs/PROTOCOL.md §3: closed within a second of exp + leeway.
     let exp = now_secs() + 2;
     let (mut ws, _) = connect(srv.addr, &hs256(&json!({"sub": "short", "exp": exp})));
     assert_echo(&mut ws, "before expiry");

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use wsedge::cluster::view::{NodeCounters, View};
-use wsedge::cluster::wire::{decode, Body};
+use wsedge::testbed::{decode_cluster_packet as decode, ClusterBody as Body};
+use wsedge::testbed::{NodeCounters, View};
 
 pub fn run(data: &[u8]) {
     static VIEW: Mutex<Option<View>> = Mutex::new(None);
@@ -23,7 +23,7 @@ pub fn run(data: &[u8]) {
     let now = Instant::now();
     match p.body {
         Body::Broadcast { message, .. } => {
-            let frame = wsedge::frame::text_frame(message.get().as_bytes());
+            let frame = wsedge::testbed::text_frame(message.get().as_bytes());
             assert!(frame.len() > message.get().len());
         }
         Body::Disconnect { .. } => {}

@@ -8,8 +8,8 @@
 //! answers off (parse and route only); the rest is the buffer. A `$A` in the
 //! buffer becomes the admin key so the fuzzer gets past admin auth.
 
-use wsedge::http::{parse_request, Limits, Parsed, Request, Response};
-use wsedge::rest::{self, Route};
+use wsedge::testbed::{self, Route};
+use wsedge::testbed::{parse_request, Limits, Parsed, Request, Response};
 
 fn limits(sel: u8) -> Limits {
     let body = match sel >> 4 {
@@ -31,16 +31,16 @@ fn exercise(req: &Request<'_>, answer: bool) {
     }
     let _ = req.header_has_token("connection", "upgrade");
     let _ = req.header_has_token("upgrade", "websocket");
-    let _ = wsedge::auth::extract_token(req.header("authorization"), req.query);
+    let _ = wsedge::testbed::extract_token(req.header("authorization"), req.query);
     let _ = Route::parse(req.path);
-    let resp = match rest::route(req) {
+    let resp = match testbed::route(req) {
         Ok(Route::WebSocket) => return,
         Ok(route) => {
             assert_eq!(route.method(), req.method);
             if !answer {
                 return;
             }
-            rest::handle(&super::handle(false), &route, req)
+            testbed::answer(&super::handle(false), &route, req)
         }
         Err(e) => Response::error(&e),
     };

@@ -15,7 +15,7 @@ pub mod ws_inbound;
 use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
-use wsedge::auth::{mint_hs256, now_secs};
+use wsedge::{mint_hs256, now_secs};
 use wsedge::{Config, Handle, RawEchoHandler, Server};
 
 pub const SECRET: &str = "fuzz-secret";

@@ -15,10 +15,11 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::TokenSpec;
-use wsedge::auth::{bearer_token, extract_token, Verifier};
-use wsedge::conn::WsState;
-use wsedge::http::{parse_request, Limits, Parsed};
-use wsedge::{upgrade, Config};
+use wsedge::testbed::check_upgrade;
+use wsedge::testbed::WsState;
+use wsedge::testbed::{bearer_token, extract_token, Verifier};
+use wsedge::testbed::{parse_request, Limits, Parsed};
+use wsedge::Config;
 
 fn configs() -> &'static [(Config, Verifier)] {
     static CONFIGS: OnceLock<Vec<(Config, Verifier)>> = OnceLock::new();
@@ -66,7 +67,7 @@ pub fn run(data: &[u8]) {
                 Some(bearer_token(h).unwrap_or_default())
             );
         }
-        if let Ok(up) = upgrade::check(&req, cfg, verifier) {
+        if let Ok(up) = check_upgrade(&req, cfg, verifier) {
             assert_eq!(up.accept_key.len(), 28);
             assert!(!up.claims.user_id.is_empty());
             assert_eq!(
@@ -75,7 +76,8 @@ pub fn run(data: &[u8]) {
             );
             // What `Shard::open_websocket` does next.
             let ws = WsState::new(
-                &up.claims,
+                up.claims.user_id.as_str().into(),
+                up.claims.exp,
                 "0-1-1".into(),
                 buf[used..].to_vec(),
                 cfg,

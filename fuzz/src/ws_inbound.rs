@@ -19,10 +19,9 @@ use super::TokenSpec;
 use serde_json::Value;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
-use wsedge::auth::{now_secs, UserClaims};
-use wsedge::conn::ws::{feed, WsEnv, WsRead};
-use wsedge::conn::{Outbound, WsState};
-use wsedge::metrics::ShardMetrics;
+use wsedge::now_secs;
+use wsedge::testbed;
+use wsedge::testbed::{feed, Outbound, ShardMetrics, WsRead, WsState};
 
 /// The socket: one segment per readable event, `WouldBlock` when it is
 /// consumed, `Ok(0)` once the peer is gone.
@@ -145,17 +144,10 @@ pub fn run(data: &[u8]) {
     let handle = super::handle(raw_echo);
     let metrics = ShardMetrics::default();
     let now = Instant::now();
-    let env = WsEnv {
-        handle: &handle,
-        metrics: &metrics,
-        now,
-    };
-    let claims = UserClaims {
-        user_id: super::USER.into(),
-        exp: now_secs() + 3600,
-    };
+    let env = testbed::ws_env(&handle, &metrics, now);
     let mut ws = WsState::new(
-        &claims,
+        super::USER.into(),
+        now_secs() + 3600,
         "0-1-1".into(),
         wire[..leftover].to_vec(),
         &cfg,
@@ -184,7 +176,7 @@ pub fn run(data: &[u8]) {
                 ended = true;
                 break 'events;
             }
-            if outcome == WsRead::Drained {
+            if outcome == WsRead::Empty {
                 break;
             }
         }

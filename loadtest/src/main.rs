@@ -2,7 +2,7 @@
 //! (started here by default, or any server with its API via `--target`),
 //! drives broadcasts through the REST API, and reports connect rate,
 //! deliveries per second, end-to-end latency, losses, order, server memory
-//! and CPU per connection, and a capacity estimate (SPEC §8).
+//! and CPU per connection, and a capacity estimate (docs/PROTOCOL.md §8).
 //!
 //! ```text
 //! main.rs    flags, the run: server → connect → phases → report
@@ -162,9 +162,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.internal_serve {
-        let shards = cli
-            .server_shards
-            .unwrap_or_else(wsedge::config::default_shards);
+        let shards = cli.server_shards.unwrap_or_else(wsedge::default_shards);
         return ExitCode::from(server::serve_child(shards, cli.internal_max_per_user) as u8);
     }
     match run(cli) {
@@ -519,12 +517,12 @@ fn run(cli: Cli) -> Result<Report, String> {
     }
 
     // Tokens.
-    let exp = wsedge::auth::now_secs() + 6 * 3600;
+    let exp = wsedge::now_secs() + 6 * 3600;
     let user_ids: Arc<Vec<String>> = Arc::new((0..users).map(|i| format!("lt-u{i}")).collect());
     let tokens: Arc<Vec<String>> = Arc::new(
         user_ids
             .iter()
-            .map(|u| wsedge::auth::mint_hs256(&secret, &json!({"sub": u, "exp": exp})))
+            .map(|u| wsedge::mint_hs256(&secret, &json!({"sub": u, "exp": exp})))
             .collect(),
     );
     let bearer = match &cli.admin_key {
@@ -534,7 +532,7 @@ fn run(cli: Cli) -> Result<Report, String> {
                 .admin_claim
                 .split_once('=')
                 .ok_or("--admin-claim must be CLAIM=VALUE")?;
-            wsedge::auth::mint_hs256(
+            wsedge::mint_hs256(
                 &secret,
                 &json!({"sub": "lt-admin", claim: value, "exp": exp}),
             )

@@ -1,4 +1,4 @@
-//! Reconnect delays (SPEC §6): `min(base·2^min(attempt, 6) + jitter, cap)`
+//! Reconnect delays (docs/PROTOCOL.md §6): `min(base·2^min(attempt, 6) + jitter, cap)`
 //! with `jitter` drawn uniformly from `0..jitter_max` (1 s by default).
 //!
 //! The arithmetic is a pure function, [`backoff_delay`], so it can be tested

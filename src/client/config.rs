@@ -91,7 +91,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults of SPEC §6 for `url`, without a token.
+    /// Defaults of docs/PROTOCOL.md §6 for `url`, without a token.
     pub fn new(url: impl Into<String>) -> Self {
         ClientConfig {
             url: url.into(),

@@ -1,4 +1,4 @@
-//! A blocking Rust client for wsedge (SPEC §6): the counterpart of the
+//! A blocking Rust client for wsedge (docs/PROTOCOL.md §6): the counterpart of the
 //! original `useRealtime` hook and of the browser's `realtime.js`, usable
 //! without an async runtime.
 //!

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,9 +22,8 @@ use crossbeam_channel::RecvTimeoutError;
 use redis::{Connection, RedisResult};
 
 use super::wire::{self, Body, Packet};
-use super::{Cluster, NodeCounters, HEARTBEAT, PRESENCE_FLUSH};
+use super::{Cluster, LocalNode, NodeCounters, HEARTBEAT, PRESENCE_FLUSH};
 use crate::error::CloseCode;
-use crate::handle::Handle;
 
 /// Keys of a node live this long past its last heartbeat.
 const KEY_TTL_MS: u64 = 10_000;
@@ -38,25 +38,21 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBSCRIBER_POLL: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-fn cluster(h: &Handle) -> &Cluster {
-    match &h.core.cluster {
-        Some(c) => c,
-        None => unreachable!("cluster threads run only in cluster mode"),
-    }
-}
-
 /// Starts both threads. The publisher's handle is returned so shutdown can
 /// wait for its goodbye; the subscriber stops by itself within
 /// [`SUBSCRIBER_POLL`] of [`Cluster::stop`].
-pub(crate) fn spawn(h: &Handle) -> std::io::Result<JoinHandle<()>> {
-    let h2 = h.clone();
+pub(crate) fn spawn(
+    cluster: &Arc<Cluster>,
+    local: Arc<dyn LocalNode>,
+) -> std::io::Result<JoinHandle<()>> {
+    let (c, l) = (cluster.clone(), local.clone());
     std::thread::Builder::new()
         .name("wsedge-cluster-sub".into())
-        .spawn(move || run_subscriber(&h2))?;
-    let h3 = h.clone();
+        .spawn(move || run_subscriber(&c, &*l))?;
+    let c = cluster.clone();
     std::thread::Builder::new()
         .name("wsedge-cluster-pub".into())
-        .spawn(move || run_publisher(&h3))
+        .spawn(move || run_publisher(&c, &*local))
 }
 
 fn connect(c: &Cluster) -> RedisResult<Connection> {
@@ -108,17 +104,16 @@ impl Reconnect {
 }
 
 struct Publisher<'a> {
-    h: &'a Handle,
+    local: &'a dyn LocalNode,
     c: &'a Cluster,
     con: Option<Connection>,
     seq: u64,
     reconnect: Reconnect,
 }
 
-fn run_publisher(h: &Handle) {
-    let c = cluster(h);
+fn run_publisher(c: &Cluster, local: &dyn LocalNode) {
     let mut p = Publisher {
-        h,
+        local,
         c,
         con: None,
         seq: 0,
@@ -169,7 +164,7 @@ impl Publisher<'_> {
     fn open(&mut self) {
         let r = connect(self.c).and_then(|mut con| {
             self.seq += 1;
-            let users = self.h.core.presence.snapshot();
+            let users = self.local.presence_snapshot();
             let n = self.c.names.presence_key(&self.c.node_id);
             let mut pipe = redis::pipe();
             pipe.atomic().del(&n).ignore();
@@ -252,7 +247,7 @@ impl Publisher<'_> {
     }
 
     fn flush_presence(&mut self, con: &mut Connection, channel: &str) -> RedisResult<()> {
-        let changes = self.h.core.presence.take_changes();
+        let changes = self.local.presence_changes();
         if changes.is_empty() {
             return Ok(());
         }
@@ -283,13 +278,13 @@ impl Publisher<'_> {
     }
 
     fn heartbeat(&self, con: &mut Connection, channel: &str) -> RedisResult<()> {
-        let m = &self.h.core.metrics;
+        let n = self.local.counters();
         let packet = self.packet(Body::Heartbeat {
             seq: self.seq,
-            connections: m.connections() as u64,
-            messages_in: m.sum(|s| &s.messages_in),
-            messages_out: m.sum(|s| &s.messages_out),
-            bytes_out: m.sum(|s| &s.bytes_out),
+            connections: n.connections,
+            messages_in: n.messages_in,
+            messages_out: n.messages_out,
+            bytes_out: n.bytes_out,
         });
         let mut pipe = redis::pipe();
         pipe.publish(channel, packet).ignore();
@@ -316,8 +311,7 @@ impl Publisher<'_> {
     }
 }
 
-fn run_subscriber(h: &Handle) {
-    let c = cluster(h);
+fn run_subscriber(c: &Cluster, local: &dyn LocalNode) {
     let mut reconnect = Reconnect::new();
     while !c.stop.load(Relaxed) {
         if !reconnect.due() {
@@ -326,7 +320,7 @@ fn run_subscriber(h: &Handle) {
             );
             continue;
         }
-        let r = subscribe(h, c, &mut reconnect);
+        let r = subscribe(c, local, &mut reconnect);
         c.stats.subscriber_up.store(false, Relaxed);
         if let Err(e) = r {
             reconnect.failed("subscriber", c, &e);
@@ -335,7 +329,7 @@ fn run_subscriber(h: &Handle) {
 }
 
 /// One subscribed session: returns when the connection fails or on stop.
-fn subscribe(h: &Handle, c: &Cluster, reconnect: &mut Reconnect) -> RedisResult<()> {
+fn subscribe(c: &Cluster, local: &dyn LocalNode, reconnect: &mut Reconnect) -> RedisResult<()> {
     let mut query = connect(c)?;
     let mut con = connect(c)?;
     let mut ps = con.as_pubsub();
@@ -348,7 +342,7 @@ fn subscribe(h: &Handle, c: &Cluster, reconnect: &mut Reconnect) -> RedisResult<
             return Ok(());
         }
         match ps.get_message() {
-            Ok(msg) => on_packet(h, c, msg.get_payload_bytes()),
+            Ok(msg) => on_packet(c, local, msg.get_payload_bytes()),
             Err(e) if e.is_timeout() => {}
             Err(e) => return Err(e),
         }
@@ -384,7 +378,7 @@ fn parse_seq(s: &str) -> Option<(u64, u64)> {
 }
 
 /// Applies one packet from the channel.
-fn on_packet(h: &Handle, c: &Cluster, bytes: &[u8]) {
+fn on_packet(c: &Cluster, local: &dyn LocalNode, bytes: &[u8]) {
     let p = match wire::decode(bytes) {
         Ok(p) => p,
         Err(e) => {
@@ -410,14 +404,11 @@ fn on_packet(h: &Handle, c: &Cluster, bytes: &[u8]) {
             users,
             exclude,
         } => {
-            h.deliver_local(message.get().as_bytes(), users.as_deref(), &exclude);
+            local.deliver(message.get().as_bytes(), users.as_deref(), &exclude);
         }
         Body::Disconnect { user, code } => {
-            let code = match code {
-                4500 => CloseCode::DisconnectedNoReconnect,
-                _ => CloseCode::Disconnected,
-            };
-            h.disconnect_local(&user, code);
+            let reconnect = code != CloseCode::DisconnectedNoReconnect.code();
+            local.disconnect(&user, CloseCode::disconnect(reconnect));
         }
         Body::Presence { seq, users } => c.view().on_presence(&p.node, p.inc, seq, &users, now),
         Body::Heartbeat {

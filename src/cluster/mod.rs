@@ -1,11 +1,12 @@
 //! Cluster mode: several nodes behave as one service through Redis pub/sub
-//! (SPEC §9).
+//! (docs/PROTOCOL.md §9).
 //!
 //! Data flow: a REST or library call on this node fans out locally through
 //! the bus as on a single node, and `Cluster::publish` queues the same
 //! operation for the other nodes. The publisher thread (`link`) sends it on
 //! the cluster channel; every other node's subscriber thread hands it to its
-//! own shards with the single-node path. Presence is cluster-wide through a
+//! own shards with the single-node path, through [`LocalNode`]: the link
+//! sees only that small interface of this node, never the whole handle. Presence is cluster-wide through a
 //! [`view::View`] of the other nodes, fed by presence changes and heartbeats
 //! on the same channel.
 //!
@@ -24,8 +25,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::error::CloseCode;
+use crate::metrics::Prom;
+
 pub(crate) use link::spawn;
-pub use view::NodeCounters;
+pub(crate) use view::NodeCounters;
 use view::View;
 use wire::{Body, Names, Packet};
 
@@ -38,6 +42,20 @@ pub const NODE_TTL: Duration = Duration::from_secs(3);
 pub const PRESENCE_FLUSH: Duration = Duration::from_millis(20);
 /// Packets waiting for the publisher before new ones are dropped.
 const OUTBOX: usize = 100_000;
+
+/// What the cluster link may ask of this node.
+pub(crate) trait LocalNode: Send + Sync + 'static {
+    /// Fans a message another node published out to this node's connections.
+    fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]);
+    /// Closes a user's connections on this node.
+    fn disconnect(&self, user: &str, code: CloseCode);
+    /// Every user connected here, with their connection count.
+    fn presence_snapshot(&self) -> Vec<(String, usize)>;
+    /// Users whose count changed since the last call, with the new count.
+    fn presence_changes(&self) -> Vec<(String, usize)>;
+    /// This node's counters, for the heartbeat.
+    fn counters(&self) -> NodeCounters;
+}
 
 /// Why cluster mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,48 +159,43 @@ impl Cluster {
 
     /// Prometheus lines for the cluster link.
     pub fn render_metrics(&self, o: &mut String) {
-        use std::fmt::Write as _;
         let s = &self.stats;
-        let up = u64::from(self.degraded().is_none());
-        for (name, help, kind, v) in [
-            (
-                "wsedge_cluster_redis_up",
-                "1 while both Redis connections work.",
-                "gauge",
-                up,
-            ),
-            (
-                "wsedge_cluster_nodes",
-                "Live nodes in the cluster, this one included.",
-                "gauge",
-                self.remote_nodes().len() as u64 + 1,
-            ),
+        let mut p = Prom::new(o);
+        p.single(
+            "wsedge_cluster_redis_up",
+            "1 while both Redis connections work.",
+            "gauge",
+            u64::from(self.degraded().is_none()),
+        );
+        p.single(
+            "wsedge_cluster_nodes",
+            "Live nodes in the cluster, this one included.",
+            "gauge",
+            self.remote_nodes().len() as u64 + 1,
+        );
+        for (name, help, counter) in [
             (
                 "wsedge_cluster_published_total",
                 "Packets published to the cluster channel.",
-                "counter",
-                s.published.load(Relaxed),
+                &s.published,
             ),
             (
                 "wsedge_cluster_received_total",
                 "Packets received from other nodes.",
-                "counter",
-                s.received.load(Relaxed),
+                &s.received,
             ),
             (
                 "wsedge_cluster_dropped_total",
                 "Packets not published because Redis was down or slow.",
-                "counter",
-                s.dropped.load(Relaxed),
+                &s.dropped,
             ),
             (
                 "wsedge_cluster_malformed_total",
                 "Packets on the channel that could not be read.",
-                "counter",
-                s.malformed.load(Relaxed),
+                &s.malformed,
             ),
         ] {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            p.single(name, help, "counter", counter.load(Relaxed));
         }
     }
 }

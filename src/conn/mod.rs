@@ -1,109 +1,97 @@
 //! One client connection: its socket, its outbound queue, and the state
-//! machine `Http → WebSocket → Draining → Closed`.
+//! machine `Http → Ws → Flushing → Closed`.
 //!
 //! Each state holds the buffers it needs and nothing else: an HTTP
-//! connection its request buffer and deadline, a WebSocket its tungstenite
-//! context and session data. The shard drives a connection through these
-//! methods on readiness and timers; a connection never blocks and never
-//! reaches into other connections or shared tables (the shard does that).
+//! connection its request buffer and deadlines (`http`), a WebSocket its
+//! tungstenite context and session data (`ws`, messages in `session`). The
+//! shard calls three entry points, [`Conn::on_readable`], [`Conn::on_timer`]
+//! and [`Conn::write_turn`], and each dispatches on the state here, so the
+//! shard never matches on a connection's internals nor sets its fields.
+//!
+//! A connection is transport: it frames HTTP requests and WebSocket
+//! messages, and hands complete requests to a [`Dispatcher`] above it (the
+//! router) to be answered or upgraded. It never blocks, and never reaches
+//! into other connections or shared tables (the shard's registry does).
 
+mod http;
 mod outbound;
+mod session;
 mod sock;
-pub mod ws;
+mod ws;
 
+pub(crate) use http::{Dispatch, Dispatcher};
 pub use outbound::{Flushed, Outbound};
-pub use sock::{Sink, Sock};
-pub use ws::{WsPhase, WsState};
+pub use session::feed;
+pub(crate) use sock::{Sink, Sock};
+pub use ws::{WsEnv, WsRead, WsState};
 
-use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::error::HttpError;
-use crate::handle::Handle;
-use crate::http::{parse_request, Limits, Parsed, Response};
-use crate::rest::{self, Route};
-use crate::upgrade::{self, Upgrade};
+use crate::http::Response;
+use crate::upgrade::Upgrade;
+use http::HttpState;
 
-/// How long a connection may take to drain its last answer before it is cut.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Bytes read from a socket per `read` call in the HTTP state.
-const HTTP_READ_CHUNK: usize = 4096;
-
-/// Most answers an HTTP connection queues before it stops reading and
-/// answering requests (the outbound cap, when that is smaller): a client
-/// that pipelines without reading costs this plus one answer, not a queue
-/// without bound. Reading resumes when the queue is below half of it.
-const HTTP_OUT_HIGH: usize = 256 * 1024;
-
-fn http_out_high(cfg: &Config) -> usize {
-    cfg.outbound_buffer_bytes.min(HTTP_OUT_HIGH)
-}
+/// How long a connection may take to write its last answer before it is cut.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a connection is in its life.
-pub enum State {
+pub(crate) enum State {
     /// Reading HTTP requests: REST (keep-alive, pipelined) or the upgrade request.
     Http(HttpState),
     /// An upgraded WebSocket.
     Ws(Box<WsState>),
     /// Writing what is queued, then closing; nothing more is read.
-    Draining { deadline: Instant },
+    Flushing { deadline: Instant },
     /// Done: the shard removes it.
     Closed,
 }
 
-/// The HTTP state's buffer and deadline.
-pub struct HttpState {
-    buf: Vec<u8>,
-    /// When the request being read (or the idle wait) times out.
-    deadline: Instant,
-    /// Whether `deadline` is the idle keep-alive timeout (nothing pending).
-    idle: bool,
-    /// The last read stopped because `buf` was full, not because the socket
-    /// was drained: bytes may still wait in the socket.
-    full: bool,
-    /// `100 Continue` was sent for the request being read.
-    continue_sent: bool,
-    /// Reading and answering stopped because the answers queued for the
-    /// client reached [`http_out_high`]; the shard resumes it once they drain.
-    paused: bool,
-}
-
 /// One connection.
-pub struct Conn {
+pub(crate) struct Conn {
     pub sock: Sock,
     /// Generation of the slab slot when this connection took it.
     pub gen: u32,
-    pub out: Outbound,
-    pub state: State,
+    out: Outbound,
+    state: State,
     /// The earliest deadline already in the shard's timer heap.
-    pub timer_at: Option<Instant>,
-    /// Already on the shard's list of connections to flush.
-    pub dirty: bool,
-    /// The user this connection was registered under in presence; the shard
-    /// removes it from presence exactly when this is taken.
-    pub user: Option<Arc<str>>,
+    timer_at: Option<Instant>,
+    /// Already on the shard's list of connections to write this turn.
+    dirty: bool,
+    /// The user this connection was registered under; the shard's registry
+    /// unregisters it exactly when the connection is removed.
+    user: Option<Arc<str>>,
 }
 
-/// Which HTTP deadline passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpTimeout {
-    /// Paused for unread answers and no progress: closed.
-    Stalled,
-    /// An idle keep-alive connection: closed.
-    Idle,
-    /// A request did not arrive in time: `408`, then closed.
-    Request,
+/// What a connection may use of its shard and the server while it handles
+/// one event.
+pub(crate) struct Env<'a> {
+    pub config: &'a Config,
+    pub dispatcher: &'a dyn Dispatcher,
+    pub ws: WsEnv<'a>,
+    /// The server is shutting down: HTTP connections stop reading.
+    pub draining: bool,
 }
 
-/// What the HTTP state produced from the bytes it has.
-pub enum HttpStep {
-    /// Nothing more to do until more bytes arrive.
-    Wait,
-    /// A valid upgrade request; the rest of the buffer belongs to the WebSocket.
+/// What the shard must do after a readable event.
+pub(crate) enum Readable {
+    /// Nothing more this turn.
+    Done,
+    /// The read stopped early with bytes possibly left in the socket:
+    /// read again next turn (edge-triggered readiness will not say so).
+    ReadAgain,
+    /// A valid upgrade request: register it, then [`Conn::open_ws`].
     Upgrade(Upgrade),
+}
+
+/// What one write turn did.
+pub(crate) struct Written {
+    pub bytes: u64,
+    /// Reading was resumed with requests possibly waiting: read again.
+    pub read_again: bool,
+    /// A deadline earlier than any already armed: the shard must arm it.
+    pub arm: Option<Instant>,
 }
 
 impl Conn {
@@ -112,14 +100,7 @@ impl Conn {
             sock,
             gen,
             out: Outbound::default(),
-            state: State::Http(HttpState {
-                buf: Vec::new(),
-                deadline: now + cfg.handshake_timeout(),
-                idle: false,
-                full: false,
-                continue_sent: false,
-                paused: false,
-            }),
+            state: State::Http(HttpState::new(now, cfg)),
             timer_at: None,
             dirty: false,
             user: None,
@@ -127,7 +108,26 @@ impl Conn {
     }
 
     pub fn is_open_ws(&self) -> bool {
-        matches!(&self.state, State::Ws(ws) if ws.phase == WsPhase::Open)
+        matches!(&self.state, State::Ws(ws) if ws.is_open())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The user this connection is registered under, taken once on removal.
+    pub fn take_user(&mut self) -> Option<Arc<str>> {
+        self.user.take()
+    }
+
+    /// The user of an open or closing WebSocket.
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    /// Marks the connection to be written this turn; true the first time.
+    pub fn mark_dirty(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
     }
 
     /// Queues an answer and, when it says so, stops reading.
@@ -136,252 +136,105 @@ impl Conn {
         resp.write_to(&mut bytes);
         self.out.push_owned(bytes);
         if resp.close {
-            self.drain(now);
+            self.finish(now);
         }
     }
 
-    /// Stop reading; close once the queue is written.
-    pub fn drain(&mut self, now: Instant) {
-        self.state = State::Draining {
-            deadline: now + DRAIN_TIMEOUT,
+    /// Queues bytes already encoded (the `101` of an accepted upgrade).
+    pub fn queue(&mut self, bytes: Vec<u8>) {
+        self.out.push_owned(bytes);
+    }
+
+    /// Stops reading; closes once the queue is written.
+    fn finish(&mut self, now: Instant) {
+        self.state = State::Flushing {
+            deadline: now + FLUSH_TIMEOUT,
         };
     }
 
-    /// Reads what the socket has into the HTTP buffer. Returns the bytes read
-    /// and whether the peer finished sending (EOF): the requests already in
-    /// the buffer are still answered, then the connection drains.
-    ///
-    /// Unless `to_end`, a read that returns less than it asked for ends the
-    /// loop: the socket was drained at that moment, and with edge-triggered
-    /// readiness anything arriving later (more bytes, the FIN) raises a new
-    /// event. That saves the `recv` returning `WouldBlock` on every upgrade.
-    /// The shard asks for `to_end` when the event also reported the peer's
-    /// FIN or an error (which may wait behind the bytes) and when it reads
-    /// again without an event.
-    pub fn read_http(&mut self, cfg: &Config, to_end: bool, now: Instant) -> (u64, bool) {
-        let State::Http(http) = &mut self.state else {
-            return (0, false);
-        };
-        if self.out.len() >= http_out_high(cfg) {
-            // The client is not reading its answers: leave its requests in
-            // the socket, where TCP flow control holds them back.
-            if !http.paused {
-                http.paused = true;
-                http.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
+    /// Drops what is queued and closes at once.
+    fn abort(&mut self) {
+        self.out.clear();
+        self.state = State::Closed;
+    }
+
+    /// Readiness to read: reads what the socket has and acts on it.
+    pub fn on_readable(&mut self, env: &Env<'_>, to_end: bool) -> Readable {
+        match &self.state {
+            State::Http(_) if env.draining => {
+                self.finish(env.ws.now);
+                Readable::Done
             }
-            return (0, false);
-        }
-        let cap = cfg.max_header_bytes + cfg.max_body_bytes + HTTP_READ_CHUNK;
-        let mut total = 0u64;
-        http.full = false;
-        loop {
-            if http.buf.len() >= cap {
-                // The parser refuses anything this large; stop reading.
-                http.full = true;
-                return (total, false);
-            }
-            let old = http.buf.len();
-            http.buf.resize(old + HTTP_READ_CHUNK, 0);
-            match self.sock.read(&mut http.buf[old..]) {
-                Ok(0) => {
-                    http.buf.truncate(old);
-                    return (total, true);
-                }
-                Ok(n) => {
-                    http.buf.truncate(old + n);
-                    total += n as u64;
-                    if old == 0 && http.idle {
-                        http.idle = false;
-                        http.deadline = now + cfg.handshake_timeout();
-                    }
-                    if n < HTTP_READ_CHUNK && !to_end {
-                        return (total, false);
-                    }
-                }
-                Err(e) => {
-                    http.buf.truncate(old);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => return (total, false),
-                        io::ErrorKind::Interrupted => continue,
-                        _ => {
-                            log::debug!("read error: {e}");
-                            self.state = State::Closed;
-                            return (total, false);
-                        }
-                    }
-                }
-            }
+            State::Http(_) => self.on_http_readable(env, to_end),
+            State::Ws(_) => self.on_ws_readable(env),
+            // Nothing more is read once flushing: the answer is all that is left.
+            State::Flushing { .. } | State::Closed => Readable::Done,
         }
     }
 
-    /// Answers every complete request in the buffer (pipelining), until one
-    /// is an upgrade or more bytes are needed. Returns the count of requests.
-    pub fn process_http(&mut self, h: &Handle, now: Instant) -> (HttpStep, u64) {
-        let cfg = &h.core.config;
-        let limits = Limits {
-            max_header_bytes: cfg.max_header_bytes,
-            max_body_bytes: cfg.max_body_bytes,
-        };
-        let mut requests = 0;
-        loop {
-            let State::Http(http) = &mut self.state else {
-                return (HttpStep::Wait, requests);
-            };
-            if self.out.len() >= http_out_high(cfg) {
-                // The rest of the buffer waits until the answers drain; the
-                // client has the idle timeout to read some of them.
-                http.paused = true;
-                http.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
-                return (HttpStep::Wait, requests);
-            }
-            let (resp, used, keep_alive) = match parse_request(&http.buf, &limits) {
-                Ok(Parsed::Partial) => return (HttpStep::Wait, requests),
-                Ok(Parsed::NeedBody { expect_continue }) => {
-                    if expect_continue && !http.continue_sent {
-                        http.continue_sent = true;
-                        self.out
-                            .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
-                    }
-                    return (HttpStep::Wait, requests);
-                }
-                Err(e) => {
-                    log::debug!("bad HTTP request: {e}");
-                    if matches!(e, HttpError::HeadersTooLarge { .. }) {
-                        h.core.metrics.reject(e.metric_label());
-                    }
-                    (Response::error(&e).with_close(true), http.buf.len(), false)
-                }
-                Ok(Parsed::Complete(req, used)) => {
-                    requests += 1;
-                    let resp = match rest::route(&req) {
-                        Ok(Route::WebSocket) => match upgrade::check(&req, cfg, &h.core.verifier) {
-                            Ok(up) => {
-                                http.buf.drain(..used);
-                                return (HttpStep::Upgrade(up), requests);
-                            }
-                            Err(e) => {
-                                h.core.metrics.reject(e.metric_label());
-                                // A refused upgrade ends the exchange: the
-                                // client may have sent frames after it.
-                                Response::error(&e).with_close(true)
-                            }
-                        },
-                        Ok(route) => rest::handle(h, &route, &req),
-                        Err(e) => Response::error(&e),
-                    };
-                    (resp, used, req.keep_alive)
-                }
-            };
-            http.buf.drain(..used);
-            http.continue_sent = false;
-            if http.buf.is_empty() {
-                http.buf = Vec::new();
-                http.idle = true;
-                http.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
-            } else {
-                http.deadline = now + cfg.handshake_timeout();
-            }
-            self.respond(&resp.with_close(!keep_alive), now);
+    /// The timer armed for `at` fired.
+    pub fn on_timer(&mut self, at: Instant, env: &Env<'_>) {
+        if self.timer_at == Some(at) {
+            self.timer_at = None;
+        }
+        let now = env.ws.now;
+        match &self.state {
+            State::Http(_) => self.http_timer(env),
+            State::Ws(_) => self.ws_timer(env.config, now),
+            State::Flushing { deadline } if now >= *deadline => self.abort(),
+            State::Flushing { .. } | State::Closed => {}
         }
     }
 
-    /// True when the last read stopped at the buffer cap with the socket
-    /// possibly not drained. With edge-triggered readiness no new event
-    /// announces those bytes, so the shard reads again once requests were
-    /// answered and made room (many pipelined requests in one write).
-    pub fn http_read_pending(&self) -> bool {
-        matches!(&self.state, State::Http(http) if http.full && !http.paused)
-    }
-
-    /// True while reading is paused by a full outbound queue (see
-    /// `http_out_high`); requests may wait in the buffer and the socket.
-    pub fn http_paused(&self) -> bool {
-        matches!(&self.state, State::Http(http) if http.paused)
-    }
-
-    /// After a write on a paused HTTP connection: unpauses it once its queue
-    /// drained below half the mark, and returns true; the shard must then
-    /// read and answer again itself, as no readiness event announces bytes
-    /// that already wait. While it stays paused, every write that made
-    /// progress gives the client the idle timeout again.
-    pub fn http_flushed(&mut self, wrote: bool, cfg: &Config, now: Instant) -> bool {
-        let State::Http(http) = &mut self.state else {
-            return false;
-        };
-        if !http.paused {
-            return false;
+    /// Closes the connection for shutdown or a management call: a WebSocket
+    /// with `code`, an HTTP connection after its queued answers.
+    pub fn close_for(&mut self, code: crate::error::CloseCode, now: Instant) {
+        match &self.state {
+            State::Ws(_) => self.close_ws(code, now),
+            State::Http(_) => self.finish(now),
+            State::Flushing { .. } | State::Closed => {}
         }
-        if self.out.len() >= http_out_high(cfg) / 2 {
-            if wrote {
-                http.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
-            }
-            return false;
-        }
-        http.paused = false;
-        http.deadline = if http.buf.is_empty() {
-            now + Duration::from_secs(cfg.idle_timeout_secs)
-        } else {
-            now + cfg.handshake_timeout()
-        };
-        true
     }
 
-    /// Takes the bytes that followed the upgrade request.
-    ///
-    /// A copy of just those bytes, not the read buffer itself: tungstenite
-    /// keeps the Vec it is given as its read buffer for the connection's
-    /// whole life, and the HTTP buffer's capacity would be held (and its
-    /// pages resident) by every idle WebSocket.
-    pub fn take_http_leftover(&mut self) -> Vec<u8> {
-        match &mut self.state {
-            State::Http(http) => {
-                let leftover = http.buf.as_slice().to_vec();
-                http.buf = Vec::new();
-                leftover
-            }
-            _ => Vec::new(),
+    /// Writes what is queued, then settles what the write changed: an HTTP
+    /// connection paused for unread answers may resume, and the next
+    /// deadline is reported when it is earlier than the armed one.
+    pub fn write_turn(&mut self, cfg: &Config, now: Instant) -> Written {
+        self.dirty = false;
+        let mut bytes = 0;
+        if !self.out.is_empty() || matches!(self.state, State::Flushing { .. }) {
+            bytes = self.flush();
+        }
+        let read_again = self.http_flushed(bytes > 0, cfg, now);
+        let arm = self
+            .next_deadline(cfg)
+            .filter(|d| self.timer_at.is_none_or(|t| *d < t));
+        if arm.is_some() {
+            self.timer_at = arm;
+        }
+        Written {
+            bytes,
+            read_again,
+            arm,
         }
     }
 
     /// The next instant this connection needs its timer.
-    pub fn next_deadline(&self, cfg: &Config) -> Option<Instant> {
+    fn next_deadline(&self, cfg: &Config) -> Option<Instant> {
         match &self.state {
-            State::Http(h) => Some(h.deadline),
+            State::Http(h) => Some(h.deadline()),
             State::Ws(ws) => Some(ws.next_deadline(cfg)),
-            State::Draining { deadline } => Some(*deadline),
+            State::Flushing { deadline } => Some(*deadline),
             State::Closed => None,
         }
     }
 
-    /// An HTTP deadline passed: `408` for a request still arriving, a plain
-    /// close for an idle keep-alive connection or for one paused because its
-    /// client stopped reading the answers.
-    pub fn http_timeout(&mut self, now: Instant) -> Option<HttpTimeout> {
-        let State::Http(http) = &self.state else {
-            return None;
-        };
-        if now < http.deadline {
-            return None;
-        }
-        if http.paused {
-            self.out.clear();
-            self.state = State::Closed;
-            Some(HttpTimeout::Stalled)
-        } else if http.idle {
-            self.state = State::Closed;
-            Some(HttpTimeout::Idle)
-        } else {
-            self.respond(&Response::error(&HttpError::RequestTimeout), now);
-            Some(HttpTimeout::Request)
-        }
-    }
-
     /// Writes the queue. Returns the bytes written; a write error closes.
-    pub fn flush(&mut self) -> u64 {
+    fn flush(&mut self) -> u64 {
         let mut written = 0;
         match self.out.flush_to(&mut self.sock, &mut written) {
             Ok(Flushed::All) => {
-                if let State::Draining { .. } = self.state {
+                if let State::Flushing { .. } = self.state {
                     let _ = self.sock.shutdown(std::net::Shutdown::Both);
                     self.state = State::Closed;
                 }
@@ -389,8 +242,7 @@ impl Conn {
             Ok(Flushed::Partial) => {}
             Err(e) => {
                 log::debug!("write error: {e}");
-                self.out.clear();
-                self.state = State::Closed;
+                self.abort();
             }
         }
         written

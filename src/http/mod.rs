@@ -78,41 +78,81 @@ pub enum Parsed<'a> {
 /// Parses the first request in `buf`. Pipelined requests after it stay in the
 /// buffer for the next call.
 pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, HttpError> {
+    let Some(head) = parse_head(buf, limits)? else {
+        return Ok(Parsed::Partial);
+    };
+    let framing = body_framing(&head.headers)?;
+    let rest = &buf[head.len..];
+    let Some((body, used)) = read_body(framing, rest, head.method, limits)? else {
+        let expect_continue = find_header(&head.headers, "expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+        return Ok(Parsed::NeedBody { expect_continue });
+    };
+    let conn_tokens = |tok: &str| {
+        head.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(tok))
+    };
+    let keep_alive = if head.version == 1 {
+        !conn_tokens("close")
+    } else {
+        conn_tokens("keep-alive")
+    };
+    Ok(Parsed::Complete(
+        Request {
+            method: head.method,
+            path: head.path,
+            query: head.query,
+            headers: head.headers,
+            body,
+            keep_alive,
+        },
+        head.len + used,
+    ))
+}
+
+/// A complete, valid request head.
+struct Head<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    version: u8,
+    headers: Vec<(&'a str, &'a [u8])>,
+    /// Bytes of the head, blank line included.
+    len: usize,
+}
+
+/// The head at the front of `buf`; `None` while it is incomplete.
+fn parse_head<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Head<'a>>, HttpError> {
+    let too_large = HttpError::HeadersTooLarge {
+        limit: limits.max_header_bytes,
+    };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_header_bytes {
-                return Err(HttpError::HeadersTooLarge {
-                    limit: limits.max_header_bytes,
-                });
-            }
-            return Ok(Parsed::Partial);
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_header_bytes => {
+            return Err(too_large)
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::HeadersTooLarge {
-                limit: limits.max_header_bytes,
-            })
-        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
         Err(e) => {
             return Err(HttpError::BadRequest(format!(
                 "malformed HTTP request: {e}"
             )))
         }
     };
-    if head_len > limits.max_header_bytes {
-        return Err(HttpError::HeadersTooLarge {
-            limit: limits.max_header_bytes,
-        });
+    if len > limits.max_header_bytes {
+        return Err(too_large);
     }
     // httparse guarantees these are set on a complete parse.
     let method = req.method.unwrap_or("");
-    let target = req.path.unwrap_or("/");
-    let version = req.version.unwrap_or(1);
-    let headers: Vec<(&'a str, &'a [u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
     // Absolute-form (`http://host/path`), which HTTP/1.1 servers must accept.
-    let target = strip_authority(target);
+    let target = strip_authority(req.path.unwrap_or("/"));
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -122,93 +162,94 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             "request target must be an absolute path".into(),
         ));
     }
+    Ok(Some(Head {
+        method,
+        path,
+        query,
+        version: req.version.unwrap_or(1),
+        headers: req.headers.iter().map(|h| (h.name, h.value)).collect(),
+        len,
+    }))
+}
 
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
-    };
-    let conn_tokens = |tok: &str| {
-        headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(tok))
-    };
-    let keep_alive = if version == 1 {
-        !conn_tokens("close")
-    } else {
-        conn_tokens("keep-alive")
-    };
+fn find_header<'a>(headers: &[(&'a str, &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+}
 
-    let chunked = match header("transfer-encoding") {
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Chunked,
+    Length(usize),
+    /// Neither header: no body (a `POST` then gets `411`).
+    None,
+}
+
+/// Reads the body framing from the headers; conflicting or unsupported
+/// framing is a `400` (request smuggling starts where two parsers disagree).
+fn body_framing(headers: &[(&str, &[u8])]) -> Result<Framing, HttpError> {
+    let chunked = match find_header(headers, "transfer-encoding") {
         Some(te) => {
             let te = std::str::from_utf8(te).unwrap_or("");
-            if te.trim().eq_ignore_ascii_case("chunked") {
-                true
-            } else {
+            if !te.trim().eq_ignore_ascii_case("chunked") {
                 return Err(HttpError::BadRequest(format!(
                     "unsupported Transfer-Encoding {te:?}; only chunked is accepted"
                 )));
             }
+            true
         }
         None => false,
     };
-    let content_length = match header("content-length") {
+    let framing = match find_header(headers, "content-length") {
         Some(_) if chunked => {
             return Err(HttpError::BadRequest(
                 "both Content-Length and Transfer-Encoding given".into(),
             ))
         }
-        Some(v) => Some(parse_content_length(v)?),
-        None => None,
+        Some(v) => Framing::Length(parse_content_length(v)?),
+        None if chunked => Framing::Chunked,
+        None => Framing::None,
     };
-    if headers
+    let lengths = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .count()
-        > 1
-    {
+        .count();
+    if lengths > 1 {
         return Err(HttpError::BadRequest("more than one Content-Length".into()));
     }
+    Ok(framing)
+}
 
-    let expect_continue = header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    let need_body = Ok(Parsed::NeedBody { expect_continue });
-    let rest = &buf[head_len..];
-    let (body, used): (Cow<'a, [u8]>, usize) = if chunked {
-        match decode_chunked(rest, limits.max_body_bytes)? {
-            None => return need_body,
-            Some((body, used)) => (Cow::Owned(body), used),
+/// A request body and the bytes of the buffer it used (with chunked
+/// framing, more than its length).
+type Body<'a> = (Cow<'a, [u8]>, usize);
+
+/// The body at the front of `rest`; `None` while it is incomplete.
+fn read_body<'a>(
+    framing: Framing,
+    rest: &'a [u8],
+    method: &str,
+    limits: &Limits,
+) -> Result<Option<Body<'a>>, HttpError> {
+    Ok(match framing {
+        Framing::Chunked => {
+            decode_chunked(rest, limits.max_body_bytes)?.map(|(b, n)| (Cow::Owned(b), n))
         }
-    } else if let Some(len) = content_length {
-        if len > limits.max_body_bytes {
+        Framing::Length(len) if len > limits.max_body_bytes => {
             return Err(HttpError::PayloadTooLarge {
                 limit: limits.max_body_bytes,
-            });
+            })
         }
-        if rest.len() < len {
-            return need_body;
+        Framing::Length(len) if rest.len() < len => None,
+        Framing::Length(len) => Some((Cow::Borrowed(&rest[..len]), len)),
+        Framing::None if matches!(method, "POST" | "PUT" | "PATCH") => {
+            return Err(HttpError::LengthRequired)
         }
-        (Cow::Borrowed(&rest[..len]), len)
-    } else if method == "POST" || method == "PUT" || method == "PATCH" {
-        return Err(HttpError::LengthRequired);
-    } else {
-        (Cow::Borrowed(&[][..]), 0)
-    };
-
-    Ok(Parsed::Complete(
-        Request {
-            method,
-            path,
-            query,
-            headers,
-            body,
-            keep_alive,
-        },
-        head_len + used,
-    ))
+        Framing::None => Some((Cow::Borrowed(&[][..]), 0)),
+    })
 }
 
 /// `http://host:port/p?q` → `/p?q`; any other target is returned as is.

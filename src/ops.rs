@@ -1,125 +1,33 @@
-//! The operations a backend can ask for (broadcast, send, disconnect, status,
-//! stats), shared by the REST routes and the Rust library handle so both
-//! take one code path.
+//! The operations a backend can ask for (broadcast, send, disconnect,
+//! status, stats), behind the public [`Handle`]: the REST routes and the
+//! Rust library call the same functions, so both take one code path.
 //!
 //! An operation encodes its frame once, counts its targets from the
 //! presence table, and hands commands to the owning shards through the bus.
 //! It never waits for a shard: the count it returns is the number of
-//! connections addressed when the call was accepted.
+//! connections addressed when the call was accepted. In cluster mode it
+//! also queues the operation for the other nodes; what they send back comes
+//! in through [`LocalNode`], the narrow interface the cluster link sees.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::auth::Verifier;
-use crate::bus::{Bus, Command};
+use crate::bus::{Command, ConnRef};
 use crate::cluster::wire::Body;
-use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::cluster::{Cluster, LocalNode, NodeCounters};
 use crate::error::CloseCode;
 use crate::frame;
-use crate::metrics::Metrics;
-use crate::presence::Presence;
-
-/// What an embedding application does with a client's message. The default,
-/// [`EchoHandler`], answers with `{"type":"echo",...}`.
-pub trait MessageHandler: Send + Sync + 'static {
-    /// Called for every client message that is a JSON object with a string
-    /// `type` other than `refresh`. The returned value, if any, is sent back
-    /// to that connection.
-    fn on_message(&self, user_id: &str, connection_id: &str, message: &Value) -> Option<Value>;
-
-    /// Called first for every data message, before any JSON parsing. The
-    /// default, [`RawVerdict::Json`], goes on with the JSON handling above
-    /// (and `refresh`); a handler that speaks another protocol answers here.
-    fn on_raw(&self, _user_id: &str, _connection_id: &str, _data: Data<'_>) -> RawVerdict {
-        RawVerdict::Json
-    }
-
-    /// Whether a new connection is greeted with `{"type":"connected",...}`
-    /// (the default). A handler that speaks another protocol turns it off.
-    fn sends_connected(&self) -> bool {
-        true
-    }
-}
-
-/// A data message as received.
-#[derive(Debug, Clone, Copy)]
-pub enum Data<'a> {
-    Text(&'a str),
-    Binary(&'a [u8]),
-}
-
-/// What [`MessageHandler::on_raw`] decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawVerdict {
-    /// Handle the message as JSON (the default).
-    Json,
-    /// Answer with this text message.
-    Text(String),
-    /// Answer with this binary message.
-    Binary(Vec<u8>),
-    /// Neither handle nor answer it.
-    Ignore,
-}
-
-/// Echoes every data message back unchanged, text as text and binary as
-/// binary. Used for RFC 6455 conformance runs (`examples/echo_server.rs`).
-#[derive(Debug, Default)]
-pub struct RawEchoHandler;
-
-impl MessageHandler for RawEchoHandler {
-    fn on_message(&self, _user: &str, _conn: &str, _message: &Value) -> Option<Value> {
-        None
-    }
-    fn on_raw(&self, _user: &str, _conn: &str, data: Data<'_>) -> RawVerdict {
-        match data {
-            Data::Text(t) => RawVerdict::Text(t.to_string()),
-            Data::Binary(b) => RawVerdict::Binary(b.to_vec()),
-        }
-    }
-    /// An echo peer gets back exactly what it sent, nothing unasked.
-    fn sends_connected(&self) -> bool {
-        false
-    }
-}
-
-/// The default handler: echoes the message back (SPEC §3).
-#[derive(Debug, Default)]
-pub struct EchoHandler;
-
-impl MessageHandler for EchoHandler {
-    fn on_message(&self, _user: &str, _conn: &str, message: &Value) -> Option<Value> {
-        Some(frame::echo(message))
-    }
-}
-
-/// State shared by every shard, the REST routes and the handle.
-pub(crate) struct Core {
-    pub config: Config,
-    pub verifier: Verifier,
-    pub presence: Presence,
-    pub metrics: Metrics,
-    pub bus: Bus,
-    pub started: Instant,
-    pub handler: Arc<dyn MessageHandler>,
-    /// A user token pre-filled in the test page (dev mode only).
-    pub dev_user_token: Option<String>,
-    /// WebSocket connections open or being opened, checked against `--max-connections`.
-    pub ws_slots: std::sync::atomic::AtomicUsize,
-    /// The link to the other nodes, in cluster mode (`--redis-url`).
-    pub cluster: Option<Cluster>,
-}
+use crate::shared::Shared;
 
 /// A handle on a running server: `Clone + Send + Sync`, cheap to clone.
 #[derive(Clone)]
 pub struct Handle {
-    pub(crate) core: Arc<Core>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -182,7 +90,7 @@ impl Handle {
     ) -> usize {
         let envelope = frame::envelope(kind, payload);
         let local = self.deliver_local(&envelope, user_ids, exclude);
-        let Some(cluster) = &self.core.cluster else {
+        let Some(cluster) = &self.shared.cluster else {
             return local;
         };
         let remote = match user_ids {
@@ -221,9 +129,9 @@ impl Handle {
         user_ids: Option<&[String]>,
         exclude: &[String],
     ) -> usize {
-        let core = &self.core;
+        let shared = &self.shared;
         let frame: frame::SharedFrame = Arc::from(frame::text_frame(envelope));
-        core.metrics.broadcasts.fetch_add(1, Relaxed);
+        shared.metrics.broadcasts.fetch_add(1, Relaxed);
         match user_ids {
             Some(ids) => {
                 let targets: Vec<&String> = distinct_targets(ids, exclude).collect();
@@ -231,10 +139,10 @@ impl Handle {
             }
             None => {
                 let exclude: HashSet<String> = exclude.iter().cloned().collect();
-                let excluded: usize = exclude.iter().map(|u| core.presence.count(u)).sum();
-                let total = core.metrics.connections().saturating_sub(excluded);
+                let excluded: usize = exclude.iter().map(|u| shared.presence.count(u)).sum();
+                let total = shared.metrics.connections().saturating_sub(excluded);
                 let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
-                core.bus.send_all(|| Command::BroadcastAll {
+                shared.bus.send_all(|| Command::BroadcastAll {
                     frame: frame.clone(),
                     exclude: exclude.clone(),
                 });
@@ -246,11 +154,11 @@ impl Handle {
     /// Routes `frame` to the shards holding each user; returns the
     /// connections addressed.
     fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> usize {
-        let shards = self.core.bus.shard_count();
+        let shards = self.shared.bus.shard_count();
         let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
         let mut total = 0usize;
         for user in users {
-            for (shard, n) in self.core.presence.shards_of(user) {
+            for (shard, n) in self.shared.presence.shards_of(user) {
                 total += n as usize;
                 if let Some(list) = per_shard.get_mut(shard) {
                     list.push((*user).clone());
@@ -259,7 +167,7 @@ impl Handle {
         }
         for (shard, users) in per_shard.into_iter().enumerate() {
             if !users.is_empty() {
-                self.core.bus.send(
+                self.shared.bus.send(
                     shard,
                     Command::SendUsers {
                         frame: frame.clone(),
@@ -287,12 +195,12 @@ impl Handle {
 
     /// Connections of `user_id`, on every live node in cluster mode.
     pub fn connection_count(&self, user_id: &str) -> usize {
-        self.core.presence.count(user_id) + self.remote_user_count(user_id)
+        self.shared.presence.count(user_id) + self.remote_user_count(user_id)
     }
 
     /// Connections of `user_id` on other live nodes (0 on a single node).
     pub(crate) fn remote_user_count(&self, user_id: &str) -> usize {
-        self.core
+        self.shared
             .cluster
             .as_ref()
             .map_or(0, |c| c.remote_user_count(user_id))
@@ -300,20 +208,16 @@ impl Handle {
 
     /// `Some(reason)` while cluster mode cannot reach Redis (`/healthz`).
     pub fn degraded(&self) -> Option<String> {
-        self.core.cluster.as_ref().and_then(Cluster::degraded)
+        self.shared.cluster.as_deref().and_then(Cluster::degraded)
     }
 
     /// Closes every connection of a user, on every node in cluster mode:
     /// `4000` when it may reconnect, `4500` when not. Returns how many
     /// connections were asked to close.
     pub fn disconnect_user(&self, user_id: &str, reconnect: bool) -> usize {
-        let code = if reconnect {
-            CloseCode::Disconnected
-        } else {
-            CloseCode::DisconnectedNoReconnect
-        };
+        let code = CloseCode::disconnect(reconnect);
         let local = self.disconnect_local(user_id, code);
-        let Some(cluster) = &self.core.cluster else {
+        let Some(cluster) = &self.shared.cluster else {
             return local;
         };
         let remote = cluster.remote_user_count(user_id);
@@ -327,9 +231,9 @@ impl Handle {
     /// Closes the connections of `user_id` on this node only.
     pub(crate) fn disconnect_local(&self, user_id: &str, code: CloseCode) -> usize {
         let mut total = 0;
-        for (shard, n) in self.core.presence.shards_of(user_id) {
+        for (shard, n) in self.shared.presence.shards_of(user_id) {
             total += n as usize;
-            self.core.bus.send(
+            self.shared.bus.send(
                 shard,
                 Command::DisconnectUsers {
                     users: vec![user_id.to_string()],
@@ -345,15 +249,11 @@ impl Handle {
     /// the shard. Connection ids are per node: in cluster mode this closes
     /// a connection of this node only.
     pub fn disconnect_connection(&self, connection_id: &str, reconnect: bool) -> bool {
-        let Some(conn) = crate::bus::ConnRef::parse(connection_id) else {
+        let Some(conn) = ConnRef::parse(connection_id) else {
             return false;
         };
-        let code = if reconnect {
-            CloseCode::Disconnected
-        } else {
-            CloseCode::DisconnectedNoReconnect
-        };
-        self.core
+        let code = CloseCode::disconnect(reconnect);
+        self.shared
             .bus
             .send(conn.shard as usize, Command::Close { conn, code })
     }
@@ -364,18 +264,18 @@ impl Handle {
     }
 
     pub fn stats_limited(&self, limit: usize) -> Stats {
-        let m = &self.core.metrics;
-        let Some(cluster) = &self.core.cluster else {
-            let (users, users_truncated) = self.core.presence.users(limit);
+        let m = &self.shared.metrics;
+        let Some(cluster) = &self.shared.cluster else {
+            let (users, users_truncated) = self.shared.presence.users(limit);
             return Stats {
                 total_connections: m.connections(),
-                total_users: self.core.presence.user_count(),
+                total_users: self.shared.presence.user_count(),
                 users,
                 users_truncated,
                 ..self.node_stats()
             };
         };
-        let mut all: HashSet<String> = self.core.presence.all_users().into_iter().collect();
+        let mut all: HashSet<String> = self.shared.presence.all_users().into_iter().collect();
         cluster.remote_users(&mut all);
         let total_users = all.len();
         let mut users: Vec<String> = all.into_iter().collect();
@@ -409,7 +309,7 @@ impl Handle {
 
     /// This node's own counters, users left empty.
     fn node_stats(&self) -> Stats {
-        let m = &self.core.metrics;
+        let m = &self.shared.metrics;
         Stats {
             total_connections: m.connections(),
             total_users: 0,
@@ -427,21 +327,51 @@ impl Handle {
             messages_in: m.sum(|s| &s.messages_in),
             messages_out: m.sum(|s| &s.messages_out),
             bytes_out: m.sum(|s| &s.bytes_out),
-            uptime_seconds: self.core.started.elapsed().as_secs(),
+            uptime_seconds: self.shared.started.elapsed().as_secs(),
             nodes: None,
         }
     }
 
     /// Prometheus text for `/metrics`.
     pub fn metrics_text(&self) -> String {
-        let mut text = self.core.metrics.render(
-            self.core.presence.user_count(),
-            self.core.started.elapsed().as_secs(),
+        let mut text = self.shared.metrics.render(
+            self.shared.presence.user_count(),
+            self.shared.started.elapsed().as_secs(),
         );
-        if let Some(c) = &self.core.cluster {
+        if let Some(c) = &self.shared.cluster {
             c.render_metrics(&mut text);
         }
         text
+    }
+}
+
+/// What the cluster link may do to this node: deliver what other nodes
+/// published, and read this node's presence and counters to tell them.
+impl LocalNode for Handle {
+    fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]) {
+        self.deliver_local(envelope, users, exclude);
+    }
+
+    fn disconnect(&self, user: &str, code: CloseCode) {
+        self.disconnect_local(user, code);
+    }
+
+    fn presence_snapshot(&self) -> Vec<(String, usize)> {
+        self.shared.presence.snapshot()
+    }
+
+    fn presence_changes(&self) -> Vec<(String, usize)> {
+        self.shared.presence.take_changes()
+    }
+
+    fn counters(&self) -> NodeCounters {
+        let m = &self.shared.metrics;
+        NodeCounters {
+            connections: m.connections() as u64,
+            messages_in: m.sum(|s| &s.messages_in),
+            messages_out: m.sum(|s| &s.messages_out),
+            bytes_out: m.sum(|s| &s.bytes_out),
+        }
     }
 }
 

@@ -1,0 +1,192 @@
+//! What a WebSocket session does with the messages it reads: tungstenite's
+//! read loop with a per-turn budget, then the handler's raw hook, JSON
+//! parsing, `refresh`, and the handler's answer (echo by default).
+//!
+//! Plain functions over a session and an `Io`: [`feed`] drives the very
+//! same path from memory for the fuzz targets. A panicking handler is
+//! caught here and answered with an error message; it never takes the
+//! shard down.
+
+use std::io::{self, Read};
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::Value;
+use tungstenite::Message;
+
+use super::ws::{expiry_instant, Io, WsEnv, WsPhase, WsRead, WsState};
+use super::Outbound;
+use crate::error::CloseCode;
+use crate::frame;
+use crate::handler::{Data, RawVerdict};
+use crate::metrics::ShardMetrics;
+
+/// Messages handled per readable event before the shard serves others.
+const READ_BUDGET: usize = 64;
+
+/// How the protocol machine ended a session: `Some(code)` to answer a broken
+/// peer with that close code, `None` when the peer is simply gone.
+pub type WsEnd = Option<CloseCode>;
+
+/// Reads and handles messages until the reader would block, the budget runs
+/// out, or the protocol machine ends the session.
+pub(super) fn read_messages<R: Read>(
+    ws: &mut WsState,
+    io: &mut Io<'_, R>,
+    env: &WsEnv<'_>,
+) -> (WsRead, Option<WsEnd>) {
+    let mut outcome = WsRead::More;
+    let mut end = None;
+    for _ in 0..READ_BUDGET {
+        match ws.ctx.read(io) {
+            Ok(msg) => {
+                ws.awaiting_pong = None;
+                match msg {
+                    Message::Text(t) => {
+                        env.metrics.messages_in.fetch_add(1, Relaxed);
+                        if ws.phase == WsPhase::Open {
+                            on_data(ws, io, Data::Text(t.as_str()), env);
+                        }
+                    }
+                    Message::Binary(b) => {
+                        env.metrics.messages_in.fetch_add(1, Relaxed);
+                        if ws.phase == WsPhase::Open {
+                            on_data(ws, io, Data::Binary(&b), env);
+                        }
+                    }
+                    // tungstenite queued the pong / close reply already.
+                    Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                    }
+                }
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                outcome = WsRead::Empty;
+                break;
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::debug!("websocket {} ended: {e}", ws.id);
+                end = Some(CloseCode::for_ws_error(&e));
+                outcome = WsRead::Empty;
+                break;
+            }
+        }
+    }
+    (outcome, end)
+}
+
+/// The inbound path of a readable WebSocket without a socket, for the fuzz
+/// targets and tests: reads frames from `input` (which should return
+/// `WouldBlock` when it has nothing more, like a drained socket) and handles
+/// them exactly as the shard does; replies are queued on `out`. Returns how
+/// the read stopped and, when the protocol machine ended the session, the
+/// close code the peer would get (`Some(None)`: none, the peer is gone); the
+/// shard then sends that close frame and closes.
+pub fn feed<R: Read>(
+    ws: &mut WsState,
+    input: &mut R,
+    out: &mut Outbound,
+    env: &WsEnv<'_>,
+) -> (WsRead, Option<WsEnd>) {
+    let mut io = Io {
+        sock: input,
+        out,
+        read: 0,
+    };
+    read_messages(ws, &mut io, env)
+}
+
+/// Queues a reply through the protocol machine.
+fn reply<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: String, metrics: &ShardMetrics) {
+    match ws.ctx.write(io, Message::text(text)) {
+        Ok(()) => {
+            metrics.messages_out.fetch_add(1, Relaxed);
+        }
+        Err(e) => log::debug!("reply to {}: {e}", ws.id),
+    }
+}
+
+/// A data message from the client: the handler's raw hook first, then JSON.
+fn on_data<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, data: Data<'_>, env: &WsEnv<'_>) {
+    let handler = env.handler;
+    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler.on_raw(&ws.user, &ws.id, data)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("message handler panicked on a message of {}", ws.id);
+        RawVerdict::Ignore
+    });
+    let answer = match verdict {
+        RawVerdict::Json => match data {
+            Data::Text(t) => return on_text(ws, io, t, env),
+            Data::Binary(_) => Message::text(frame::error("Invalid JSON message format")),
+        },
+        RawVerdict::Text(t) => Message::text(t),
+        RawVerdict::Binary(b) => Message::binary(b),
+        RawVerdict::Ignore => return,
+    };
+    if let Err(e) = ws.ctx.write(io, answer) {
+        log::debug!("reply to {}: {e}", ws.id);
+    } else {
+        env.metrics.messages_out.fetch_add(1, Relaxed);
+    }
+}
+
+/// A text message from the client: `refresh`, or the handler (echo by default).
+fn on_text<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: &str, env: &WsEnv<'_>) {
+    let parsed: Option<Value> = serde_json::from_str(text).ok();
+    let kind = parsed
+        .as_ref()
+        .and_then(|v| v.as_object())
+        .and_then(|o| o.get("type"))
+        .and_then(Value::as_str);
+    let Some(kind) = kind else {
+        reply(
+            ws,
+            io,
+            frame::error("Invalid JSON message format"),
+            env.metrics,
+        );
+        return;
+    };
+    let msg = parsed.as_ref().unwrap_or(&Value::Null);
+    if kind == "refresh" {
+        let token = msg
+            .get("payload")
+            .and_then(|p| p.get("token"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let verifier = env.verifier;
+        match verifier.verify_user(token) {
+            Ok(claims) if *claims.user_id == *ws.user => {
+                ws.expires_at = expiry_instant(claims.exp, verifier.leeway(), env.now);
+                reply(ws, io, frame::refreshed(claims.exp), env.metrics);
+            }
+            Ok(_) => {
+                log::info!("refresh on {} refused: token for another user", ws.id);
+                reply(ws, io, frame::error("Token refresh failed"), env.metrics);
+            }
+            Err(e) => {
+                log::info!("refresh on {} refused: {e}", ws.id);
+                reply(ws, io, frame::error("Token refresh failed"), env.metrics);
+            }
+        }
+        return;
+    }
+    let handler = env.handler;
+    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler.on_message(&ws.user, &ws.id, msg)
+    }));
+    match answer {
+        Ok(Some(v)) => reply(ws, io, v.to_string(), env.metrics),
+        Ok(None) => {}
+        Err(_) => {
+            log::error!("message handler panicked on a message of {}", ws.id);
+            reply(
+                ws,
+                io,
+                frame::error("Internal error handling the message"),
+                env.metrics,
+            );
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! What a shard does with the commands in its inbox: queue a broadcast's
+//! shared frame to every target connection, close users' connections, and
+//! start the drain on shutdown.
+//!
+//! This is where a broadcast fans out: one `SharedFrame` (encoded once by
+//! `ops`) is pushed by reference onto each target's outbound queue; the
+//! write happens after, in the shard's write turn. Targets are found
+//! through the registry's users index, never by scanning for one user.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::TryRecvError;
+
+use super::Shard;
+use crate::bus::Command;
+use crate::conn::Conn;
+use crate::error::CloseCode;
+use crate::frame::SharedFrame;
+use crate::metrics::ShardMetrics;
+
+/// Commands handled per loop turn.
+const INBOX_BUDGET: usize = 1024;
+
+impl Shard {
+    /// Handles queued commands; true when the budget ran out first.
+    pub(super) fn take_commands(&mut self, now: Instant) -> bool {
+        for _ in 0..INBOX_BUDGET {
+            match self.inbox.try_recv() {
+                Ok(cmd) => {
+                    self.metrics().commands.fetch_add(1, Relaxed);
+                    self.on_command(cmd, now);
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => {
+                    if self.drain_deadline.is_none() {
+                        self.on_command(Command::Shutdown, now);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    pub(super) fn on_command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::BroadcastAll { frame, exclude } => {
+                let mut d = Delivery::new(frame, self.ctx.config.outbound_buffer_bytes, now);
+                for (key, conn) in self.conns.iter_mut() {
+                    let excluded = match (&exclude, conn.user()) {
+                        (Some(ex), Some(user)) => ex.contains(&**user),
+                        _ => false,
+                    };
+                    if !excluded {
+                        d.to(&mut self.dirty, key, conn);
+                    }
+                }
+                d.count(&self.ctx.metrics.shards[self.id]);
+            }
+            Command::SendUsers { frame, users } => {
+                let mut d = Delivery::new(frame, self.ctx.config.outbound_buffer_bytes, now);
+                for user in &users {
+                    for &key in self.registry.connections_of(user) {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            d.to(&mut self.dirty, key, conn);
+                        }
+                    }
+                }
+                d.count(&self.ctx.metrics.shards[self.id]);
+            }
+            Command::DisconnectUsers { users, code } => {
+                for user in &users {
+                    for &key in self.registry.connections_of(user) {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.close_for(code, now);
+                            Self::mark_dirty(&mut self.dirty, key, conn);
+                        }
+                    }
+                }
+            }
+            Command::Close { conn: r, code } => {
+                let key = r.slot as usize;
+                // A reused slot has another generation: the command is stale.
+                if let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == r.gen) {
+                    conn.close_for(code, now);
+                    Self::mark_dirty(&mut self.dirty, key, conn);
+                }
+            }
+            Command::Shutdown => self.start_drain(now),
+        }
+    }
+
+    /// No new connections from here on; every connection closes (`1001`
+    /// for WebSockets) within the drain timeout.
+    fn start_drain(&mut self, now: Instant) {
+        if let Some(a) = &mut self.acceptor {
+            a.close(self.poll.registry());
+        }
+        let drain = Duration::from_secs(self.ctx.config.drain_timeout_secs);
+        self.drain_deadline = Some(now + drain);
+        for (key, conn) in self.conns.iter_mut() {
+            conn.close_for(CloseCode::GoingAway, now);
+            Self::mark_dirty(&mut self.dirty, key, conn);
+        }
+    }
+}
+
+/// One frame on its way to this shard's target connections, with the
+/// counts of deliveries and slow-consumer drops it caused.
+struct Delivery {
+    frame: SharedFrame,
+    cap: usize,
+    now: Instant,
+    sent: u64,
+    dropped: u64,
+}
+
+impl Delivery {
+    fn new(frame: SharedFrame, cap: usize, now: Instant) -> Delivery {
+        Delivery {
+            frame,
+            cap,
+            now,
+            sent: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Queues the frame to one open WebSocket (others are skipped).
+    fn to(&mut self, dirty: &mut Vec<usize>, key: usize, conn: &mut Conn) {
+        if !conn.is_open_ws() {
+            return;
+        }
+        if conn.push_frame(&self.frame, self.cap, self.now) {
+            self.sent += 1;
+        } else {
+            self.dropped += 1;
+        }
+        Shard::mark_dirty(dirty, key, conn);
+    }
+
+    fn count(&self, m: &ShardMetrics) {
+        m.messages_out.fetch_add(self.sent, Relaxed);
+        if self.dropped > 0 {
+            m.slow_consumer_drops.fetch_add(self.dropped, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The WebSocket lifecycle in one place: a connection becomes a WebSocket
+//! only through [`Registry::register`] and stops being one only through
+//! [`Registry::unregister`]. Between them the pair owns everything that
+//! must agree: the connection limits, the presence table, this shard's
+//! users index, the server-wide slot count and the counters.
+//!
+//! One registry per shard, used on its thread only; what it shares with
+//! other shards (presence, slots, counters) is behind atomics or striped
+//! locks held for one map operation. It never touches a socket.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
+use crate::error::HttpError;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+
+/// One shard's view of who is connected, and its door to the shared tables.
+pub(crate) struct Registry {
+    shard: usize,
+    /// This shard's open WebSockets by user, as slab keys.
+    users: HashMap<Arc<str>, Vec<usize>>,
+    presence: Arc<Presence>,
+    /// WebSockets open or being opened on the whole server.
+    slots: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    max_connections: usize,
+    max_per_user: usize,
+    /// The other nodes' connections count toward the per-user limit.
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl Registry {
+    pub fn new(shard: usize, handle: &crate::ops::Handle) -> Registry {
+        let s = &handle.shared;
+        Registry {
+            shard,
+            users: HashMap::new(),
+            presence: s.presence.clone(),
+            slots: s.ws_slots.clone(),
+            metrics: s.metrics.clone(),
+            max_connections: s.config.max_connections,
+            max_per_user: s.config.max_connections_per_user,
+            cluster: s.cluster.clone(),
+        }
+    }
+
+    /// A new connection in the HTTP phase.
+    pub fn opened_http(&mut self) {
+        self.metrics.shards[self.shard]
+            .http_connections
+            .fetch_add(1, Relaxed);
+    }
+
+    /// Turns the HTTP connection `key` into a WebSocket of `user`, unless
+    /// that would pass `--max-connections` (`503`) or
+    /// `--max-connections-per-user` (`429`); a refusal is counted and
+    /// changes nothing else.
+    pub fn register(&mut self, key: usize, user: &Arc<str>) -> Result<(), HttpError> {
+        let refused = if self.slots.fetch_add(1, Relaxed) >= self.max_connections {
+            Some(HttpError::ServiceUnavailable)
+        } else if !self.presence.try_add(user, self.shard, self.room_for(user)) {
+            Some(HttpError::TooManyRequests)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            self.slots.fetch_sub(1, Relaxed);
+            self.metrics.reject(e.reject_reason());
+            return Err(e);
+        }
+        self.users.entry(user.clone()).or_default().push(key);
+        let m = &self.metrics.shards[self.shard];
+        m.http_connections.fetch_sub(1, Relaxed);
+        m.connections.fetch_add(1, Relaxed);
+        self.metrics.handshakes_accepted.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// How many connections `user` may hold on this node. Cluster-wide, best
+    /// effort: other nodes' counts are as of their last presence change
+    /// heard here.
+    fn room_for(&self, user: &str) -> usize {
+        let remote = self
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.remote_user_count(user));
+        self.max_per_user.saturating_sub(remote)
+    }
+
+    /// Forgets the connection `key`: a WebSocket of `user` leaves presence,
+    /// the users index and the counts; an HTTP connection (`None`) only
+    /// its count.
+    pub fn unregister(&mut self, key: usize, user: Option<Arc<str>>) {
+        let m = &self.metrics.shards[self.shard];
+        let Some(user) = user else {
+            m.http_connections.fetch_sub(1, Relaxed);
+            return;
+        };
+        self.presence.remove(&user, self.shard);
+        self.slots.fetch_sub(1, Relaxed);
+        m.connections.fetch_sub(1, Relaxed);
+        if let Some(keys) = self.users.get_mut(&user) {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                self.users.remove(&user);
+            }
+        }
+        log::debug!("shard {}: websocket of user {user} closed", self.shard);
+    }
+
+    /// The slab keys of `user`'s WebSockets on this shard.
+    pub fn connections_of(&self, user: &str) -> &[usize] {
+        self.users.get(user).map_or(&[], Vec::as_slice)
+    }
+}

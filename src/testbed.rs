@@ -1,0 +1,40 @@
+//! Internals opened for the fuzz targets, the benches and the parser tests,
+//! and for nothing else: no stability promise, hidden from the docs.
+//!
+//! Everything a peer can send goes through functions named here, so the
+//! fuzzers and property tests drive the server's own code without sockets.
+//! An application uses the crate root ([`crate::Server`], [`crate::Handle`],
+//! [`crate::client`]) instead.
+
+use std::time::Instant;
+
+pub use crate::auth::{bearer_token, extract_token, UserClaims, Verifier};
+pub use crate::bus::ConnRef;
+pub use crate::cluster::view::{NodeCounters, View};
+pub use crate::cluster::wire::{decode as decode_cluster_packet, Body as ClusterBody};
+pub use crate::conn::{feed, Outbound, WsEnv, WsRead, WsState};
+pub use crate::frame::{envelope, shared_message, text_frame, SharedFrame};
+pub use crate::http::{
+    decode_chunked, parse_request, percent_decode, Limits, Parsed, Request, Response,
+};
+pub use crate::metrics::ShardMetrics;
+pub use crate::router::{route, Route};
+pub use crate::shard::{sink_shards, SinkShard};
+pub use crate::upgrade::{check as check_upgrade, Upgrade};
+
+use crate::ops::Handle;
+
+/// The answer the server gives to `req` on `route` (any route but `/ws`).
+pub fn answer(handle: &Handle, route: &Route, req: &Request<'_>) -> Response {
+    crate::rest::answer(handle, route, req)
+}
+
+/// A session's environment taken from a running server's `handle`.
+pub fn ws_env<'a>(handle: &'a Handle, metrics: &'a ShardMetrics, now: Instant) -> WsEnv<'a> {
+    WsEnv {
+        verifier: &handle.shared.verifier,
+        handler: &*handle.shared.handler,
+        metrics,
+        now,
+    }
+}
