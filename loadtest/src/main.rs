@@ -10,7 +10,7 @@
 //! client.rs  WebSocket clients: a few mio worker threads, frames by hand
 //! rest.rs    REST load: pipelined keep-alive requests, window or fixed rate
 //! ws.rs      handshake, frame parser, masked frames, payload byte scan
-//! report.rs  the human table, the JSON line, the HTML page
+//! report/    the figures: the human table, the JSON line, the HTML page
 //! sys.rs     rlimit, /proc (RSS, CPU, listener pid), socket options
 //! ```
 
