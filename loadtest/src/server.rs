@@ -119,7 +119,7 @@ impl ServerUnderTest {
             match node {
                 Ok(n) => started.push(n),
                 Err(e) => {
-                    for n in started {
+                    for mut n in started {
                         n.stop();
                     }
                     if let Some(mut r) = redis {
@@ -199,9 +199,11 @@ impl ServerUnderTest {
         }
     }
 
-    /// Stops a server this tool started (bounded: 10 s, then SIGKILL).
-    pub fn stop(mut self) {
-        for node in std::mem::take(&mut self.others) {
+    /// Stops a server this tool started (bounded: 10 s, then SIGKILL). By
+    /// reference, so that the run keeps its kind, address and pid for the
+    /// report.
+    pub fn stop(&mut self) {
+        for mut node in std::mem::take(&mut self.others) {
             node.stop();
         }
         if let Some(server) = self.in_process.take() {

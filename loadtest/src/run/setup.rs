@@ -1,0 +1,383 @@
+//! Everything before the first connection: the flags checked, the
+//! watchdog, how many connections fit under the open-file limit, the
+//! server(s) under test, and the tokens.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::say;
+use crate::server::{Kind, Own, ServerUnderTest};
+use crate::sys;
+use crate::Cli;
+
+/// Refuses flags out of range before anything starts.
+pub fn check_flags(cli: &Cli) -> Result<(), String> {
+    if cli.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    if cli.payload_bytes > 1 << 20 {
+        return Err("--payload-bytes is at most 1 MiB".into());
+    }
+    for (name, v) in [
+        ("--duration", cli.duration),
+        ("--warmup-secs", cli.warmup_secs),
+        ("--sweep-step-secs", cli.sweep_step_secs),
+        ("--drain-secs", cli.drain_secs),
+    ] {
+        if !(0.0..=3600.0).contains(&v) {
+            return Err(format!("{name} must be between 0 and 3600 seconds"));
+        }
+    }
+    if let Some(r) = cli.rate {
+        if !(r > 0.0 && r <= 1e7) {
+            return Err("--rate must be above 0 and at most 10,000,000".into());
+        }
+    }
+    Ok(())
+}
+
+/// A last resort against any wait this tool failed to bound: the whole
+/// run has a budget from its flags; past it (plus a margin), exit.
+pub fn start_watchdog(cli: &Cli) {
+    let budget = cli.connect_timeout_secs as f64
+        + cli.handshake_timeout_secs as f64
+        + cli.warmup_secs
+        + cli.duration
+        + cli.rate_secs.unwrap_or(cli.duration.max(10.0))
+        + (cli.sweep_steps as f64) * (cli.sweep_step_secs + cli.drain_secs + 12.0)
+        + 4.0 * (cli.drain_secs + 12.0)
+        + 180.0;
+    let _ = std::thread::Builder::new()
+        .name("lt-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(budget));
+            eprintln!("wsedge-loadtest: still running after {budget:.0} s: giving up");
+            std::process::exit(3);
+        });
+}
+
+/// How many of each thing the run uses: from the flags, the CPUs and the
+/// open-file limit.
+pub struct Sizes {
+    pub cpus: usize,
+    pub rest_conns: usize,
+    pub window: usize,
+    pub threads: usize,
+    pub kind: Kind,
+    pub fd: sys::FdLimit,
+    /// Connections that fit under the open-file limit.
+    pub fit: usize,
+    /// Fewer connections than requested, for the limit.
+    pub capped: bool,
+    /// Connections to open.
+    pub n: usize,
+    pub users: usize,
+    pub per_user: usize,
+    pub source_addrs: usize,
+}
+
+impl Sizes {
+    /// Raises the open-file soft limit, then opens no more connections
+    /// than fit (and says so).
+    pub fn fit(cli: &Cli, notes: &mut Vec<String>) -> Result<Sizes, String> {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let rest_conns = cli.rest_conns.clamp(1, 64);
+        let fd =
+            sys::raise_fd_limit().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
+        let kind = server_kind(cli);
+        let reserve = 64 + 2 * rest_conns as u64;
+        let fit = match kind {
+            // Client and server sockets in one process: two fds per connection.
+            Kind::InProcess => fd.soft.saturating_sub(2 * reserve) / 2,
+            _ => fd.soft.saturating_sub(reserve),
+        } as usize;
+        let mut n = cli.connections;
+        let capped = n > fit;
+        if capped {
+            let why = cap_reason(kind, &fd, fit);
+            say(format!("{why}; opening {fit} instead of {n}"));
+            notes.push(format!("requested {n} connections; {why}"));
+            n = fit;
+        }
+        if fd.soft > fd.soft_before {
+            say(format!(
+                "raised the open-file soft limit from {} to {} (hard limit)",
+                fd.soft_before, fd.soft
+            ));
+        }
+        let users = cli.users.unwrap_or(n / 10).clamp(1, n);
+        Ok(Sizes {
+            cpus,
+            rest_conns,
+            window: cli.window.clamp(1, 1 << 16),
+            threads: cli.threads.unwrap_or((cpus / 2).max(1)).clamp(1, 64),
+            kind,
+            fd,
+            fit,
+            capped,
+            n,
+            users,
+            per_user: n.div_ceil(users),
+            source_addrs: cli
+                .source_addrs
+                .unwrap_or_else(|| 4.max(n.div_ceil(20_000)))
+                .clamp(1, 254),
+        })
+    }
+}
+
+fn server_kind(cli: &Cli) -> Kind {
+    if cli.target.is_some() {
+        Kind::Target
+    } else if cli.cluster.is_some() {
+        Kind::Cluster
+    } else if cli.in_process {
+        Kind::InProcess
+    } else if cli.server_bin.is_some() {
+        Kind::Binary
+    } else {
+        Kind::Child
+    }
+}
+
+fn cap_reason(kind: Kind, fd: &sys::FdLimit, fit: usize) -> String {
+    match kind {
+        Kind::InProcess => format!(
+            "open-file limit {} (hard): in-process, server and client fds share one process, so at most {fit} connections fit (run without --in-process for about twice as many)",
+            fd.hard
+        ),
+        _ => format!(
+            "open-file limit {} (hard) caps this process at {fit} connections",
+            fd.hard
+        ),
+    }
+}
+
+/// Where the tool connects.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub host_header: String,
+    pub path: String,
+}
+
+fn parse_target(url: &str) -> Result<Endpoint, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("--target {url:?}: expected ws://HOST:PORT[/path] (no TLS)"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/ws"),
+    };
+    let path = if path == "/" { "/ws" } else { path };
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("--target {url:?}: {e}"))?
+        .find(|a| a.is_ipv4() && a.ip().is_loopback())
+        .ok_or_else(|| {
+            format!("--target {url:?}: only loopback IPv4 targets (127.0.0.0/8, localhost): the clients bind 127.0.0.x source addresses")
+        })?;
+    Ok(Endpoint {
+        addr,
+        host_header: hostport.to_string(),
+        path: path.to_string(),
+    })
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if ok.is_err() {
+        let t = sys::unix_micros() ^ u64::from(std::process::id()) << 32;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 8) * 8)) as u8 ^ i as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The server(s) under test.
+pub struct Server {
+    pub srv: ServerUnderTest,
+    /// Node 0 first: it takes the REST calls.
+    pub endpoints: Vec<Endpoint>,
+    /// The HS256 secret the tokens are minted with.
+    pub secret: String,
+    /// A target's own open-file soft limit, when it can be read.
+    pub soft_limit: Option<u64>,
+}
+
+impl Server {
+    /// Starts the server(s), or finds the `--target`, and says what runs
+    /// where.
+    pub fn start(cli: &Cli, sizes: &Sizes, notes: &mut Vec<String>) -> Result<Server, String> {
+        let secret = match (&cli.secret, sizes.kind) {
+            (Some(s), _) => s.clone(),
+            (None, Kind::Target) => {
+                return Err("--target needs --secret (or JWT_SECRET): the server's HS256 secret, to mint user tokens".into())
+            }
+            (None, _) => random_hex(32),
+        };
+        let own = Own {
+            secret: &secret,
+            shards: cli.server_shards.unwrap_or(sizes.cpus).max(1),
+            max_per_user: sizes.per_user + 1,
+        };
+        let (endpoints, srv) = match &cli.target {
+            Some(urls) => {
+                let eps = urls
+                    .split(',')
+                    .map(|u| parse_target(u.trim()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let srv = ServerUnderTest::target(eps[0].addr, cli.server_pid);
+                (eps, srv)
+            }
+            None => {
+                let srv = start_own(cli, sizes.kind, &own)?;
+                let eps = srv
+                    .addrs()
+                    .into_iter()
+                    .map(|addr| Endpoint {
+                        addr,
+                        host_header: addr.to_string(),
+                        path: "/ws".into(),
+                    })
+                    .collect();
+                (eps, srv)
+            }
+        };
+        let mut server = Server {
+            srv,
+            endpoints,
+            secret,
+            soft_limit: None,
+        };
+        server.soft_limit = server.announce(sizes.n, notes);
+        Ok(server)
+    }
+
+    /// Says what runs where and what its figures will lack; the target's
+    /// open-file soft limit, when known.
+    fn announce(&self, n: usize, notes: &mut Vec<String>) -> Option<u64> {
+        let srv = &self.srv;
+        if self.endpoints.len() > 1 {
+            let msg = format!(
+                "cluster of {} nodes: connections spread over them, REST calls to {}; server memory and CPU are the nodes' (and a Redis started here) together",
+                self.endpoints.len(),
+                self.endpoints[0].addr
+            );
+            say(&msg);
+            notes.push(msg);
+        }
+        say(format!(
+            "server: {:?} at {}{}",
+            srv.kind,
+            srv.addr,
+            srv.pid.map(|p| format!(" (pid {p})")).unwrap_or_else(|| {
+                " (pid unknown: no memory/CPU figures; give --server-pid)".into()
+            })
+        ));
+        let soft_limit = if srv.kind == Kind::Target {
+            srv.pid.and_then(sys::fd_soft_limit_of)
+        } else {
+            None
+        };
+        if let Some(s) = soft_limit {
+            if (n as u64) + 16 > s {
+                let msg = format!("the target's own open-file soft limit is {s}: it cannot hold {n} connections (raise it with ulimit -n before starting it)");
+                say(&msg);
+                notes.push(msg);
+            }
+        }
+        if srv.kind == Kind::Target && srv.pid.is_none() {
+            notes.push(
+                "server pid unknown: no server memory or CPU figures (give --server-pid)".into(),
+            );
+        }
+        if srv.kind == Kind::InProcess {
+            notes.push("in-process server: RSS is the server's and the tool's together; CPU is split by thread name".into());
+        }
+        soft_limit
+    }
+}
+
+/// A server this tool starts itself.
+fn start_own(cli: &Cli, kind: Kind, own: &Own) -> Result<ServerUnderTest, String> {
+    match kind {
+        Kind::InProcess => ServerUnderTest::in_process(own),
+        Kind::Binary => {
+            let path = cli.server_bin.as_ref().expect("binary kind has a path");
+            ServerUnderTest::binary(&path.to_string_lossy(), own)
+        }
+        Kind::Cluster => {
+            let nodes = cli.cluster.unwrap_or(1);
+            if !(1..=16).contains(&nodes) {
+                return Err("--cluster takes 1 to 16 nodes".into());
+            }
+            ServerUnderTest::cluster(own, nodes, cli.redis_url.as_deref())
+        }
+        _ => ServerUnderTest::child(own),
+    }
+}
+
+/// The users' tokens and the REST API's bearer.
+pub struct Credentials {
+    pub user_ids: Arc<Vec<String>>,
+    /// One per user, in the order of `user_ids`.
+    pub tokens: Arc<Vec<String>>,
+    pub bearer: String,
+}
+
+impl Credentials {
+    /// Tokens for `users` users (`lt-u0`, `lt-u1`, …), valid for six hours;
+    /// the bearer is `--admin-key`, or an admin JWT.
+    pub fn mint(cli: &Cli, secret: &str, users: usize) -> Result<Credentials, String> {
+        let exp = wsedge::now_secs() + 6 * 3600;
+        let user_ids: Arc<Vec<String>> = Arc::new((0..users).map(|i| format!("lt-u{i}")).collect());
+        let tokens: Arc<Vec<String>> = Arc::new(
+            user_ids
+                .iter()
+                .map(|u| wsedge::mint_hs256(secret, &json!({"sub": u, "exp": exp})))
+                .collect(),
+        );
+        let bearer = match &cli.admin_key {
+            Some(k) => k.clone(),
+            None => {
+                let (claim, value) = cli
+                    .admin_claim
+                    .split_once('=')
+                    .ok_or("--admin-claim must be CLAIM=VALUE")?;
+                wsedge::mint_hs256(
+                    secret,
+                    &json!({"sub": "lt-admin", claim: value, "exp": exp}),
+                )
+            }
+        };
+        Ok(Credentials {
+            user_ids,
+            tokens,
+            bearer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_must_be_loopback() {
+        let ep = parse_target("ws://127.0.0.1:3100").unwrap();
+        assert_eq!(ep.path, "/ws");
+        assert_eq!(ep.addr.port(), 3100);
+        assert_eq!(parse_target("ws://localhost:9/x").unwrap().path, "/x");
+        assert!(parse_target("ws://10.0.0.1:80").is_err());
+        assert!(parse_target("wss://127.0.0.1:80").is_err());
+    }
+}
