@@ -234,88 +234,109 @@ impl Worker {
     fn session(&mut self, mut s: Box<Session>) -> Phase {
         loop {
             // 1. Commands queued by the client (send, disconnect, ...).
-            loop {
-                let cmd = match self.pending.pop_front() {
-                    Some(c) => c,
-                    None => match self.rx.try_recv() {
-                        Ok(c) => c,
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => Command::Shutdown,
-                    },
-                };
-                match cmd {
-                    Command::Connect => {}
-                    Command::Send(text) => match s.ws.write(Message::text(text)) {
-                        Ok(()) => {}
-                        Err(e) if would_block(&e) => {}
-                        Err(tungstenite::Error::WriteBufferFull(_)) => {
-                            self.error(ClientError::SendBufferFull)
-                        }
-                        Err(e) => return self.lost(e.into()),
-                    },
-                    Command::Error(e) => self.error(e),
-                    Command::Disconnect => {
-                        self.close_by_us(&mut s);
-                        self.set_attempt(0);
-                        return Phase::Idle;
-                    }
-                    Command::Shutdown => {
-                        self.close_by_us(&mut s);
-                        return Phase::Exit;
-                    }
-                }
+            if let Some(end) = self.take_commands(&mut s) {
+                return end;
             }
-
             // 2. Whatever is buffered goes out (sends, pongs).
             match s.ws.flush() {
                 Ok(()) => {}
                 Err(e) if would_block(&e) => {}
                 Err(e) => return self.lost(e.into()),
             }
-
             // 3. Timers: the connected event without a server hello; keepalive.
-            let now = Instant::now();
-            if s.hello_due.is_some_and(|due| now >= due) {
-                s.hello_due = None;
-                self.emit("connected", Value::Null, true);
+            if let Some(end) = self.session_timers(&mut s) {
+                return end;
             }
-            if let Some(k) = self.cfg.keepalive {
-                let quiet = now.saturating_duration_since(s.last_rx);
-                if quiet >= k * 2 {
-                    return self.lost(ClientError::KeepaliveTimeout(quiet));
-                }
-                if quiet >= k && !s.pinged {
-                    s.pinged = true;
-                    match s.ws.write(Message::Ping(Default::default())) {
-                        Ok(()) => {}
-                        Err(e) if would_block(&e) => {}
-                        Err(e) => return self.lost(e.into()),
-                    }
-                }
-            }
-
             // 4. Read, blocking at most `poll_interval`.
-            match s.ws.read() {
-                Ok(msg) => {
-                    s.last_rx = Instant::now();
-                    s.pinged = false;
-                    match msg {
-                        Message::Text(t) => self.on_data(&mut s, t.as_bytes()),
-                        Message::Binary(b) => self.on_data(&mut s, &b),
-                        Message::Close(frame) => {
-                            let (code, reason) = match frame {
-                                Some(f) => (u16::from(f.code), f.reason.to_string()),
-                                None => (1005, String::new()),
-                            };
-                            finish_close(&mut s.ws);
-                            return self.closed(code, reason);
-                        }
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                    }
-                }
-                Err(e) if would_block(&e) => {}
-                Err(e) => return self.lost(e.into()),
+            if let Some(end) = self.read_one(&mut s) {
+                return end;
             }
+        }
+    }
+
+    /// Handles the client's queued commands; `Some` when one ends the session.
+    fn take_commands(&mut self, s: &mut Session) -> Option<Phase> {
+        loop {
+            let cmd = match self.pending.pop_front() {
+                Some(c) => c,
+                None => match self.rx.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Disconnected) => Command::Shutdown,
+                },
+            };
+            match cmd {
+                Command::Connect => {}
+                Command::Send(text) => match s.ws.write(Message::text(text)) {
+                    Ok(()) => {}
+                    Err(e) if would_block(&e) => {}
+                    Err(tungstenite::Error::WriteBufferFull(_)) => {
+                        self.error(ClientError::SendBufferFull)
+                    }
+                    Err(e) => return Some(self.lost(e.into())),
+                },
+                Command::Error(e) => self.error(e),
+                Command::Disconnect => {
+                    self.close_by_us(s);
+                    self.set_attempt(0);
+                    return Some(Phase::Idle);
+                }
+                Command::Shutdown => {
+                    self.close_by_us(s);
+                    return Some(Phase::Exit);
+                }
+            }
+        }
+    }
+
+    /// The synthetic `connected` event when the server sent no hello, and
+    /// the keepalive ping; `Some` when the server has gone quiet too long.
+    fn session_timers(&mut self, s: &mut Session) -> Option<Phase> {
+        let now = Instant::now();
+        if s.hello_due.is_some_and(|due| now >= due) {
+            s.hello_due = None;
+            self.emit("connected", Value::Null, true);
+        }
+        let k = self.cfg.keepalive?;
+        let quiet = now.saturating_duration_since(s.last_rx);
+        if quiet >= k * 2 {
+            return Some(self.lost(ClientError::KeepaliveTimeout(quiet)));
+        }
+        if quiet >= k && !s.pinged {
+            s.pinged = true;
+            match s.ws.write(Message::Ping(Default::default())) {
+                Ok(()) => {}
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Some(self.lost(e.into())),
+            }
+        }
+        None
+    }
+
+    /// Reads one message, blocking at most `poll_interval`; `Some` when the
+    /// session ended (closed by the server or lost).
+    fn read_one(&mut self, s: &mut Session) -> Option<Phase> {
+        match s.ws.read() {
+            Ok(msg) => {
+                s.last_rx = Instant::now();
+                s.pinged = false;
+                match msg {
+                    Message::Text(t) => self.on_data(s, t.as_bytes()),
+                    Message::Binary(b) => self.on_data(s, &b),
+                    Message::Close(frame) => {
+                        let (code, reason) = match frame {
+                            Some(f) => (u16::from(f.code), f.reason.to_string()),
+                            None => (1005, String::new()),
+                        };
+                        finish_close(&mut s.ws);
+                        return Some(self.closed(code, reason));
+                    }
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+                None
+            }
+            Err(e) if would_block(&e) => None,
+            Err(e) => Some(self.lost(e.into())),
         }
     }
 

@@ -273,7 +273,6 @@ impl Shard {
     /// Registers an accepted upgrade (the limits are checked there) and
     /// turns the connection into a WebSocket, or answers the refusal.
     fn open_websocket(&mut self, key: usize, up: Upgrade, now: Instant) {
-        let env = Self::env(&self.ctx, self.id, self.drain_deadline.is_some(), now);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -283,6 +282,31 @@ impl Shard {
             conn.respond(&Response::error(&e).with_close(true), now);
             return;
         }
+        conn.queue(switching_protocols(&up.accept_key));
+        let greet = self.ctx.handler.sends_connected();
+        // Frames may have arrived with the request: with edge-triggered
+        // readiness no new event will announce them. Otherwise a read here
+        // would only return WouldBlock (one syscall per connect saved).
+        if self.become_ws(key, up.claims.exp, user, greet, now) {
+            self.on_ready(key, Read::ToEnd, now);
+        }
+    }
+
+    /// Turns the connection `key`, registered under `user`, into a
+    /// WebSocket whose token expires at `exp`. True when frames may already
+    /// wait that no readiness event will announce.
+    fn become_ws(
+        &mut self,
+        key: usize,
+        exp: u64,
+        user: Arc<str>,
+        greet: bool,
+        now: Instant,
+    ) -> bool {
+        let env = Self::env(&self.ctx, self.id, self.drain_deadline.is_some(), now);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
         let id = ConnRef {
             shard: self.id as u16,
             slot: key as u32,
@@ -290,14 +314,7 @@ impl Shard {
         }
         .to_id();
         log::debug!("shard {}: websocket {id} open for user {user}", self.id);
-        let greet = self.ctx.handler.sends_connected();
-        conn.queue(switching_protocols(&up.accept_key));
-        // Frames may have arrived with the request: with edge-triggered
-        // readiness no new event will announce them. Otherwise a read here
-        // would only return WouldBlock (one syscall per connect saved).
-        if conn.open_ws(up.claims.exp, user, id, greet, &env) {
-            self.on_ready(key, Read::ToEnd, now);
-        }
+        conn.open_ws(exp, user, id, greet, &env)
     }
 
     /// Accepts what this shard's listener has queued (up to its budget).

@@ -20,7 +20,7 @@ use std::time::Instant;
 use mio::Events;
 
 use super::{Registry, Shard, ShardCtx};
-use crate::bus::{Command, ConnRef};
+use crate::bus::Command;
 use crate::config::Config;
 use crate::conn::{Sink, Sock};
 use crate::frame::SharedFrame;
@@ -86,20 +86,9 @@ impl SinkShard {
             return;
         };
         let user: Arc<str> = Arc::from(user);
-        if sh.registry.register(key, &user).is_err() {
-            return;
+        if sh.registry.register(key, &user).is_ok() {
+            sh.become_ws(key, u64::MAX, user, false, now);
         }
-        let env = Shard::env(&sh.ctx, sh.id, false, now);
-        let Some(conn) = sh.conns.get_mut(key) else {
-            return;
-        };
-        let id = ConnRef {
-            shard: sh.id as u16,
-            slot: key as u32,
-            gen: conn.gen,
-        }
-        .to_id();
-        conn.open_ws(u64::MAX, user, id, false, &env);
     }
 
     /// One broadcast to every connection straight through the shard, with
