@@ -163,7 +163,7 @@ impl ClientConfig {
     }
 
     /// The delay before reconnect attempt `attempt` (0-based), with a fresh
-    /// jitter sample from the thread's RNG: [`backoff::backoff_delay`] with
+    /// jitter sample from the thread's RNG: [`backoff_delay`](crate::client::backoff_delay) with
     /// this config's base, cap and jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
         backoff::jittered_delay(

@@ -73,7 +73,7 @@
 //!
 //! After a connection is lost or an attempt fails, the client waits
 //! `min(base·2^min(attempt, 6) + random(0..jitter), max_delay)` (1 s, 1 s,
-//! 30 s by default; [`backoff::backoff_delay`]) and tries again, at most
+//! 30 s by default; [`backoff_delay`]) and tries again, at most
 //! [`ClientConfig::max_attempts`] (10) times in a row; then it gives up with
 //! an `error` event ([`ClientError::GaveUp`]) and stays
 //! [`State::Disconnected`] until [`Client::connect`]. A successful connect
@@ -92,7 +92,7 @@
 //! (send `{"type":"refresh","payload":{"token":…}}` yourself, or let a `4001`
 //! close and the token provider do it).
 
-pub mod backoff;
+mod backoff;
 mod config;
 mod error;
 mod events;

@@ -15,8 +15,8 @@
 //! slow the queue overflows into a counter, and local delivery goes on.
 
 mod link;
-pub mod view;
-pub mod wire;
+pub(crate) mod view;
+pub(crate) mod wire;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
