@@ -154,9 +154,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.internal_serve {
-        let shards = cli
-            .server_shards
-            .unwrap_or_else(wsedge::default_shards);
+        let shards = cli.server_shards.unwrap_or_else(wsedge::default_shards);
         return ExitCode::from(server::serve_child(shards, cli.internal_max_per_user) as u8);
     }
     match run::run(cli) {
