@@ -48,6 +48,12 @@ pub struct Config {
     pub outbound_buffer_bytes: usize,
     /// Allowed `Origin` values; empty means any (`--allowed-origins`).
     pub allowed_origins: Vec<String>,
+    /// Origins whose browsers may call the REST API (`--cors-origins`, `*`
+    /// for any). Default none: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Connections not (yet) WebSockets before a new one is closed at once
+    /// (`--max-http-connections`). Default 10,000.
+    pub max_http_connections: usize,
     /// Seconds between server pings (`--ping-interval-secs`). Default 25; 0 disables.
     pub ping_interval_secs: u64,
     /// Seconds to wait for a pong (`--pong-timeout-secs`). Default 20.
@@ -97,6 +103,8 @@ impl Default for Config {
             max_connections_per_user: 100,
             outbound_buffer_bytes: 1024 * 1024,
             allowed_origins: Vec::new(),
+            cors_origins: Vec::new(),
+            max_http_connections: 10_000,
             ping_interval_secs: 25,
             pong_timeout_secs: 20,
             handshake_timeout_secs: 10,
@@ -168,6 +176,7 @@ impl Config {
             ("--max-connections-per-user", self.max_connections_per_user),
             ("--outbound-buffer-bytes", self.outbound_buffer_bytes),
             ("--max-header-bytes", self.max_header_bytes),
+            ("--max-http-connections", self.max_http_connections),
             (
                 "--handshake-timeout-secs",
                 self.handshake_timeout_secs as usize,

@@ -36,6 +36,10 @@ pub enum HttpError {
     HeadersTooLarge { limit: usize },
     #[error("server at connection limit")]
     ServiceUnavailable,
+    #[error("{0}")]
+    ExpectationFailed(String),
+    #[error("server shutting down")]
+    ShuttingDown,
 }
 
 impl HttpError {
@@ -52,7 +56,8 @@ impl HttpError {
             HttpError::UpgradeRequired(_) => 426,
             HttpError::TooManyRequests => 429,
             HttpError::HeadersTooLarge { .. } => 431,
-            HttpError::ServiceUnavailable => 503,
+            HttpError::ServiceUnavailable | HttpError::ShuttingDown => 503,
+            HttpError::ExpectationFailed(_) => 417,
         }
     }
 
@@ -72,6 +77,7 @@ impl HttpError {
                 | HttpError::LengthRequired
                 | HttpError::PayloadTooLarge { .. }
                 | HttpError::HeadersTooLarge { .. }
+                | HttpError::ExpectationFailed(_)
         )
     }
 

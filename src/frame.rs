@@ -86,6 +86,12 @@ pub fn error(message: &str) -> String {
     .to_string()
 }
 
+/// `{"type":"pong",...}`: the answer to a client's `{"type":"ping"}`, with
+/// which the original service's clients keep their connection alive.
+pub fn pong() -> String {
+    serde_json::json!({ "type": "pong", "payload": { "timestamp": timestamp() } }).to_string()
+}
+
 /// `{"type":"refreshed",...}`: a token refresh was accepted.
 pub fn refreshed(expires_at: u64) -> String {
     serde_json::json!({ "type": "refreshed", "payload": { "expiresAt": expires_at } }).to_string()

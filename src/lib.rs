@@ -36,6 +36,7 @@
 //! frame.rs      JSON envelopes and WebSocket frames, encoded once
 //! presence.rs   who is connected, how often, on which shards
 //! metrics.rs    counters per shard; Prometheus text
+//! ratelog.rs    refusals logged at a bounded rate
 //! config.rs     every option and its default
 //! error.rs      HTTP errors → status, close codes, in one place
 //! web.rs        the embedded test page and browser client
@@ -75,6 +76,7 @@ mod http;
 mod metrics;
 mod ops;
 mod presence;
+mod ratelog;
 mod rest;
 mod router;
 mod server;

@@ -83,6 +83,17 @@ struct Cli {
         value_name = "A,B"
     )]
     allowed_origins: Option<Vec<String>>,
+    /// Origins whose browsers may call the REST API (CORS), comma-separated, or * [default: none, no CORS headers]
+    #[arg(
+        long,
+        env = "WSEDGE_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "A,B"
+    )]
+    cors_origins: Option<Vec<String>>,
+    /// Connections in the HTTP phase (REST or not yet upgraded); more are closed at once [default: 10000]
+    #[arg(long, env = "WSEDGE_MAX_HTTP_CONNECTIONS", value_name = "N")]
+    max_http_connections: Option<usize>,
     /// Seconds between server pings; 0 turns pings off [default: 25]
     #[arg(long, env = "WSEDGE_PING_INTERVAL_SECS", value_name = "SECS")]
     ping_interval_secs: Option<u64>,
@@ -144,6 +155,8 @@ impl Cli {
             max_connections_per_user,
             outbound_buffer_bytes,
             allowed_origins,
+            cors_origins,
+            max_http_connections,
             ping_interval_secs,
             pong_timeout_secs,
             handshake_timeout_secs,
@@ -166,6 +179,7 @@ impl Cli {
             c.serve_web = false;
         }
         c.allowed_origins.retain(|o| !o.trim().is_empty());
+        c.cors_origins.retain(|o| !o.trim().is_empty());
         Ok(c)
     }
 }

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub handshakes_accepted: AtomicU64,
     pub rejected: [AtomicU64; Reject::ALL.len()],
     pub accept_errors: AtomicU64,
+    /// Connections closed at accept: `--max-http-connections` were open.
+    pub http_refused: AtomicU64,
     pub broadcasts: AtomicU64,
 }
 
@@ -112,6 +114,7 @@ impl Metrics {
             handshakes_accepted: AtomicU64::new(0),
             rejected: Reject::ALL.map(|_| AtomicU64::new(0)),
             accept_errors: AtomicU64::new(0),
+            http_refused: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
         }
     }
@@ -184,6 +187,12 @@ impl Metrics {
             "Errors from accept(2) (e.g. EMFILE).",
             "counter",
             self.accept_errors.load(Relaxed),
+        );
+        p.single(
+            "wsedge_http_connections_refused_total",
+            "Connections closed at accept because --max-http-connections were open.",
+            "counter",
+            self.http_refused.load(Relaxed),
         );
         p.single(
             "wsedge_broadcasts_total",

@@ -5,6 +5,7 @@
 //! block (every operation only queues commands to shards). The router
 //! (`router`) picks the route; this module answers it.
 
+use crate::ratelog::refusal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -15,32 +16,39 @@ use crate::http::{Request, Response};
 use crate::ops::Handle;
 use crate::router::Route;
 
-/// Answers a request for any route but `/ws`.
+/// Answers an admitted request for any route but `/ws`.
 pub(crate) fn answer(h: &Handle, route: &Route, req: &Request<'_>) -> Response {
-    let result = match check_admin(h, route, req) {
-        Ok(()) => respond(h, route, req),
-        Err(e) => Err(e),
-    };
-    result.unwrap_or_else(|e| {
+    respond(h, route, req).unwrap_or_else(|e| {
         log::debug!("{} {} -> {}: {e}", req.method, req.path, e.status());
         Response::error(&e)
     })
 }
 
-/// The admin credential, on every route that needs one.
-fn check_admin(h: &Handle, route: &Route, req: &Request<'_>) -> Result<(), HttpError> {
+/// Decides on a request's head alone, before any of its body is read:
+/// the admin credential on every route that needs one, and no body at all
+/// on the others. Only an admitted request may make the server buffer a
+/// body, so an unauthenticated client cannot make it hold megabytes.
+pub(crate) fn admit(
+    h: &Handle,
+    route: &Route,
+    req: &Request<'_>,
+    has_body: bool,
+) -> Result<(), HttpError> {
     if !route.needs_admin() {
+        if has_body {
+            return Err(HttpError::PayloadTooLarge { limit: 0 });
+        }
         return Ok(());
     }
     let bearer = req.header("authorization").and_then(bearer_token);
     match h.shared.verifier.check_admin(bearer) {
         AdminCheck::Admin => Ok(()),
         AdminCheck::NotAdmin => {
-            log::info!("{} {}: token without admin role", req.method, req.path);
+            refusal!("{} {}: token without admin role", req.method, req.path);
             Err(HttpError::Forbidden)
         }
         AdminCheck::Refused(why) => {
-            log::info!(
+            refusal!(
                 "{} {}: admin credential refused: {why}",
                 req.method,
                 req.path

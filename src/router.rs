@@ -58,7 +58,15 @@ impl Route {
         Some(r)
     }
 
-    /// The one method each route answers to (`Allow` on `405`).
+    /// The `Allow` header of a `405` on this route.
+    pub fn allow(&self) -> &'static str {
+        match self.method() {
+            "GET" => "GET, HEAD",
+            m => m,
+        }
+    }
+
+    /// The one method each route answers to (and `HEAD` where it is `GET`).
     pub fn method(&self) -> &'static str {
         match self {
             Route::Broadcast | Route::Send(_) | Route::TestNotification => "POST",
@@ -84,15 +92,26 @@ fn user_segment(seg: &str) -> Option<String> {
     (!user.is_empty()).then_some(user)
 }
 
-/// Finds the route and checks the method; shared by REST and the upgrade path.
+/// Finds the route and checks the method (`HEAD` is allowed wherever `GET`
+/// is); shared by REST and the upgrade path.
 pub fn route(req: &Request<'_>) -> Result<Route, HttpError> {
     let route = Route::parse(req.path)
         .ok_or_else(|| HttpError::NotFound(format!("no route for {}", req.path)))?;
-    let allowed = route.method();
-    if req.method != allowed {
-        return Err(HttpError::MethodNotAllowed { allow: allowed });
+    let method = route.method();
+    if req.method != method && !(req.method == "HEAD" && method == "GET") {
+        return Err(HttpError::MethodNotAllowed {
+            allow: route.allow(),
+        });
     }
     Ok(route)
+}
+
+/// Proof that a request's head was admitted: the only way to [`Dispatcher::dispatch`].
+pub(crate) struct Admitted {
+    route: Route,
+    /// The `Origin` to answer with CORS headers, when it is an allowed one.
+    cors: Option<String>,
+    preflight: bool,
 }
 
 /// Routes every request of one shard's connections.
@@ -104,24 +123,67 @@ impl Router {
     pub fn new(handle: Handle) -> Router {
         Router { handle }
     }
+
+    /// The request's `Origin` when `--cors-origins` allows it.
+    fn cors_origin(&self, req: &Request<'_>) -> Option<String> {
+        let allowed = &self.handle.shared.config.cors_origins;
+        let origin = std::str::from_utf8(req.header("origin")?).ok()?;
+        allowed
+            .iter()
+            .any(|o| o == "*" || o == origin)
+            .then(|| origin.to_string())
+    }
 }
 
 impl Dispatcher for Router {
-    fn dispatch(&self, req: &Request<'_>) -> Dispatch {
-        let shared = &self.handle.shared;
-        match route(req) {
-            Ok(Route::WebSocket) => match upgrade::check(req, &shared.config, &shared.verifier) {
-                Ok(up) => Dispatch::Upgrade(up),
-                Err(e) => {
-                    shared.metrics.reject(e.reject_reason());
-                    // A refused upgrade ends the exchange: the client may
-                    // have sent frames after it.
-                    Dispatch::Answer(Response::error(&e).with_close(true))
-                }
-            },
-            Ok(route) => Dispatch::Answer(rest::answer(&self.handle, &route, req)),
-            Err(e) => Dispatch::Answer(Response::error(&e)),
+    fn admit(&self, head: &Request<'_>, has_body: bool) -> Result<Admitted, HttpError> {
+        let cors = self.cors_origin(head);
+        if head.method == "OPTIONS" && cors.is_some() {
+            if let Some(route) = Route::parse(head.path).filter(Route::needs_admin) {
+                return Ok(Admitted {
+                    route,
+                    cors,
+                    preflight: true,
+                });
+            }
         }
+        let route = route(head)?;
+        rest::admit(&self.handle, &route, head, has_body)?;
+        Ok(Admitted {
+            route,
+            cors,
+            preflight: false,
+        })
+    }
+
+    fn dispatch(&self, admitted: Admitted, req: &Request<'_>) -> Dispatch {
+        let shared = &self.handle.shared;
+        let Admitted {
+            route,
+            cors,
+            preflight,
+        } = admitted;
+        let mut resp = match route {
+            _ if preflight => {
+                Response::empty(204).with_header("Access-Control-Allow-Methods", route.method())
+            }
+            Route::WebSocket if req.method == "GET" => {
+                match upgrade::check(req, &shared.config, &shared.verifier) {
+                    Ok(up) => return Dispatch::Upgrade(up),
+                    Err(e) => {
+                        shared.metrics.reject(e.reject_reason());
+                        // A refused upgrade ends the exchange: the client may
+                        // have sent frames after it.
+                        return Dispatch::Answer(Response::error(&e).with_close(true));
+                    }
+                }
+            }
+            route => rest::answer(&self.handle, &route, req),
+        };
+        if let Some(origin) = cors {
+            resp = with_cors(resp, origin, preflight);
+        }
+        Dispatch::Answer(resp)
     }
 
     fn refused(&self, err: &HttpError) {
@@ -133,6 +195,24 @@ impl Dispatcher for Router {
             self.handle.shared.metrics.reject(err.reject_reason());
         }
     }
+}
+
+/// How long a browser may cache a preflight's answer, in seconds.
+const CORS_MAX_AGE: &str = "600";
+
+/// The CORS headers of an answer to an allowed `origin`.
+fn with_cors(resp: Response, origin: String, preflight: bool) -> Response {
+    let resp = resp
+        .with_header("Access-Control-Allow-Origin", origin)
+        .with_header("Vary", "Origin");
+    if !preflight {
+        return resp;
+    }
+    resp.with_header(
+        "Access-Control-Allow-Headers",
+        "Authorization, Content-Type",
+    )
+    .with_header("Access-Control-Max-Age", CORS_MAX_AGE)
 }
 
 #[cfg(test)]

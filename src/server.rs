@@ -124,6 +124,7 @@ impl Server {
 
     fn start_with(config: Config, handler: Arc<dyn MessageHandler>) -> Result<Server, StartError> {
         config.validate()?;
+        raise_open_files_limit(config.max_connections);
         let listeners = acceptor::bind_listeners(config.bind, config.shards).map_err(|err| {
             StartError::Bind {
                 addr: config.bind,
@@ -274,6 +275,7 @@ pub(crate) fn assemble(
         handler,
         dev_user_token: dev.as_ref().map(|d| d.user_token.clone()),
         ws_slots: Arc::new(AtomicUsize::new(0)),
+        http_slots: Arc::new(AtomicUsize::new(0)),
         config: Arc::new(config),
     };
     Ok(Parts {
@@ -283,6 +285,54 @@ pub(crate) fn assemble(
         shards,
         dev,
     })
+}
+
+/// Descriptors kept for what is not a client socket (listeners, pollers,
+/// wakers, Redis, logs, files).
+const RESERVED_FDS: u64 = 64;
+
+/// Raises this process's open-file soft limit to its hard limit (once per
+/// process), and logs how many connections the result leaves room for: a
+/// default soft limit of 1,024 would cap a server sized for 100,000
+/// connections at a thousand, with accept errors as the only sign.
+fn raise_open_files_limit(max_connections: usize) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct
+        // passed by pointer, which lives for the calls.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            log::warn!("cannot read the open-file limit: {}", io::Error::last_os_error());
+            return;
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                log::warn!(
+                    "cannot raise the open-file limit from {before}: {}",
+                    io::Error::last_os_error()
+                );
+                lim.rlim_cur = before;
+            }
+        }
+        let room = lim.rlim_cur.saturating_sub(RESERVED_FDS);
+        let bound = if room < max_connections as u64 {
+            "the open-file limit (raise the hard limit: ulimit -Hn, LimitNOFILE=)"
+        } else {
+            "--max-connections"
+        };
+        log::info!(
+            "open files: soft limit {} (was {before}, hard {}); connection ceiling about {}, set by {bound}",
+            lim.rlim_cur,
+            lim.rlim_max,
+            room.min(max_connections as u64)
+        );
+    });
 }
 
 fn dev_mode() -> DevMode {

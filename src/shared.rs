@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     /// WebSocket connections open or being opened, checked against
     /// `--max-connections` by the shards' registries.
     pub ws_slots: Arc<AtomicUsize>,
+    /// Connections not (yet) WebSockets, checked against
+    /// `--max-http-connections` when one is accepted.
+    pub http_slots: Arc<AtomicUsize>,
     /// The link to the other nodes, in cluster mode (`--redis-url`).
     pub cluster: Option<Arc<Cluster>>,
 }

@@ -15,7 +15,7 @@ pub use crate::cluster::wire::{decode as decode_cluster_packet, Body as ClusterB
 pub use crate::conn::{feed, Outbound, WsEnv, WsRead, WsState};
 pub use crate::frame::{envelope, shared_message, text_frame, SharedFrame};
 pub use crate::http::{
-    decode_chunked, parse_request, percent_decode, Limits, Parsed, Request, Response,
+    decode_chunked, parse_request, percent_decode, Chunked, Limits, Parsed, Request, Response,
 };
 pub use crate::metrics::ShardMetrics;
 pub use crate::router::{route, Route};
@@ -24,9 +24,13 @@ pub use crate::upgrade::{check as check_upgrade, Upgrade};
 
 use crate::ops::Handle;
 
-/// The answer the server gives to `req` on `route` (any route but `/ws`).
+/// The answer the server gives to `req` on `route` (any route but `/ws`),
+/// its head admitted first as the connection does.
 pub fn answer(handle: &Handle, route: &Route, req: &Request<'_>) -> Response {
-    crate::rest::answer(handle, route, req)
+    match crate::rest::admit(handle, route, req, !req.body.is_empty()) {
+        Ok(()) => crate::rest::answer(handle, route, req),
+        Err(e) => Response::error(&e),
+    }
 }
 
 /// A session's environment taken from a running server's `handle`.
@@ -35,6 +39,7 @@ pub fn ws_env<'a>(handle: &'a Handle, metrics: &'a ShardMetrics, now: Instant) -
         verifier: &handle.shared.verifier,
         handler: &*handle.shared.handler,
         metrics,
+        outbound_cap: handle.shared.config.outbound_buffer_bytes,
         now,
     }
 }

@@ -10,6 +10,7 @@ use crate::auth::{extract_token, UserClaims, Verifier};
 use crate::config::Config;
 use crate::error::HttpError;
 use crate::http::Request;
+use crate::ratelog::refusal;
 
 /// An upgrade that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,14 +50,14 @@ pub fn check(req: &Request<'_>, cfg: &Config, verifier: &Verifier) -> Result<Upg
         if let Some(origin) = req.header("origin") {
             let origin = std::str::from_utf8(origin).unwrap_or("");
             if !cfg.allowed_origins.iter().any(|o| o == origin || o == "*") {
-                log::info!("upgrade refused: origin {origin:?} not allowed");
+                refusal!("upgrade refused: origin {origin:?} not allowed");
                 return Err(HttpError::Forbidden);
             }
         }
     }
     let token = extract_token(req.header("authorization"), req.query).unwrap_or_default();
     let claims = verifier.verify_user(&token).map_err(|e| {
-        log::info!("upgrade refused: {e}");
+        refusal!("upgrade refused: {e}");
         HttpError::Unauthorized
     })?;
     Ok(Upgrade {

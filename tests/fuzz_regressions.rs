@@ -83,7 +83,8 @@ type Target = (&'static str, fn(&[u8]));
 #[test]
 fn seeds_and_crashers_replay() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let targets: [Target; 4] = [
+    let targets: [Target; 5] = [
+        ("chunked_cost", harness::chunked_cost::run),
         ("http_request", harness::http_request::run),
         ("upgrade", harness::upgrade::run),
         ("ws_inbound", harness::ws_inbound::run),

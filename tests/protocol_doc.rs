@@ -705,9 +705,14 @@ fn every_documented_route_answers_and_the_answers_match_the_document() {
             format!("OPTIONS {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         assert_eq!(wrong.status, 405, "OPTIONS {path}: {wrong:?}");
+        // Every GET route also answers HEAD (docs/PROTOCOL.md §4.2).
+        let allowed = match method.as_str() {
+            "GET" => "GET, HEAD".to_string(),
+            m => m.to_string(),
+        };
         assert_eq!(
             wrong.header("allow").as_deref(),
-            Some(method.as_str()),
+            Some(allowed.as_str()),
             "{path}: the server allows another method than docs/PROTOCOL.md says"
         );
 
@@ -986,6 +991,16 @@ fn the_http_status_table_is_the_one_the_server_answers() {
         "request body larger than 1024 bytes".into(),
     );
     case(
+        "an unmet expectation",
+        http_raw(
+            addr,
+            format!("POST /v1/websocket/broadcast HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_KEY}\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes(),
+        ),
+        417,
+        "unsupported Expect …",
+        String::new(),
+    );
+    case(
         "plain HTTP to /ws",
         get("/ws", None),
         426,
@@ -1043,7 +1058,8 @@ fn the_http_status_table_is_the_one_the_server_answers() {
     assert_eq!((healthz.status, healthz.text().as_str()), (200, "ok"));
     drop(server);
 
-    let mut answered = BTreeSet::from([101, 200]);
+    // 204 is the CORS preflight, driven in tests/hardening.rs.
+    let mut answered = BTreeSet::from([101, 200, 204]);
     for (what, resp, status, doc_error, live) in &cases {
         assert_eq!(resp.status, *status, "{what}: {resp:?}");
         answered.insert(*status);

@@ -1376,7 +1376,8 @@ fn malformed_requests_are_400() {
         "POST /v1/websocket/broadcast HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
         "POST /v1/websocket/broadcast HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
         "POST /v1/websocket/broadcast HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        "POST /v1/websocket/broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        // Admitted (credentials first), then its body cannot be decoded.
+        "POST /v1/websocket/broadcast HTTP/1.1\r\nAuthorization: Bearer integration-admin-key\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
     ] {
         let r = Resp::from_parts(http_raw(srv.addr, raw.as_bytes()));
         assert_eq!(r.status, 400, "{raw:?}: {}", r.text());

@@ -953,12 +953,15 @@ impl Responses {
 
 #[test]
 fn pipelining_without_reading_keeps_server_memory_bounded() {
-    const REQUESTS: usize = 4_000;
+    // One under the 1,000 requests a keep-alive connection may make: the
+    // request after them (below) is the connection's last.
+    const REQUESTS: usize = 999;
     const MARK_EVERY: usize = 100;
     let _g = exclusive();
     let srv = start(|_| {});
     let h = srv.handle();
-    // ~14 KB answers: unbounded, 4,000 of them would queue ~56 MB.
+    // ~14 KB answers: unbounded, 999 of them would queue ~14 MB; paused,
+    // the server holds ~256 KB of them.
     let mut requests = Vec::new();
     for i in 0..REQUESTS {
         if i % MARK_EVERY == 0 {
@@ -1041,10 +1044,16 @@ fn pipelining_without_reading_keeps_server_memory_bounded() {
         .join()
         .expect("writer")
         .expect("every request written");
-    // The connection is still usable.
+    // The connection is still usable, for its 1,000th and last request.
     r.s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .expect("write");
     assert_eq!(r.next(), (200, b"ok".to_vec()));
+    let mut rest = Vec::new();
+    let eof = r.s.read_to_end(&mut rest);
+    assert!(
+        matches!(eof, Ok(0)),
+        "the 1,000th answer ends the connection: {eof:?} {rest:?}"
+    );
 }
 
 #[test]

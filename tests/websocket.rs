@@ -1093,7 +1093,8 @@ fn post_to_ws_is_405_with_allow_get() {
     let (status, head, _) = http_raw(srv.addr, raw.as_bytes());
     assert_eq!(status, 405, "{head}");
     assert!(
-        head.to_ascii_lowercase().contains("\r\nallow: get\r\n"),
+        head.to_ascii_lowercase()
+            .contains("\r\nallow: get, head\r\n"),
         "{head}"
     );
 }

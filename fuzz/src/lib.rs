@@ -7,6 +7,7 @@
 //! this file as a module and replays the saved crashers and the seeds
 //! through the very same code in `cargo test`.
 
+pub mod chunked_cost;
 pub mod cluster_packet;
 pub mod http_request;
 pub mod upgrade;

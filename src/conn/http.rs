@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use super::{Conn, Env, Readable, State};
 use crate::config::Config;
 use crate::error::HttpError;
-use crate::http::{parse_request, Limits, Parsed, Request, Response};
+use crate::http::{parse_head, BodyReader, Framing, Limits, Request, Response};
+use crate::router::Admitted;
 use crate::upgrade::Upgrade;
 
 /// Bytes read from a socket per `read` call in the HTTP state.
@@ -31,6 +32,13 @@ fn http_out_high(cfg: &Config) -> usize {
     cfg.outbound_buffer_bytes.min(HTTP_OUT_HIGH)
 }
 
+fn limits(cfg: &Config) -> Limits {
+    Limits {
+        max_header_bytes: cfg.max_header_bytes,
+        max_body_bytes: cfg.max_body_bytes,
+    }
+}
+
 /// What the dispatcher made of one complete request.
 pub(crate) enum Dispatch {
     /// Queue this answer and go on with the next request.
@@ -39,10 +47,19 @@ pub(crate) enum Dispatch {
     Upgrade(Upgrade),
 }
 
+/// Requests one keep-alive connection may make before it is closed, and
+/// how long it may live (nginx's `keepalive_requests`, `keepalive_time`):
+/// a client cannot hold one connection, and its state, forever.
+const KEEPALIVE_REQUESTS: u32 = 1000;
+const KEEPALIVE_TIME: Duration = Duration::from_secs(3600);
+
 /// Whoever decides what a connection's requests mean (the router).
 pub(crate) trait Dispatcher {
-    /// A complete request: answer it, or accept it as an upgrade.
-    fn dispatch(&self, req: &Request<'_>) -> Dispatch;
+    /// A request whose head arrived, before any of its body is read: admit
+    /// it (then its body may be buffered), or refuse it with this error.
+    fn admit(&self, head: &Request<'_>, has_body: bool) -> Result<Admitted, HttpError>;
+    /// A complete admitted request: answer it, or accept it as an upgrade.
+    fn dispatch(&self, admitted: Admitted, req: &Request<'_>) -> Dispatch;
     /// A request refused before it could be routed (malformed, too large,
     /// timed out): it gets `err`'s answer and the connection closes.
     fn refused(&self, err: &HttpError);
@@ -58,8 +75,12 @@ pub(crate) struct HttpState {
     /// The last read stopped because `buf` was full, not because the socket
     /// was drained: bytes may still wait in the socket.
     full: bool,
-    /// `100 Continue` was sent for the request being read.
-    continue_sent: bool,
+    /// The request whose head was admitted and whose body is arriving.
+    pending: Option<Pending>,
+    /// Requests answered on this connection so far.
+    served: u32,
+    /// When the connection was accepted (for [`KEEPALIVE_TIME`]).
+    born: Instant,
     /// Reading and answering stopped because the answers queued for the
     /// client reached [`http_out_high`]; resumed once they are written.
     paused: bool,
@@ -72,7 +93,9 @@ impl HttpState {
             deadline: now + cfg.handshake_timeout(),
             idle: false,
             full: false,
-            continue_sent: false,
+            pending: None,
+            served: 0,
+            born: now,
             paused: false,
         }
     }
@@ -87,6 +110,151 @@ impl HttpState {
         self.paused = true;
         self.deadline = now + Duration::from_secs(cfg.idle_timeout_secs);
     }
+
+    /// How many bytes the buffer may hold. Before a head is admitted, only
+    /// a head's worth: an unauthenticated client never makes the server
+    /// hold a body. Once admitted, the body's length (chunked: the body
+    /// limit twice over, room for the chunk framing).
+    fn read_cap(&self, limits: &Limits) -> usize {
+        let body = match &self.pending {
+            None => return limits.max_header_bytes + HTTP_READ_CHUNK,
+            Some(p) => match &p.reader {
+                BodyReader::Length(n) => *n,
+                BodyReader::Chunked(_) => limits.max_body_bytes.saturating_mul(2),
+            },
+        };
+        self.pending.as_ref().map_or(0, |p| p.head_len) + body + HTTP_READ_CHUNK
+    }
+
+    /// Frames the next request in the buffer: admits its head, then reads
+    /// its body as it arrives, then hands it to the dispatcher. Consumes
+    /// the bytes of every request it answers.
+    fn next_request(&mut self, d: &dyn Dispatcher, limits: &Limits) -> Step {
+        if self.pending.is_none() {
+            match self.admit_head(d, limits) {
+                Ok(true) => return Step::Continue,
+                Ok(false) => {}
+                Err(step) => return step,
+            }
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return Step::Wait;
+        };
+        match p
+            .reader
+            .advance(&self.buf[p.head_len..], limits.max_body_bytes)
+        {
+            Ok(true) => {}
+            Ok(false) if self.buf.len() >= self.read_cap(limits) => {
+                // The encoded body outgrew its room (chunk framing beyond
+                // the body limit) before it ended.
+                let e = HttpError::PayloadTooLarge {
+                    limit: limits.max_body_bytes,
+                };
+                return self.refuse(d, e);
+            }
+            Ok(false) => return Step::Wait,
+            Err(e) => return self.refuse(d, e),
+        }
+        let Some(Pending {
+            head_len,
+            reader,
+            admitted,
+        }) = self.pending.take()
+        else {
+            return Step::Wait;
+        };
+        // The head parsed when it arrived; its borrowed form is rebuilt
+        // once, now that the buffer holds the whole request.
+        let Ok(Some(head)) = parse_head(&self.buf[..head_len], limits) else {
+            let e = HttpError::BadRequest("request head changed".into());
+            return self.refuse(d, e);
+        };
+        let (body, used) = reader.take(&self.buf[head_len..]);
+        let req = head.with_body(body);
+        let keep_alive = req.keep_alive;
+        let is_head = req.method == "HEAD";
+        let step = match d.dispatch(admitted, &req) {
+            Dispatch::Upgrade(up) => Step::Upgrade(up),
+            Dispatch::Answer(mut resp) => {
+                resp.head |= is_head;
+                Step::Answer { resp, keep_alive }
+            }
+        };
+        drop(req);
+        self.buf.drain(..head_len + used);
+        step
+    }
+
+    /// Parses and admits the head at the front of the buffer. `Ok(true)`:
+    /// admitted, and its client waits for `100 Continue`; `Ok(false)`:
+    /// admitted, or not complete yet; `Err`: refused, with its answer.
+    fn admit_head(&mut self, d: &dyn Dispatcher, limits: &Limits) -> Result<bool, Step> {
+        let head = match parse_head(&self.buf, limits) {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(self.refuse(d, e)),
+        };
+        let has_body = head.framing.has_body();
+        let admitted = d
+            .admit(&head.req, has_body)
+            .and_then(|a| Ok((a, BodyReader::new(head.framing, head.req.method, limits)?)));
+        let (admitted, reader) = match admitted {
+            Ok(ok) => ok,
+            Err(e) => {
+                // Refused on its head: the body is never read. A request
+                // without one leaves the connection usable, unless the
+                // credentials were bad.
+                let close = has_body
+                    || head.framing == Framing::Chunked
+                    || matches!(e, HttpError::Unauthorized | HttpError::Forbidden);
+                let mut resp = Response::error(&e).with_close(close);
+                resp.head = head.req.method == "HEAD";
+                let keep_alive = head.req.keep_alive && !close;
+                let len = head.len;
+                self.buf.drain(..len);
+                return Err(Step::Answer { resp, keep_alive });
+            }
+        };
+        let expect_continue = head.expect_continue && has_body;
+        self.pending = Some(Pending {
+            head_len: head.len,
+            reader,
+            admitted,
+        });
+        Ok(expect_continue)
+    }
+
+    /// A request that cannot be framed: its answer, then close (the rest of
+    /// the buffer cannot be trusted to start a request).
+    fn refuse(&mut self, d: &dyn Dispatcher, e: HttpError) -> Step {
+        d.refused(&e);
+        self.pending = None;
+        self.buf.clear();
+        Step::Answer {
+            resp: Response::error(&e).with_close(true),
+            keep_alive: false,
+        }
+    }
+}
+
+/// A request whose head was admitted, while its body arrives.
+struct Pending {
+    head_len: usize,
+    reader: BodyReader,
+    admitted: Admitted,
+}
+
+/// What the buffer yielded.
+enum Step {
+    /// More bytes are needed.
+    Wait,
+    /// A head was admitted and its client waits for `100 Continue`.
+    Continue,
+    /// An answer to queue; without `keep_alive` the connection closes after it.
+    Answer { resp: Response, keep_alive: bool },
+    /// A valid upgrade; the rest of the buffer belongs to the WebSocket.
+    Upgrade(Upgrade),
 }
 
 impl Conn {
@@ -104,10 +272,11 @@ impl Conn {
         };
         if eof && !http.paused {
             // The peer finished sending: what it asked is answered, then close.
-            self.finish(env.ws.now);
-        } else if requests > 0 && http.full && !http.paused {
-            // Pipelined requests filled the buffer and answering them made
-            // room: read the rest next turn.
+            self.finish(env.ws.now, false);
+        } else if http.full && !http.paused && http.buf.len() < http.read_cap(&limits(env.config)) {
+            // The read stopped at the cap and there is room now (requests
+            // were answered, or an admitted head made room for its body):
+            // read the rest next turn, as no new event will announce it.
             return Readable::ReadAgain;
         }
         Readable::Done
@@ -136,7 +305,7 @@ impl Conn {
             }
             return (0, false);
         }
-        let cap = cfg.max_header_bytes + cfg.max_body_bytes + HTTP_READ_CHUNK;
+        let cap = http.read_cap(&limits(cfg));
         let mut total = 0u64;
         http.full = false;
         loop {
@@ -185,10 +354,7 @@ impl Conn {
     fn process_http(&mut self, env: &Env<'_>) -> (Option<Upgrade>, u64) {
         let cfg = env.config;
         let now = env.ws.now;
-        let limits = Limits {
-            max_header_bytes: cfg.max_header_bytes,
-            max_body_bytes: cfg.max_body_bytes,
-        };
+        let limits = limits(cfg);
         let mut requests = 0;
         loop {
             let State::Http(http) = &mut self.state else {
@@ -198,33 +364,20 @@ impl Conn {
                 http.pause(cfg, now);
                 return (None, requests);
             }
-            let (resp, used, keep_alive) = match parse_request(&http.buf, &limits) {
-                Ok(Parsed::Partial) => return (None, requests),
-                Ok(Parsed::NeedBody { expect_continue }) => {
-                    if expect_continue && !http.continue_sent {
-                        http.continue_sent = true;
-                        self.out
-                            .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
-                    }
-                    return (None, requests);
+            let (resp, keep_alive) = match http.next_request(env.dispatcher, &limits) {
+                Step::Wait => return (None, requests),
+                Step::Continue => {
+                    self.out
+                        .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
+                    continue;
                 }
-                Err(e) => {
-                    env.dispatcher.refused(&e);
-                    (Response::error(&e).with_close(true), http.buf.len(), false)
-                }
-                Ok(Parsed::Complete(req, used)) => {
-                    requests += 1;
-                    match env.dispatcher.dispatch(&req) {
-                        Dispatch::Upgrade(up) => {
-                            http.buf.drain(..used);
-                            return (Some(up), requests);
-                        }
-                        Dispatch::Answer(resp) => (resp, used, req.keep_alive),
-                    }
-                }
+                Step::Upgrade(up) => return (Some(up), requests + 1),
+                Step::Answer { resp, keep_alive } => (resp, keep_alive),
             };
-            http.buf.drain(..used);
-            http.continue_sent = false;
+            requests += 1;
+            http.served += 1;
+            let keep_alive =
+                keep_alive && http.served < KEEPALIVE_REQUESTS && now < http.born + KEEPALIVE_TIME;
             if http.buf.is_empty() {
                 http.buf = Vec::new();
                 http.idle = true;

@@ -1,5 +1,5 @@
 //! One client connection: its socket, its outbound queue, and the state
-//! machine `Http → Ws → Flushing → Closed`.
+//! machine `Http → Ws → Flushing → (Lingering →) Closed`.
 //!
 //! Each state holds the buffers it needs and nothing else: an HTTP
 //! connection its request buffer and deadlines (`http`), a WebSocket its
@@ -36,14 +36,28 @@ use http::HttpState;
 /// How long a connection may take to write its last answer before it is cut.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a connection ended because of its peer reads and discards what
+/// the peer still sends after the last answer (nginx's `lingering_time`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Bytes a lingering connection discards per loop turn before others are served.
+const LINGER_BUDGET: usize = 64 * 1024;
+
 /// Where a connection is in its life.
 pub(crate) enum State {
     /// Reading HTTP requests: REST (keep-alive, pipelined) or the upgrade request.
     Http(HttpState),
     /// An upgraded WebSocket.
     Ws(Box<WsState>),
-    /// Writing what is queued, then closing; nothing more is read.
-    Flushing { deadline: Instant },
+    /// Writing what is queued, then closing; nothing more is read. With
+    /// `linger`, the close is a lingering one.
+    Flushing { deadline: Instant, linger: bool },
+    /// Our side is shut down after the last answer; what the peer still
+    /// sends is read and discarded until it closes or `deadline`. Closing
+    /// with unread bytes would make the kernel send a reset, which can
+    /// destroy that answer (an error status, a close frame) before the peer
+    /// reads it.
+    Lingering { deadline: Instant },
     /// Done: the shard removes it.
     Closed,
 }
@@ -111,6 +125,10 @@ impl Conn {
         matches!(&self.state, State::Ws(ws) if ws.is_open())
     }
 
+    pub fn is_http(&self) -> bool {
+        matches!(self.state, State::Http(_))
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
@@ -136,7 +154,9 @@ impl Conn {
         resp.write_to(&mut bytes);
         self.out.push_owned(bytes);
         if resp.close {
-            self.finish(now);
+            // The peer may still be sending: the body of a refused request,
+            // requests pipelined past a keep-alive limit.
+            self.finish(now, true);
         }
     }
 
@@ -145,10 +165,12 @@ impl Conn {
         self.out.push_owned(bytes);
     }
 
-    /// Stops reading; closes once the queue is written.
-    fn finish(&mut self, now: Instant) {
+    /// Stops reading; closes once the queue is written, lingering when the
+    /// connection ends because of its peer.
+    fn finish(&mut self, now: Instant, linger: bool) {
         self.state = State::Flushing {
             deadline: now + FLUSH_TIMEOUT,
+            linger: linger && self.sock.can_linger(),
         };
     }
 
@@ -162,11 +184,20 @@ impl Conn {
     pub fn on_readable(&mut self, env: &Env<'_>, to_end: bool) -> Readable {
         match &self.state {
             State::Http(_) if env.draining => {
-                self.finish(env.ws.now);
+                // Shutting down: the requests already sent get their
+                // answers (an upgrade a 503), then the connection closes.
+                if let Readable::Upgrade(_) = self.on_http_readable(env, true) {
+                    let refusal = Response::error(&crate::error::HttpError::ShuttingDown);
+                    self.respond(&refusal.with_close(true), env.ws.now);
+                }
+                if let State::Http(_) = self.state {
+                    self.finish(env.ws.now, false);
+                }
                 Readable::Done
             }
             State::Http(_) => self.on_http_readable(env, to_end),
             State::Ws(_) => self.on_ws_readable(env),
+            State::Lingering { .. } => self.discard(),
             // Nothing more is read once flushing: the answer is all that is left.
             State::Flushing { .. } | State::Closed => Readable::Done,
         }
@@ -181,9 +212,33 @@ impl Conn {
         match &self.state {
             State::Http(_) => self.http_timer(env),
             State::Ws(_) => self.ws_timer(env.config, now),
-            State::Flushing { deadline } if now >= *deadline => self.abort(),
-            State::Flushing { .. } | State::Closed => {}
+            State::Flushing { deadline, .. } if now >= *deadline => self.abort(),
+            State::Lingering { deadline } if now >= *deadline => self.state = State::Closed,
+            State::Flushing { .. } | State::Lingering { .. } | State::Closed => {}
         }
+    }
+
+    /// Reads and drops what a lingering connection's peer sends; closes on
+    /// its EOF or an error.
+    fn discard(&mut self) -> Readable {
+        let mut scratch = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BUDGET {
+            match std::io::Read::read(&mut self.sock, &mut scratch) {
+                Ok(0) => {
+                    self.state = State::Closed;
+                    return Readable::Done;
+                }
+                Ok(n) => read += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Readable::Done,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.state = State::Closed;
+                    return Readable::Done;
+                }
+            }
+        }
+        Readable::ReadAgain
     }
 
     /// Closes the connection for shutdown or a management call: a WebSocket
@@ -191,8 +246,8 @@ impl Conn {
     pub fn close_for(&mut self, code: crate::error::CloseCode, now: Instant) {
         match &self.state {
             State::Ws(_) => self.close_ws(code, now),
-            State::Http(_) => self.finish(now),
-            State::Flushing { .. } | State::Closed => {}
+            State::Http(_) => self.finish(now, false),
+            State::Flushing { .. } | State::Lingering { .. } | State::Closed => {}
         }
     }
 
@@ -203,7 +258,7 @@ impl Conn {
         self.dirty = false;
         let mut bytes = 0;
         if !self.out.is_empty() || matches!(self.state, State::Flushing { .. }) {
-            bytes = self.flush();
+            bytes = self.flush(now);
         }
         let read_again = self.http_flushed(bytes > 0, cfg, now);
         let arm = self
@@ -224,21 +279,28 @@ impl Conn {
         match &self.state {
             State::Http(h) => Some(h.deadline()),
             State::Ws(ws) => Some(ws.next_deadline(cfg)),
-            State::Flushing { deadline } => Some(*deadline),
+            State::Flushing { deadline, .. } | State::Lingering { deadline } => Some(*deadline),
             State::Closed => None,
         }
     }
 
     /// Writes the queue. Returns the bytes written; a write error closes.
-    fn flush(&mut self) -> u64 {
+    fn flush(&mut self, now: Instant) -> u64 {
         let mut written = 0;
         match self.out.flush_to(&mut self.sock, &mut written) {
-            Ok(Flushed::All) => {
-                if let State::Flushing { .. } = self.state {
+            Ok(Flushed::All) => match self.state {
+                State::Flushing { linger: true, .. } => {
+                    let _ = self.sock.shutdown(std::net::Shutdown::Write);
+                    self.state = State::Lingering {
+                        deadline: now + LINGER_TIME,
+                    };
+                }
+                State::Flushing { linger: false, .. } => {
                     let _ = self.sock.shutdown(std::net::Shutdown::Both);
                     self.state = State::Closed;
                 }
-            }
+                _ => {}
+            },
             Ok(Flushed::Partial) => {}
             Err(e) => {
                 log::debug!("write error: {e}");

@@ -7,6 +7,7 @@
 //! caught here and answered with an error message; it never takes the
 //! shard down.
 
+use crate::ratelog::refusal;
 use std::io::{self, Read};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -27,8 +28,10 @@ const READ_BUDGET: usize = 64;
 /// peer with that close code, `None` when the peer is simply gone.
 pub type WsEnd = Option<CloseCode>;
 
-/// Reads and handles messages until the reader would block, the budget runs
-/// out, or the protocol machine ends the session.
+/// Reads and handles messages until the reader would block, a budget runs
+/// out (messages, bytes), the answers queued pass the outbound cap (an echo
+/// flood from a client that does not read holds at most the cap plus one
+/// message), or the protocol machine ends the session.
 pub(super) fn read_messages<R: Read>(
     ws: &mut WsState,
     io: &mut Io<'_, R>,
@@ -57,9 +60,18 @@ pub(super) fn read_messages<R: Read>(
                     Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
                     }
                 }
+                if io.out.len() > env.outbound_cap {
+                    // The caller closes it as a slow consumer.
+                    outcome = WsRead::Empty;
+                    break;
+                }
             }
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                outcome = WsRead::Empty;
+                outcome = if io.spent() {
+                    WsRead::More
+                } else {
+                    WsRead::Empty
+                };
                 break;
             }
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -87,12 +99,7 @@ pub fn feed<R: Read>(
     out: &mut Outbound,
     env: &WsEnv<'_>,
 ) -> (WsRead, Option<WsEnd>) {
-    let mut io = Io {
-        sock: input,
-        out,
-        read: 0,
-    };
-    read_messages(ws, &mut io, env)
+    read_messages(ws, &mut Io::new(input, out), env)
 }
 
 /// Queues a reply through the protocol machine.
@@ -131,7 +138,7 @@ fn on_data<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, data: Data<'_>, env: &
     }
 }
 
-/// A text message from the client: `refresh`, or the handler (echo by default).
+/// A text message from the client: `ping`, `refresh`, or the handler (echo by default).
 fn on_text<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: &str, env: &WsEnv<'_>) {
     let parsed: Option<Value> = serde_json::from_str(text).ok();
     let kind = parsed
@@ -149,6 +156,10 @@ fn on_text<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: &str, env: &WsEn
         return;
     };
     let msg = parsed.as_ref().unwrap_or(&Value::Null);
+    if kind == "ping" {
+        reply(ws, io, frame::pong(), env.metrics);
+        return;
+    }
     if kind == "refresh" {
         let token = msg
             .get("payload")
@@ -162,11 +173,11 @@ fn on_text<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: &str, env: &WsEn
                 reply(ws, io, frame::refreshed(claims.exp), env.metrics);
             }
             Ok(_) => {
-                log::info!("refresh on {} refused: token for another user", ws.id);
+                refusal!("refresh on {} refused: token for another user", ws.id);
                 reply(ws, io, frame::error("Token refresh failed"), env.metrics);
             }
             Err(e) => {
-                log::info!("refresh on {} refused: {e}", ws.id);
+                refusal!("refresh on {} refused: {e}", ws.id);
                 reply(ws, io, frame::error("Token refresh failed"), env.metrics);
             }
         }

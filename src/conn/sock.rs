@@ -55,6 +55,12 @@ impl Sock {
         }
     }
 
+    /// Whether a close may linger (read what the peer still sends): a sink
+    /// has no peer, and its reads never end.
+    pub fn can_linger(&self) -> bool {
+        matches!(self, Sock::Tcp(_))
+    }
+
     /// The sink behind this socket, if it is one.
     pub fn sink(&self) -> Option<&Sink> {
         match self {

@@ -64,12 +64,36 @@ pub struct WsState {
 pub(super) struct Io<'a, R = Sock> {
     pub sock: &'a mut R,
     pub out: &'a mut Outbound,
+    /// Bytes read through it so far.
     pub read: u64,
+}
+
+/// Socket bytes one connection may read per loop turn. Counted in bytes,
+/// not messages, so a flood of tiny continuation frames (which complete no
+/// message) cannot hold a shard either; past it the read reports
+/// `WouldBlock` and the shard comes back next turn (tungstenite keeps a
+/// partial frame).
+pub(super) const READ_BYTES_BUDGET: u64 = 64 * 1024;
+
+impl<'a, R> Io<'a, R> {
+    pub fn new(sock: &'a mut R, out: &'a mut Outbound) -> Io<'a, R> {
+        Io { sock, out, read: 0 }
+    }
+
+    /// The turn's byte budget is spent.
+    pub fn spent(&self) -> bool {
+        self.read >= READ_BYTES_BUDGET
+    }
 }
 
 impl<R: Read> Read for Io<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.sock.read(buf)?;
+        let left = READ_BYTES_BUDGET.saturating_sub(self.read) as usize;
+        if left == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let take = buf.len().min(left);
+        let n = self.sock.read(&mut buf[..take])?;
         self.read += n as u64;
         Ok(n)
     }
@@ -91,6 +115,9 @@ pub struct WsEnv<'a> {
     pub verifier: &'a Verifier,
     pub handler: &'a dyn MessageHandler,
     pub metrics: &'a ShardMetrics,
+    /// `--outbound-buffer-bytes`: a read stops as soon as the answers
+    /// queued for a client that does not read pass it.
+    pub outbound_cap: usize,
     pub now: Instant,
 }
 
@@ -234,7 +261,7 @@ impl Conn {
     fn slow_consumer(&mut self, now: Instant) {
         self.out.drop_unsent();
         self.close_ws(CloseCode::Policy, now);
-        self.finish(now);
+        self.finish(now, true);
     }
 
     /// Starts the close handshake with `code` (no-op unless open).
@@ -245,11 +272,7 @@ impl Conn {
         if ws.phase != WsPhase::Open {
             return;
         }
-        let mut io = Io {
-            sock: &mut self.sock,
-            out: &mut self.out,
-            read: 0,
-        };
+        let mut io = Io::new(&mut self.sock, &mut self.out);
         let frame = CloseFrame {
             code: code.code().into(),
             reason: code.reason().into(),
@@ -262,7 +285,7 @@ impl Conn {
             }
             Err(e) => {
                 log::debug!("close: {e}");
-                self.finish(now);
+                self.finish(now, false);
             }
         }
     }
@@ -274,11 +297,7 @@ impl Conn {
         let State::Ws(ws) = &mut self.state else {
             return Readable::Done;
         };
-        let mut io = Io {
-            sock: &mut self.sock,
-            out: &mut self.out,
-            read: 0,
-        };
+        let mut io = Io::new(&mut self.sock, &mut self.out);
         let (outcome, end) = session::read_messages(ws, &mut io, &env.ws);
         let m = env.ws.metrics;
         m.bytes_in.fetch_add(io.read, Relaxed);
@@ -289,9 +308,9 @@ impl Conn {
             // a broken peer with the matching close code, then close.
             Some(Some(code)) => {
                 self.close_ws(code, now);
-                self.finish(now);
+                self.finish(now, true);
             }
-            Some(None) => self.finish(now),
+            Some(None) => self.finish(now, false),
         }
         if self.out.len() > env.config.outbound_buffer_bytes && self.is_open_ws() {
             self.slow_consumer(now);
@@ -331,11 +350,7 @@ impl Conn {
             }
             Some(_) => {}
             None if now >= ws.last_ping + Duration::from_secs(cfg.ping_interval_secs) => {
-                let mut io = Io {
-                    sock: &mut self.sock,
-                    out: &mut self.out,
-                    read: 0,
-                };
+                let mut io = Io::new(&mut self.sock, &mut self.out);
                 if ws
                     .ctx
                     .write(&mut io, Message::Ping(Default::default()))

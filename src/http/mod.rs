@@ -4,8 +4,10 @@
 //! and fuzzed without sockets. It never allocates more than the configured
 //! limits allow, never panics on what a peer sends, and never does I/O.
 
+mod chunked;
 mod response;
 
+pub use chunked::Chunked;
 pub use response::{switching_protocols, timestamp, Response};
 
 use std::borrow::Cow;
@@ -76,58 +78,63 @@ pub enum Parsed<'a> {
 }
 
 /// Parses the first request in `buf`. Pipelined requests after it stay in the
-/// buffer for the next call.
+/// buffer for the next call. The connection reads the same way in steps
+/// ([`parse_head`], then a [`BodyReader`] fed as bytes arrive); this is the
+/// whole-buffer form, for tests and fuzzing.
 pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, HttpError> {
     let Some(head) = parse_head(buf, limits)? else {
         return Ok(Parsed::Partial);
     };
-    let framing = body_framing(&head.headers)?;
+    let mut reader = BodyReader::new(head.framing, head.req.method, limits)?;
     let rest = &buf[head.len..];
-    let Some((body, used)) = read_body(framing, rest, head.method, limits)? else {
-        let expect_continue = find_header(&head.headers, "expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-        return Ok(Parsed::NeedBody { expect_continue });
-    };
-    let conn_tokens = |tok: &str| {
-        head.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(tok))
-    };
-    let keep_alive = if head.version == 1 {
-        !conn_tokens("close")
-    } else {
-        conn_tokens("keep-alive")
-    };
-    Ok(Parsed::Complete(
-        Request {
-            method: head.method,
-            path: head.path,
-            query: head.query,
-            headers: head.headers,
-            body,
-            keep_alive,
-        },
-        head.len + used,
-    ))
+    if !reader.advance(rest, limits.max_body_bytes)? {
+        return Ok(Parsed::NeedBody {
+            expect_continue: head.expect_continue,
+        });
+    }
+    let (body, used) = reader.take(rest);
+    let len = head.len + used;
+    Ok(Parsed::Complete(head.with_body(body), len))
 }
 
-/// A complete, valid request head.
-struct Head<'a> {
-    method: &'a str,
-    path: &'a str,
-    query: Option<&'a str>,
-    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
-    version: u8,
-    headers: Vec<(&'a str, &'a [u8])>,
+/// A complete, valid request head and what it says about the body.
+#[derive(Debug)]
+pub struct Head<'a> {
+    /// The request, its body still empty.
+    pub req: Request<'a>,
     /// Bytes of the head, blank line included.
-    len: usize,
+    pub len: usize,
+    pub framing: Framing,
+    /// The client sent `Expect: 100-continue` and waits before the body.
+    pub expect_continue: bool,
 }
 
-/// The head at the front of `buf`; `None` while it is incomplete.
-fn parse_head<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Head<'a>>, HttpError> {
+impl<'a> Head<'a> {
+    /// The whole request once its body has arrived.
+    pub fn with_body(self, body: Cow<'a, [u8]>) -> Request<'a> {
+        Request { body, ..self.req }
+    }
+}
+
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Chunked,
+    Length(usize),
+    /// Neither header: no body (a `POST` then gets `411`).
+    None,
+}
+
+impl Framing {
+    /// Whether a body follows the head.
+    pub fn has_body(self) -> bool {
+        !matches!(self, Framing::None | Framing::Length(0))
+    }
+}
+
+/// The head at the front of `buf`, checked (target, framing, `Expect`);
+/// `None` while it is incomplete.
+pub fn parse_head<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Head<'a>>, HttpError> {
     let too_large = HttpError::HeadersTooLarge {
         limit: limits.max_header_bytes,
     };
@@ -151,6 +158,7 @@ fn parse_head<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Head<'a>>, Ht
     }
     // httparse guarantees these are set on a complete parse.
     let method = req.method.unwrap_or("");
+    let version = req.version.unwrap_or(1);
     // Absolute-form (`http://host/path`), which HTTP/1.1 servers must accept.
     let target = strip_authority(req.path.unwrap_or("/"));
     let (path, query) = match target.split_once('?') {
@@ -162,94 +170,146 @@ fn parse_head<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Head<'a>>, Ht
             "request target must be an absolute path".into(),
         ));
     }
+    let headers: Vec<(&'a str, &'a [u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+    let framing = body_framing(&headers, version)?;
+    let expect_continue = expects_continue(&headers)?;
+    let keep_alive = keep_alive(&headers, version);
     Ok(Some(Head {
-        method,
-        path,
-        query,
-        version: req.version.unwrap_or(1),
-        headers: req.headers.iter().map(|h| (h.name, h.value)).collect(),
+        req: Request {
+            method,
+            path,
+            query,
+            headers,
+            body: Cow::Borrowed(&[]),
+            keep_alive,
+        },
         len,
+        framing,
+        expect_continue,
     }))
 }
 
-fn find_header<'a>(headers: &[(&'a str, &'a [u8])], name: &str) -> Option<&'a [u8]> {
+/// HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+fn keep_alive(headers: &[(&str, &[u8])], version: u8) -> bool {
+    let has = |tok: &str| {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(tok))
+    };
+    if version == 1 {
+        !has("close")
+    } else {
+        has("keep-alive")
+    }
+}
+
+fn headers_named<'h, 'a>(
+    headers: &'h [(&'a str, &'a [u8])],
+    name: &'h str,
+) -> impl Iterator<Item = &'a [u8]> + 'h {
     headers
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| *v)
 }
 
-/// How the body of a request is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Chunked,
-    Length(usize),
-    /// Neither header: no body (a `POST` then gets `411`).
-    None,
+/// `Expect: 100-continue` is the only expectation a server can meet; any
+/// other is `417`.
+fn expects_continue(headers: &[(&str, &[u8])]) -> Result<bool, HttpError> {
+    let mut expect = false;
+    for v in headers_named(headers, "expect") {
+        if !v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            let v = String::from_utf8_lossy(v);
+            return Err(HttpError::ExpectationFailed(format!(
+                "unsupported Expect {v:?}; only 100-continue is"
+            )));
+        }
+        expect = true;
+    }
+    Ok(expect)
 }
 
-/// Reads the body framing from the headers; conflicting or unsupported
-/// framing is a `400` (request smuggling starts where two parsers disagree).
-fn body_framing(headers: &[(&str, &[u8])]) -> Result<Framing, HttpError> {
-    let chunked = match find_header(headers, "transfer-encoding") {
-        Some(te) => {
-            let te = std::str::from_utf8(te).unwrap_or("");
-            if !te.trim().eq_ignore_ascii_case("chunked") {
-                return Err(HttpError::BadRequest(format!(
-                    "unsupported Transfer-Encoding {te:?}; only chunked is accepted"
-                )));
+/// Reads the body framing from the headers. Anything two parsers could
+/// read differently is a `400` (request smuggling starts there): more than
+/// one `Transfer-Encoding`, one on HTTP/1.0, one that is not `chunked`, or
+/// one beside a `Content-Length`, and more than one `Content-Length`.
+fn body_framing(headers: &[(&str, &[u8])], version: u8) -> Result<Framing, HttpError> {
+    let bad = |m: String| Err(HttpError::BadRequest(m));
+    let mut te = headers_named(headers, "transfer-encoding");
+    let chunked = match (te.next(), te.next()) {
+        (None, _) => false,
+        (Some(_), Some(_)) => return bad("more than one Transfer-Encoding header".into()),
+        (Some(_), None) if version == 0 => {
+            return bad("Transfer-Encoding is not allowed in HTTP/1.0".into())
+        }
+        (Some(v), None) => {
+            let v = std::str::from_utf8(v).unwrap_or("");
+            if !v.trim().eq_ignore_ascii_case("chunked") {
+                return bad(format!(
+                    "unsupported Transfer-Encoding {v:?}; only chunked is accepted"
+                ));
             }
             true
         }
-        None => false,
     };
-    let framing = match find_header(headers, "content-length") {
-        Some(_) if chunked => {
-            return Err(HttpError::BadRequest(
-                "both Content-Length and Transfer-Encoding given".into(),
-            ))
-        }
-        Some(v) => Framing::Length(parse_content_length(v)?),
-        None if chunked => Framing::Chunked,
-        None => Framing::None,
-    };
-    let lengths = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .count();
-    if lengths > 1 {
-        return Err(HttpError::BadRequest("more than one Content-Length".into()));
+    let mut lengths = headers_named(headers, "content-length");
+    match (lengths.next(), lengths.next()) {
+        (Some(_), _) if chunked => bad("both Content-Length and Transfer-Encoding given".into()),
+        (Some(_), Some(_)) => bad("more than one Content-Length".into()),
+        (Some(v), None) => Ok(Framing::Length(parse_content_length(v)?)),
+        (None, _) if chunked => Ok(Framing::Chunked),
+        (None, _) => Ok(Framing::None),
     }
-    Ok(framing)
 }
 
-/// A request body and the bytes of the buffer it used (with chunked
-/// framing, more than its length).
-type Body<'a> = (Cow<'a, [u8]>, usize);
+/// A request body as its bytes arrive.
+#[derive(Debug)]
+pub enum BodyReader {
+    Length(usize),
+    Chunked(Chunked),
+}
 
-/// The body at the front of `rest`; `None` while it is incomplete.
-fn read_body<'a>(
-    framing: Framing,
-    rest: &'a [u8],
-    method: &str,
-    limits: &Limits,
-) -> Result<Option<Body<'a>>, HttpError> {
-    Ok(match framing {
-        Framing::Chunked => {
-            decode_chunked(rest, limits.max_body_bytes)?.map(|(b, n)| (Cow::Owned(b), n))
+impl BodyReader {
+    /// The reader for `framing`; refuses at once what no body can fix: a
+    /// `Content-Length` over the limit (`413`), a `POST` without framing (`411`).
+    pub fn new(framing: Framing, method: &str, limits: &Limits) -> Result<BodyReader, HttpError> {
+        match framing {
+            Framing::Chunked => Ok(BodyReader::Chunked(Chunked::default())),
+            Framing::Length(len) if len > limits.max_body_bytes => {
+                Err(HttpError::PayloadTooLarge {
+                    limit: limits.max_body_bytes,
+                })
+            }
+            Framing::Length(len) => Ok(BodyReader::Length(len)),
+            Framing::None if matches!(method, "POST" | "PUT" | "PATCH") => {
+                Err(HttpError::LengthRequired)
+            }
+            Framing::None => Ok(BodyReader::Length(0)),
         }
-        Framing::Length(len) if len > limits.max_body_bytes => {
-            return Err(HttpError::PayloadTooLarge {
-                limit: limits.max_body_bytes,
-            })
+    }
+
+    /// Reads what `rest` (the bytes after the head) adds; true once the body
+    /// is whole. Each call costs only the bytes it has not seen.
+    pub fn advance(&mut self, rest: &[u8], max: usize) -> Result<bool, HttpError> {
+        match self {
+            BodyReader::Length(len) => Ok(rest.len() >= *len),
+            BodyReader::Chunked(c) => c.advance(rest, max),
         }
-        Framing::Length(len) if rest.len() < len => None,
-        Framing::Length(len) => Some((Cow::Borrowed(&rest[..len]), len)),
-        Framing::None if matches!(method, "POST" | "PUT" | "PATCH") => {
-            return Err(HttpError::LengthRequired)
+    }
+
+    /// The body and the bytes of `rest` it used; once `advance` said whole.
+    pub fn take(self, rest: &[u8]) -> (Cow<'_, [u8]>, usize) {
+        match self {
+            BodyReader::Length(len) => (Cow::Borrowed(&rest[..len.min(rest.len())]), len),
+            BodyReader::Chunked(c) => {
+                let (body, used) = c.finish();
+                (Cow::Owned(body), used)
+            }
         }
-        Framing::None => Some((Cow::Borrowed(&[][..]), 0)),
-    })
+    }
 }
 
 /// `http://host:port/p?q` → `/p?q`; any other target is returned as is.
@@ -279,69 +339,11 @@ fn parse_content_length(v: &[u8]) -> Result<usize, HttpError> {
     Ok(s.parse::<usize>().unwrap_or(usize::MAX))
 }
 
-/// Longest chunk size line (size and extensions, without CRLF) accepted.
-const MAX_CHUNK_LINE: usize = 1024;
-
-/// Decodes a chunked body. `Ok(None)`: more bytes needed. Trailers are read
-/// and dropped.
+/// Decodes a whole chunked body from the front of `buf` (see [`Chunked`]).
+/// `Ok(None)`: more bytes needed. Trailers are read and dropped.
 pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
-    let too_long = || HttpError::BadRequest("chunk size line too long".into());
-    let mut body = Vec::new();
-    let mut pos = 0;
-    loop {
-        // The same limit whether the line's CRLF has arrived or not (a line
-        // of the limit's length may be waiting for the LF after its CR), so
-        // the answer does not depend on how the body was split into reads.
-        let Some(line_end) = find_crlf(&buf[pos..]) else {
-            if buf.len() - pos > MAX_CHUNK_LINE + 1 {
-                return Err(too_long());
-            }
-            return Ok(None);
-        };
-        if line_end > MAX_CHUNK_LINE {
-            return Err(too_long());
-        }
-        let line = &buf[pos..pos + line_end];
-        let size_part = line.split(|&b| b == b';').next().unwrap_or(&[]);
-        let size_str = std::str::from_utf8(size_part).unwrap_or("").trim();
-        // RFC 9112 chunk-size is 1*HEXDIG: no sign (from_str_radix would
-        // take a leading "+"), no "0x".
-        let size = size_str
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit())
-            .then(|| usize::from_str_radix(size_str, 16).ok())
-            .flatten()
-            .ok_or_else(|| HttpError::BadRequest(format!("invalid chunk size {size_str:?}")))?;
-        pos += line_end + 2;
-        if size == 0 {
-            // Trailers: lines until an empty one.
-            loop {
-                let Some(end) = find_crlf(&buf[pos..]) else {
-                    return Ok(None);
-                };
-                pos += end + 2;
-                if end == 0 {
-                    return Ok(Some((body, pos)));
-                }
-            }
-        }
-        if body.len().saturating_add(size) > max {
-            return Err(HttpError::PayloadTooLarge { limit: max });
-        }
-        if buf.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[pos..pos + size]);
-        pos += size;
-        if &buf[pos..pos + 2] != b"\r\n" {
-            return Err(HttpError::BadRequest("chunk not followed by CRLF".into()));
-        }
-        pos += 2;
-    }
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
+    let mut c = Chunked::default();
+    Ok(c.advance(buf, max)?.then(|| c.finish()))
 }
 
 /// Percent-decodes a path segment or query value (`+` stays `+`).

@@ -13,6 +13,9 @@ pub struct Response {
     pub extra_headers: Vec<(&'static str, String)>,
     /// Close the connection after this answer.
     pub close: bool,
+    /// The answer to a `HEAD`: every header of the `GET` answer
+    /// (`Content-Length` included), no body.
+    pub head: bool,
 }
 
 /// RFC 3339 time of now, with milliseconds, UTC.
@@ -32,6 +35,7 @@ impl Response {
             body: serde_json::to_vec(&body).unwrap_or_default(),
             extra_headers: Vec::new(),
             close: false,
+            head: false,
         }
     }
 
@@ -42,6 +46,7 @@ impl Response {
             body: body.into(),
             extra_headers: Vec::new(),
             close: false,
+            head: false,
         }
     }
 
@@ -56,6 +61,16 @@ impl Response {
         }
         r.close = err.closes_connection();
         r
+    }
+
+    /// A status with no body (`204`).
+    pub fn empty(status: u16) -> Response {
+        Response::text(status, "text/plain; charset=utf-8", Vec::new())
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.extra_headers.push((name, value.into()));
+        self
     }
 
     pub fn with_close(mut self, close: bool) -> Response {
@@ -82,7 +97,9 @@ impl Response {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        if !self.head {
+            out.extend_from_slice(&self.body);
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -96,6 +113,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -104,6 +122,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
+        417 => "Expectation Failed",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -99,7 +99,12 @@ impl Shard {
         }
         let drain = Duration::from_secs(self.ctx.config.drain_timeout_secs);
         self.drain_deadline = Some(now + drain);
+        let env = Self::env(&self.ctx, self.id, true, now);
         for (key, conn) in self.conns.iter_mut() {
+            if conn.is_http() {
+                // Requests already in the socket are answered first.
+                conn.on_readable(&env, true);
+            }
             conn.close_for(CloseCode::GoingAway, now);
             Self::mark_dirty(&mut self.dirty, key, conn);
         }

@@ -19,6 +19,7 @@ mod sink;
 pub(crate) use registry::Registry;
 pub use sink::{sink_shards, SinkShard};
 
+use crate::ratelog::refusal;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
@@ -240,6 +241,7 @@ impl Shard {
                 verifier: &ctx.verifier,
                 handler: &*ctx.handler,
                 metrics: &ctx.metrics.shards[id],
+                outbound_cap: ctx.config.outbound_buffer_bytes,
                 now,
             },
             draining,
@@ -278,7 +280,7 @@ impl Shard {
         };
         let user: Arc<str> = Arc::from(up.claims.user_id.as_str());
         if let Err(e) = self.registry.register(key, &user) {
-            log::info!("upgrade for user {user} refused: {e}");
+            refusal!("upgrade for user {user} refused: {e}");
             conn.respond(&Response::error(&e).with_close(true), now);
             return;
         }
@@ -337,8 +339,8 @@ impl Shard {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if key >= LISTENER.0 {
-            return None;
+        if key >= LISTENER.0 || !self.registry.open_http() {
+            return None; // dropping the socket closes it
         }
         if let Err(e) = self.poll.registry().register(
             &mut sock,
@@ -351,7 +353,6 @@ impl Shard {
         self.next_gen = self.next_gen.wrapping_add(1);
         let conn = entry.insert(Conn::new(sock, self.next_gen, now, &self.ctx.config));
         Self::mark_dirty(&mut self.dirty, key, conn);
-        self.registry.opened_http();
         Some(key)
     }
 

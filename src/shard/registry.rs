@@ -25,6 +25,9 @@ pub(crate) struct Registry {
     presence: Arc<Presence>,
     /// WebSockets open or being opened on the whole server.
     slots: Arc<AtomicUsize>,
+    /// Connections in the HTTP phase on the whole server.
+    http_slots: Arc<AtomicUsize>,
+    max_http: usize,
     metrics: Arc<Metrics>,
     max_connections: usize,
     max_per_user: usize,
@@ -40,6 +43,8 @@ impl Registry {
             users: HashMap::new(),
             presence: s.presence.clone(),
             slots: s.ws_slots.clone(),
+            http_slots: s.http_slots.clone(),
+            max_http: s.config.max_http_connections,
             metrics: s.metrics.clone(),
             max_connections: s.config.max_connections,
             max_per_user: s.config.max_connections_per_user,
@@ -47,11 +52,19 @@ impl Registry {
         }
     }
 
-    /// A new connection in the HTTP phase.
-    pub fn opened_http(&mut self) {
+    /// A new connection in the HTTP phase; false (and counted) when
+    /// `--max-http-connections` are already open: the caller closes it at
+    /// once, before it costs a buffer or a timer.
+    pub fn open_http(&mut self) -> bool {
+        if self.http_slots.fetch_add(1, Relaxed) >= self.max_http {
+            self.http_slots.fetch_sub(1, Relaxed);
+            self.metrics.http_refused.fetch_add(1, Relaxed);
+            return false;
+        }
         self.metrics.shards[self.shard]
             .http_connections
             .fetch_add(1, Relaxed);
+        true
     }
 
     /// Turns the HTTP connection `key` into a WebSocket of `user`, unless
@@ -74,6 +87,7 @@ impl Registry {
         self.users.entry(user.clone()).or_default().push(key);
         let m = &self.metrics.shards[self.shard];
         m.http_connections.fetch_sub(1, Relaxed);
+        self.http_slots.fetch_sub(1, Relaxed);
         m.connections.fetch_add(1, Relaxed);
         self.metrics.handshakes_accepted.fetch_add(1, Relaxed);
         Ok(())
@@ -97,6 +111,7 @@ impl Registry {
         let m = &self.metrics.shards[self.shard];
         let Some(user) = user else {
             m.http_connections.fetch_sub(1, Relaxed);
+            self.http_slots.fetch_sub(1, Relaxed);
             return;
         };
         self.presence.remove(&user, self.shard);
