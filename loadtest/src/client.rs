@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use socket2::{Domain, Socket, Type};
 
 use crate::sys;
 use crate::ws::{self, Parsed, Scanner};
@@ -523,30 +522,19 @@ impl Worker {
     /// writes its request once and otherwise only pongs and close frames.
     fn open(&mut self, idx: usize) -> io::Result<Conn> {
         let spec = self.specs[idx];
-        let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)?;
-        sys::bind_address_no_port(socket.as_raw_fd());
-        socket.bind(&SocketAddr::V4(SocketAddrV4::new(spec.source, 0)).into())?;
         let target = self.cfg.targets[usize::from(spec.target) % self.cfg.targets.len()];
-        match socket.connect(&target.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let mut stream = TcpStream::from_std(socket.into());
+        let mut stream = sys::connect_from(spec.source, target, None)?;
         self.poll.registry().register(
             &mut stream,
             Token(idx),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let key = tungstenite::handshake::client::generate_key();
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let token = &self.cfg.tokens[spec.user as usize % self.cfg.tokens.len()];
-        let out = ws::upgrade_request(
+        let (out, accept) = ws::keyed_upgrade_request(
             &self.cfg.host_header,
             &self.cfg.path,
             token,
             self.cfg.token_in_header,
-            &key,
         );
         let mut conn = Conn {
             stream,
@@ -616,13 +604,9 @@ impl Worker {
             return;
         };
         if conn.state == State::Connecting {
-            match conn.stream.take_error() {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => return self.finish(idx, e.to_string()),
-            }
-            match conn.stream.peer_addr() {
-                Ok(_) => conn.state = State::Handshaking,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            match sys::connect_done(&conn.stream) {
+                Ok(true) => conn.state = State::Handshaking,
+                Ok(false) => return,
                 Err(e) => return self.finish(idx, e.to_string()),
             }
         }

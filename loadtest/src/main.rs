@@ -2,21 +2,24 @@
 //! (started here by default, or any server with its API via `--target`),
 //! drives broadcasts through the REST API, and reports connect rate,
 //! deliveries per second, end-to-end latency, losses, order, server memory
-//! and CPU per connection, and a capacity estimate (docs/PROTOCOL.md §8,
-//! README.md "Load testing").
+//! and CPU per connection, and a capacity estimate; with `--hostile N`, the
+//! same again beside misbehaving connections (docs/PROTOCOL.md §8, README.md
+//! "Load testing").
 //!
 //! ```text
 //! main.rs    the flags and main
-//! run/       the run, stage by stage: server → tokens → connect → phases → report
+//! run/       the run, stage by stage: server → tokens → connect → phases → attack → report
 //! server.rs  the server under test: child process, in-process, binary, target
 //! client.rs  WebSocket clients: a few mio worker threads, frames by hand
 //! rest.rs    REST load: pipelined keep-alive requests, window or fixed rate
+//! hostile/   --hostile: misbehaving connections beside the measured ones
 //! ws.rs      handshake, frame parser, masked frames, payload byte scan
 //! report/    the figures: the human table, the JSON line, the HTML page
 //! sys.rs     rlimit, /proc (RSS, CPU, listener pid), socket options
 //! ```
 
 mod client;
+mod hostile;
 mod report;
 mod rest;
 mod run;
@@ -106,6 +109,15 @@ struct Cli {
     /// After a phase, wait at most this long for the promised deliveries
     #[arg(long, default_value_t = 5.0)]
     drain_secs: f64,
+    /// Hostile connections beside the measured ones (unauthenticated bodies, slowloris heads, oversized messages, garbage frames, never-readers), each kind reconnecting when the server ends it: the measured phases run first without them, then again under attack
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    hostile: usize,
+    /// Kinds of hostile connection, spread evenly over --hostile
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = hostile::Kind::ALL, value_name = "KIND,…")]
+    hostile_kinds: Vec<hostile::Kind>,
+    /// Seconds of each phase under attack [default: the phase's own length]
+    #[arg(long, value_name = "S")]
+    hostile_secs: Option<f64>,
     /// Also write an HTML report with charts to this file
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,

@@ -49,7 +49,13 @@ pub struct RestConfig {
     pub targets: usize,
     pub lanes: usize,
     pub window: usize,
+    /// The most deliveries one answer can promise to the measured clients,
+    /// when other connections (`--hostile`) get the broadcasts too.
+    pub audience: Option<Audience>,
 }
+
+/// How many measured connections are open now.
+pub type Audience = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// How a phase is paced.
 #[derive(Debug, Clone, Copy)]
@@ -151,9 +157,12 @@ impl RestDriver {
             let tally = self.tally.clone();
             let live = self.live.clone();
             let dead = dead.clone();
+            let audience = self.cfg.audience.clone();
             std::thread::Builder::new()
                 .name(format!("lt-rest-{i}"))
-                .spawn(move || read_answers(stream, meta_rx, permit_tx, tally, live, dead))?
+                .spawn(move || {
+                    read_answers(stream, meta_rx, permit_tx, tally, live, dead, audience)
+                })?
         };
         Ok(Lane {
             stream,
@@ -422,6 +431,7 @@ fn read_answers(
     tally: Arc<Mutex<Tally>>,
     live: Arc<Live>,
     dead: Arc<AtomicBool>,
+    audience: Option<Audience>,
 ) {
     let finder = memmem::Finder::new(b"\"sentToConnections\":");
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -436,7 +446,8 @@ fn read_answers(
                     .saturating_record((now - sent_at).as_micros().max(1) as u64);
                 let n = finder
                     .find(&answer.body)
-                    .and_then(|at| leading_number(&answer.body[at + 20..]));
+                    .and_then(|at| leading_number(&answer.body[at + 20..]))
+                    .map(|n| audience.as_ref().map_or(n, |open| n.min(open())));
                 if answer.status == 200 {
                     t.ok += 1;
                     if let Some(n) = n {
@@ -686,6 +697,7 @@ mod tests {
                 targets: 2,
                 lanes: 1,
                 window: 1,
+                audience: None,
             },
             lanes: Vec::new(),
             tally: Arc::new(Mutex::new(Tally::new())),

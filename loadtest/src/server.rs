@@ -143,8 +143,12 @@ impl ServerUnderTest {
             .collect()
     }
 
-    /// The processes that serve: every node, and a Redis started here.
-    fn pids(&self) -> Vec<u32> {
+    /// The processes that serve: every node, and a Redis started here;
+    /// none when the server's own pid is unknown.
+    pub fn pids(&self) -> Vec<u32> {
+        if self.pid.is_none() {
+            return Vec::new();
+        }
         let mut v: Vec<u32> = self.pid.into_iter().collect();
         v.extend(self.others.iter().filter_map(|n| n.pid));
         v.extend(self.redis.as_ref().map(Child::id));
@@ -153,8 +157,7 @@ impl ServerUnderTest {
 
     /// Resident memory of the serving processes together.
     pub fn rss_bytes(&self) -> Option<u64> {
-        self.pid?;
-        self.pids().into_iter().map(sys::rss_bytes).sum()
+        sys::rss_sum(&self.pids())
     }
 
     /// CPU seconds of the serving processes together.

@@ -1,9 +1,14 @@
-//! What the tool asks of Linux: the open-file limit, and a process's memory
-//! and CPU time from `/proc`, and which process listens on a port.
+//! What the tool asks of Linux: the open-file limit, a process's memory and
+//! CPU time from `/proc`, which process listens on a port, and the client
+//! sockets (source address, receive buffer, non-blocking connect).
 
 use std::fs;
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::time::SystemTime;
+
+use socket2::{Domain, Socket, Type};
 
 /// Open-file limits after raising the soft one to the hard one.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +75,49 @@ pub fn bind_address_no_port(fd: std::os::fd::RawFd) {
     }
 }
 
+/// The `i`-th of `k` loopback source addresses, 127.0.0.1 … 127.0.0.K in
+/// turn.
+pub fn source_addr(i: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i % k.clamp(1, 254)) as u8)
+}
+
+/// A non-blocking TCP socket from the start (no `fcntl`s), bound to the
+/// loopback address `source` (the port chosen at connect, see
+/// [`bind_address_no_port`]), its connect to `target` under way. `rcvbuf`
+/// sets the receive buffer first, while it still decides the window.
+pub fn connect_from(
+    source: Ipv4Addr,
+    target: SocketAddr,
+    rcvbuf: Option<usize>,
+) -> io::Result<mio::net::TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)?;
+    if let Some(bytes) = rcvbuf {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    bind_address_no_port(socket.as_raw_fd());
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
+}
+
+/// After a readiness event on a socket from [`connect_from`]: `Ok(true)`
+/// once connected, `Ok(false)` while the connect goes on, `Err` when it
+/// failed (refused, unreachable).
+pub fn connect_done(stream: &mio::net::TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Asks the kernel to kill this process when its parent dies (a child
 /// server must never outlive the tool).
 pub fn die_with_parent() {
@@ -90,6 +138,15 @@ pub fn send_signal(pid: u32, sig: libc::c_int) {
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status_kib(&status, "VmRSS:").map(|k| k * 1024)
+}
+
+/// Resident memory of processes together: `None` without any, or when
+/// one cannot be read.
+pub fn rss_sum(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| rss_bytes(*p)).sum()
 }
 
 fn status_kib(status: &str, key: &str) -> Option<u64> {

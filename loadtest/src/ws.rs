@@ -167,6 +167,19 @@ pub fn upgrade_request(host: &str, path: &str, token: &str, in_header: bool, key
     req.into_bytes()
 }
 
+/// [`upgrade_request`] with a fresh `Sec-WebSocket-Key`, and the
+/// `Sec-WebSocket-Accept` the `101` must carry.
+pub fn keyed_upgrade_request(
+    host: &str,
+    path: &str,
+    token: &str,
+    in_header: bool,
+) -> (Vec<u8>, String) {
+    let key = tungstenite::handshake::client::generate_key();
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    (upgrade_request(host, path, token, in_header, &key), accept)
+}
+
 /// Checks the server's answer to the upgrade request. `Ok(None)`: the head
 /// is not complete yet; `Ok(Some(n))`: a valid `101` whose head is `n` bytes
 /// long (what follows is frames); `Err`: refused, with a short reason (the

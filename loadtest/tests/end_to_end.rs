@@ -51,6 +51,11 @@ fn check_delivery(report: &Value, connections: u64) {
     assert_eq!(report["connect"]["open"], connections, "{report}");
     let phase = &report["phases"][0];
     assert_eq!(phase["name"], "throughput");
+    check_phase(phase, connections);
+}
+
+/// Every broadcast of the phase reached every measured connection, in order.
+fn check_phase(phase: &Value, connections: u64) {
     let expected = phase["expected"].as_u64().unwrap_or(0);
     let requests = phase["requests_ok"].as_u64().unwrap_or(0);
     assert!(requests > 0, "{phase}");
@@ -71,6 +76,9 @@ fn one_node_delivers_every_broadcast_to_every_connection() {
     assert!(r["memory"]["server_bytes_per_connection"]
         .as_f64()
         .is_some());
+    // Without --hostile: no attack, and no phase under one.
+    assert!(r["hostile"].is_null(), "{}", r["hostile"]);
+    assert_eq!(r["phases"][0]["hostile"], false);
 }
 
 #[test]
@@ -80,4 +88,71 @@ fn a_three_node_cluster_delivers_every_broadcast_sent_to_node_0_everywhere() {
     assert_eq!(r["server"]["kind"], "cluster");
     assert_eq!(r["server"]["nodes"], 3);
     check_delivery(&r, 300);
+}
+
+#[test]
+fn hostile_connections_of_every_kind_are_ended_by_the_server_while_the_measured_lose_nothing() {
+    // 40 hostile connections, 8 of each kind, beside 200 measured ones. The
+    // attack lasts past the server's 10 s request deadline, so that bodies
+    // and slowloris heads are ended too; 8 KiB payloads fill a
+    // never-reader's outbound cap (1 MiB) within a few seconds.
+    let r = run(&[
+        "-n",
+        "200",
+        "--hostile",
+        "40",
+        "--duration",
+        "1",
+        "--hostile-secs",
+        "12",
+        "--payload-bytes",
+        "8192",
+    ]);
+    let phases = r["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["throughput", "hostile"]);
+    assert_eq!(phases[0]["hostile"], false);
+    assert_eq!(phases[1]["hostile"], true);
+    // Only the measured connections count as deliveries, though the hostile
+    // WebSockets get the broadcasts too.
+    for phase in phases {
+        check_phase(phase, 200);
+    }
+
+    let h = &r["hostile"];
+    assert_eq!(h["connections"], 40, "{h}");
+    assert_eq!(h["lost"], 0, "{h}");
+    assert_eq!(h["out_of_order"], 0, "{h}");
+    let c = &h["compared"][0];
+    assert_eq!(
+        (&c["without"], &c["with"]),
+        (&"throughput".into(), &"hostile".into())
+    );
+    for f in ["p99_ms_without", "p99_ms_with"] {
+        assert!(c[f].as_f64().is_some_and(|v| v > 0.0), "{f}: {c}");
+    }
+    let peak = h["server_rss_peak_bytes"].as_u64().expect("peak RSS");
+    assert!(peak >= h["server_rss_start_bytes"].as_u64().expect("start RSS"));
+
+    let kinds = h["kinds"].as_array().expect("kinds");
+    let names: Vec<&str> = kinds.iter().filter_map(|k| k["kind"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["bodies", "slowloris", "oversized", "garbage", "nonreader"]
+    );
+    for k in kinds {
+        assert_eq!(k["slots"], 8, "{k}");
+        assert!(k["opened"].as_u64().unwrap_or(0) >= 8, "{k}");
+        assert!(k["bytes_sent"].as_u64().unwrap_or(0) > 0, "{k}");
+        assert!(k["ended_by_server"].as_u64().unwrap_or(0) > 0, "{k}");
+    }
+    let ended = |kind: usize| kinds[kind]["ended"].as_object().expect("ended").clone();
+    assert!(ended(2).contains_key("close 1009"), "{}", kinds[2]);
+    assert!(
+        ended(3)
+            .keys()
+            .any(|k| k == "close 1002" || k == "close 1007"),
+        "{}",
+        kinds[3]
+    );
 }

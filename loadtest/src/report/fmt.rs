@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Pct, PhaseInfo};
+use super::{HostileInfo, Pct, PhaseInfo};
+use crate::hostile::KindStats;
 
 /// A count or rate with a k/M/G suffix, about three significant digits:
 /// the table's columns stay narrow.
@@ -55,6 +56,28 @@ pub(super) fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
 /// show them.
 pub(super) fn latency_cols(l: &Pct) -> [String; 4] {
     [ms(l.p50), ms(l.p99), ms(l.p999), ms(l.max)]
+}
+
+/// The server's RSS at the start of an attack, at its peak and at the stop.
+pub(super) fn rss_cols(h: &HostileInfo) -> [String; 3] {
+    [
+        h.server_rss_start_bytes,
+        h.server_rss_peak_bytes,
+        h.server_rss_end_bytes,
+    ]
+    .map(|b| opt(b, |b| bytes(b as f64)))
+}
+
+/// One hostile kind: name, connections at once, opened, bytes sent, and
+/// how they ended.
+pub(super) fn kind_cols(k: &KindStats) -> [String; 5] {
+    [
+        k.kind.name().into(),
+        k.slots.to_string(),
+        k.opened.to_string(),
+        bytes(k.bytes_sent as f64),
+        map_text(&k.ended),
+    ]
 }
 
 /// Counts by reason, e.g. `401: 3, timeout: 1`, or `none`.

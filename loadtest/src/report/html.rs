@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{bytes, esc, latency_cols, ms, opt, pace, si};
+use super::fmt::{bytes, esc, kind_cols, latency_cols, ms, opt, pace, rss_cols, si};
 use super::Report;
 
 impl Report {
@@ -25,7 +25,9 @@ impl Report {
         self.kpis(&mut h);
         self.charts(&mut h);
         self.phase_table(&mut h);
-        h.push_str("</table><h2>Summary</h2><pre>");
+        h.push_str("</table>");
+        self.hostile_section(&mut h);
+        h.push_str("<h2>Summary</h2><pre>");
         h.push_str(&esc(&self.table()));
         h.push_str("</pre><h2>JSON</h2><pre>");
         h.push_str(&esc(&serde_json::to_string_pretty(self).unwrap_or_default()));
@@ -132,5 +134,51 @@ impl Report {
                 opt(p.server_cpu_s, |v| format!("{v:.2}"))
             );
         }
+    }
+
+    /// `--hostile`: the phases without and with the attack, the server's
+    /// RSS over the attack, and per kind what the connections did.
+    fn hostile_section(&self, h: &mut String) {
+        let Some(x) = &self.hostile else {
+            return;
+        };
+        let _ = write!(
+            h,
+            "<h2>Hostile connections</h2><p>{} hostile connections for {:.1} s beside the measured ones: each measured phase ran first without them, then again with them. Under attack the measured clients lost <span{}>{}</span> messages, {} out of order.</p>",
+            x.connections,
+            x.seconds,
+            if x.lost > 0 { " class=bad" } else { "" },
+            x.lost,
+            x.out_of_order
+        );
+        h.push_str("<table><tr><th>without</th><th>p50 ms</th><th>p99 ms</th><th>with</th><th>p50 ms</th><th>p99 ms</th><th>lost with</th></tr>");
+        for c in &x.compared {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.without),
+                ms(c.p50_ms_without),
+                ms(c.p99_ms_without),
+                esc(&c.with),
+                ms(c.p50_ms_with),
+                ms(c.p99_ms_with),
+                c.lost_with
+            );
+        }
+        let [start, peak, end] = rss_cols(x);
+        let _ = write!(
+            h,
+            "</table><h2>Server RSS under attack</h2><p>{start} at the start, peak {peak}, {end} at the stop.</p>"
+        );
+        h.push_str(&self.rss_svg());
+        h.push_str("<h2>Hostile connections by kind</h2><table><tr><th>kind</th><th>at once</th><th>opened</th><th>sent</th><th>ended</th></tr>");
+        for k in &x.kinds {
+            h.push_str("<tr>");
+            for col in kind_cols(k) {
+                let _ = write!(h, "<td>{}</td>", esc(&col));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
     }
 }

@@ -168,6 +168,8 @@ pub struct PhaseInfo {
     pub histogram: Bars,
     #[serde(skip)]
     pub warmup: bool,
+    /// Run under attack (`--hostile`): a measured phase again.
+    pub hostile: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,6 +212,61 @@ pub struct Report {
     pub deliveries_per_100ms: Vec<u64>,
     #[serde(skip)]
     pub connect_ramp: Vec<(f64, usize)>,
+    /// `--hostile`: the attack and what it did (`null` without one).
+    pub hostile: Option<HostileInfo>,
+}
+
+/// The measured phases beside hostile connections (`--hostile`).
+#[derive(Debug, Serialize)]
+pub struct HostileInfo {
+    /// Hostile connections at once (slots, spread evenly over the kinds).
+    pub connections: usize,
+    /// From the first hostile connect to the stop.
+    pub seconds: f64,
+    /// What the measured clients lost, and got out of order, under attack.
+    pub lost: u64,
+    pub out_of_order: u64,
+    /// Each measured phase beside its repeat under attack.
+    pub compared: Vec<Compared>,
+    /// Server RSS when the attack started, its peak (sampled every 50 ms)
+    /// and when it stopped.
+    pub server_rss_start_bytes: Option<u64>,
+    pub server_rss_peak_bytes: Option<u64>,
+    pub server_rss_end_bytes: Option<u64>,
+    /// Per kind: slots, connections opened, how the server ended them,
+    /// bytes sent.
+    pub kinds: Vec<crate::hostile::KindStats>,
+    /// (seconds since the attack started, server RSS bytes), for the page.
+    #[serde(skip)]
+    pub rss_curve: Vec<(f64, u64)>,
+}
+
+/// One measured phase without the attack and its repeat under attack.
+#[derive(Debug, Serialize)]
+pub struct Compared {
+    pub without: String,
+    pub with: String,
+    pub p50_ms_without: f64,
+    pub p50_ms_with: f64,
+    pub p99_ms_without: f64,
+    pub p99_ms_with: f64,
+    pub lost_without: u64,
+    pub lost_with: u64,
+}
+
+impl Compared {
+    pub fn of(without: &PhaseInfo, with: &PhaseInfo) -> Compared {
+        Compared {
+            without: without.name.clone(),
+            with: with.name.clone(),
+            p50_ms_without: without.latency_ms.p50,
+            p50_ms_with: with.latency_ms.p50,
+            p99_ms_without: without.latency_ms.p99,
+            p99_ms_with: with.latency_ms.p99,
+            lost_without: without.lost,
+            lost_with: with.lost,
+        }
+    }
 }
 
 /// Points of a percentile curve: (quantile, ms).

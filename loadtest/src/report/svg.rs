@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{esc, ms, si};
+use super::fmt::{bytes, esc, ms, si};
 use super::{PhaseInfo, Report};
 
 impl Report {
@@ -251,30 +251,46 @@ impl Report {
     }
 
     pub(super) fn ramp_svg(&self) -> String {
-        let (mut s, l, pw, ph) = chart(200.0, 10.0);
-        let tmax = self
-            .connect_ramp
-            .last()
-            .map(|r| r.0)
-            .unwrap_or(1.0)
-            .max(0.1);
-        let cmax = nice(self.connect.requested.max(1) as f64);
-        let x = |t: f64| l + pw * t / tmax;
-        let y = |c: f64| 10.0 + ph * (1.0 - c / cmax);
-        let pts: Vec<String> = self
+        let pts: Vec<(f64, f64)> = self
             .connect_ramp
             .iter()
-            .map(|(t, c)| format!("{:.1},{:.1}", x(*t), y(*c as f64)))
+            .map(|(t, c)| (*t, *c as f64))
             .collect();
-        axis_y(&mut s, l, 10.0, ph, cmax, si);
-        axis_x(&mut s, ph, tmax, x, |t| format!("{t:.1}s"));
-        let _ = write!(
-            s,
-            "<polyline points='{}' fill='none' stroke='#1f6feb' stroke-width='1.6'/></svg>",
-            pts.join(" ")
-        );
-        s
+        line_svg(&pts, self.connect.requested as f64, si)
     }
+
+    /// The server's RSS while the hostile connections ran.
+    pub(super) fn rss_svg(&self) -> String {
+        let pts: Vec<(f64, f64)> = self
+            .hostile
+            .iter()
+            .flat_map(|h| h.rss_curve.iter().map(|(t, b)| (*t, *b as f64)))
+            .collect();
+        let peak = pts.iter().map(|p| p.1).fold(0.0, f64::max);
+        line_svg(&pts, peak, bytes)
+    }
+}
+
+/// One curve over time (seconds, from 0), its y-axis from 0 to `ymax`
+/// rounded up to a nice number, labelled by `label`.
+fn line_svg(pts: &[(f64, f64)], ymax: f64, label: impl Fn(f64) -> String) -> String {
+    let (mut s, l, pw, ph) = chart(200.0, 10.0);
+    let tmax = pts.last().map(|p| p.0).unwrap_or(1.0).max(0.1);
+    let ymax = nice(ymax.max(1.0));
+    let x = |t: f64| l + pw * t / tmax;
+    let y = |v: f64| 10.0 + ph * (1.0 - v / ymax);
+    let line: Vec<String> = pts
+        .iter()
+        .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+        .collect();
+    axis_y(&mut s, l, 10.0, ph, ymax, label);
+    axis_x(&mut s, ph, tmax, x, |t| format!("{t:.1}s"));
+    let _ = write!(
+        s,
+        "<polyline points='{}' fill='none' stroke='#1f6feb' stroke-width='1.6'/></svg>",
+        line.join(" ")
+    );
+    s
 }
 
 /// Every chart's frame: 1000 px wide and `h` high, the y-axis labels in

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{bytes, latency_cols, map_text, ms, opt, pace, si};
+use super::fmt::{bytes, kind_cols, latency_cols, map_text, ms, opt, pace, rss_cols, si};
 use super::Report;
 
 impl Report {
@@ -14,6 +14,7 @@ impl Report {
         self.setup_lines(&mut o);
         self.connect_lines(&mut o);
         self.phase_rows(&mut o);
+        self.hostile_lines(&mut o);
         self.closing_lines(&mut o);
         o
     }
@@ -128,6 +129,45 @@ impl Report {
                 } else {
                     format!("  REST errors: {}", map_text(&p.rest_errors))
                 }
+            );
+        }
+        let _ = writeln!(o);
+    }
+
+    /// `--hostile`: what the measured clients lost under attack, their
+    /// latency without and with it, the server's RSS, and per kind what the
+    /// hostile connections did and how the server ended them.
+    fn hostile_lines(&self, o: &mut String) {
+        let Some(h) = &self.hostile else {
+            return;
+        };
+        let _ = writeln!(
+            o,
+            "hostile       {} connections for {:.1} s beside the measured ones, which lost {} ({} out of order) under attack",
+            h.connections, h.seconds, h.lost, h.out_of_order
+        );
+        for c in &h.compared {
+            let _ = writeln!(
+                o,
+                "hostile p99   {} ms without ({}) → {} ms with ({}); p50 {} → {} ms",
+                ms(c.p99_ms_without),
+                c.without,
+                ms(c.p99_ms_with),
+                c.with,
+                ms(c.p50_ms_without),
+                ms(c.p50_ms_with)
+            );
+        }
+        let [start, peak, end] = rss_cols(h);
+        let _ = writeln!(
+            o,
+            "hostile rss   server {start} at the start → peak {peak} → {end} at the stop"
+        );
+        for k in &h.kinds {
+            let [kind, slots, opened, sent, ended] = kind_cols(k);
+            let _ = writeln!(
+                o,
+                "hostile kind  {kind:<10} {slots} at once, {opened} opened, {sent} sent; ended: {ended}"
             );
         }
         let _ = writeln!(o);

@@ -1,7 +1,6 @@
 //! Opening the connections: the client threads, the connect ramp (with its
 //! progress bar), and settling before the connected figures are taken.
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -102,7 +101,7 @@ fn spawn_workers(
         per_worker[i % threads].push(ConnSpec {
             target: (i % endpoints.len()) as u16,
             user: (i % sizes.users) as u32,
-            source: Ipv4Addr::new(127, 0, 0, 1 + (i % sizes.source_addrs) as u8),
+            source: sys::source_addr(i, sizes.source_addrs),
         });
     }
     let mut workers = Vec::new();

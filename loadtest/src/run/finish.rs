@@ -96,6 +96,7 @@ impl Run {
     pub(super) fn report(&mut self, samples: &Samples, workers: &[WorkerResult]) -> Report {
         let merged = merge_workers(workers, &mut self.ran);
         let phases: Vec<PhaseInfo> = self.ran.iter().map(|r| self.phase_info(r)).collect();
+        let hostile = self.hostile_info(&phases);
         let memory = self.memory(samples);
         let capacity = self.capacity(&phases, memory.server_bytes_per_connection);
         if memory.combined {
@@ -147,6 +148,7 @@ impl Run {
             notes: std::mem::take(&mut self.notes),
             deliveries_per_100ms: merged.buckets,
             connect_ramp: std::mem::take(&mut self.clients.ramp),
+            hostile,
         }
     }
 
@@ -204,6 +206,7 @@ impl Run {
             curve,
             histogram,
             warmup: r.plan.warmup,
+            hostile: r.plan.hostile(),
         }
     }
 
@@ -243,9 +246,11 @@ impl Run {
         let bound = self.cli.p99_bound_ms;
         let best = phases
             .iter()
-            .filter(|p| !p.warmup && p.within_bound)
+            .filter(|p| !p.warmup && !p.hostile && p.within_bound)
             .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s));
-        let measured_any = phases.iter().any(|p| !p.warmup && p.received > 0);
+        let measured_any = phases
+            .iter()
+            .any(|p| !p.warmup && !p.hostile && p.received > 0);
         let basis = match best {
             Some(p) => format!(
                 "phase {} ({:.0} requests/s, p99 {:.2} ms, nothing lost){}",

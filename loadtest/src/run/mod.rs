@@ -6,10 +6,12 @@
 //! setup.rs    flags checked, watchdog, sizes under the open-file limit, the server(s), tokens
 //! connect.rs  the client threads and the connect ramp, then settling (a cluster's presence)
 //! phases.rs   the REST driver and the load phases: warm-up, throughput, fixed rate, sweep
+//! attack.rs   --hostile: the measured phases again beside hostile connections, server RSS
 //! sweep.rs    how the sweep picks its next rate
 //! finish.rs   stopping clients and server(s), the figures, the report
 //! ```
 
+mod attack;
 mod connect;
 mod finish;
 mod phases;
@@ -23,6 +25,7 @@ use crate::server::{Kind, ServerUnderTest};
 use crate::sys;
 use crate::Cli;
 
+use attack::Attacked;
 use connect::Clients;
 use finish::Samples;
 use phases::{Load, Ran};
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> Result<Report, String> {
         load: None,
         ran: Vec::new(),
         sweep: None,
+        attacked: None,
     };
     run.settle();
     let connected = Sample::take(&run.server.srv);
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> Result<Report, String> {
     run.warm_up();
     run.throughput();
     run.fixed_rate();
+    run.attack();
     run.sweep();
     let loaded = Sample::take(&run.server.srv);
     let workers = run.stop();
@@ -92,6 +97,8 @@ struct Run {
     ran: Vec<Ran>,
     /// `--sweep`, once started: the report's word when every step failed.
     sweep: Option<Sweep>,
+    /// `--hostile`, once the attack is over: what it did.
+    attacked: Option<Attacked>,
 }
 
 fn say(msg: impl AsRef<str>) {

@@ -2,6 +2,7 @@
 //! (as fast as the window allows), a fixed offered rate, and the rate
 //! sweep, each run the same way by `Run::phase`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ pub struct Plan {
     pub pace: Pace,
     pub secs: f64,
     pub warmup: bool,
+    /// Under attack (`--hostile`): the phase this one runs again.
+    pub repeats: Option<String>,
 }
 
 impl Plan {
@@ -27,7 +30,7 @@ impl Plan {
         Plan::windowed("warmup", cli.warmup_secs, true, cli)
     }
 
-    fn throughput(cli: &Cli) -> Option<Plan> {
+    pub(super) fn throughput(cli: &Cli) -> Option<Plan> {
         Plan::windowed("throughput", cli.duration, false, cli)
     }
 
@@ -41,10 +44,11 @@ impl Plan {
             },
             secs,
             warmup,
+            repeats: None,
         })
     }
 
-    fn rate(cli: &Cli) -> Option<Plan> {
+    pub(super) fn rate(cli: &Cli) -> Option<Plan> {
         cli.rate.map(|r| Plan {
             name: "rate".into(),
             pace: Pace::Rate(r),
@@ -54,16 +58,24 @@ impl Plan {
                 10.0
             }),
             warmup: false,
+            repeats: None,
         })
+    }
+
+    /// Whether the phase runs under attack.
+    pub fn hostile(&self) -> bool {
+        self.repeats.is_some()
     }
 }
 
-/// How many phases run before the sweep.
+/// How many phases run before the sweep (those under attack included).
 fn phases_before_sweep(cli: &Cli) -> usize {
-    [Plan::warmup(cli), Plan::throughput(cli), Plan::rate(cli)]
+    let measured = [Plan::throughput(cli), Plan::rate(cli)]
         .iter()
         .flatten()
-        .count()
+        .count();
+    let attacked = if cli.hostile > 0 { measured } else { 0 };
+    usize::from(Plan::warmup(cli).is_some()) + measured + attacked
 }
 
 /// What is known of a phase once it is over.
@@ -176,6 +188,7 @@ fn phases_budget(cli: &Cli) -> f64 {
             0.0
         }
         + (phases_before_sweep(cli) + cli.sweep_steps + 2) as f64 * (cli.drain_secs + 12.0)
+        + super::attack::budget(cli)
 }
 
 /// Asks the workers for what they recorded in phase `index` and gathers it
@@ -230,6 +243,7 @@ impl Run {
             targets: cli.targets,
             lanes: self.sizes.rest_conns,
             window: self.sizes.window,
+            audience: self.audience(),
         })
         .map_err(|e| format!("cannot open the REST connection: {e}"))?;
         let per_user = self.sizes.per_user;
@@ -245,6 +259,21 @@ impl Run {
             next_seq: 0,
         });
         Ok(())
+    }
+
+    /// With `--hostile`, the measured connections open at each answer: the
+    /// hostile WebSockets get broadcasts too, and the server's
+    /// `sentToConnections` counts them, but only the measured ones read
+    /// what they get.
+    fn audience(&self) -> Option<rest::Audience> {
+        if self.cli.hostile == 0 {
+            return None;
+        }
+        let shared = Arc::clone(&self.clients.shared);
+        Some(Arc::new(move || {
+            let open = shared.connected.load(Ordering::Relaxed);
+            open.saturating_sub(shared.dropped.load(Ordering::Relaxed)) as u64
+        }))
     }
 
     /// Load before the measured phases, reported apart.
@@ -279,7 +308,9 @@ impl Run {
         let ceiling = self
             .ran
             .iter()
-            .filter(|r| !r.plan.warmup && matches!(r.plan.pace, Pace::Window { .. }))
+            .filter(|r| {
+                !r.plan.warmup && !r.plan.hostile() && matches!(r.plan.pace, Pace::Window { .. })
+            })
             .map(|r| r.tally.ok as f64 / r.sent.elapsed.as_secs_f64().max(1e-3))
             .fold(0.0, f64::max);
         let steps = self
@@ -294,6 +325,7 @@ impl Run {
                 pace: Pace::Rate(rate),
                 secs: step_secs,
                 warmup: false,
+                repeats: None,
             };
             let Some(r) = self.phase(plan) else { break };
             let kept_up = r.tally.ok as f64 >= 0.95 * rate * r.plan.secs;
@@ -312,7 +344,7 @@ impl Run {
 
     /// Runs one phase and records it; `None` when it could not run (the
     /// note says why) or no connection opened.
-    fn phase(&mut self, plan: Plan) -> Option<&Ran> {
+    pub(super) fn phase(&mut self, plan: Plan) -> Option<&Ran> {
         let load = self.load.as_mut()?;
         let shared = &self.clients.shared;
         let (index, first_seq) = match load.begin(&plan, shared) {

@@ -36,6 +36,19 @@ pub fn check_flags(cli: &Cli) -> Result<(), String> {
             return Err("--rate must be above 0 and at most 10,000,000".into());
         }
     }
+    check_hostile_flags(cli)
+}
+
+fn check_hostile_flags(cli: &Cli) -> Result<(), String> {
+    if cli.hostile > 100_000 {
+        return Err("--hostile is at most 100,000".into());
+    }
+    if cli.hostile_secs.is_some_and(|s| !(s > 0.0 && s <= 3600.0)) {
+        return Err("--hostile-secs must be above 0 and at most 3600 seconds".into());
+    }
+    if cli.hostile > 0 && cli.duration <= 0.0 && cli.rate.is_none() {
+        return Err("--hostile runs a measured phase again under attack: it needs --duration above 0 or --rate".into());
+    }
     Ok(())
 }
 
@@ -49,6 +62,7 @@ pub fn start_watchdog(cli: &Cli) {
         + cli.rate_secs.unwrap_or(cli.duration.max(10.0))
         + (cli.sweep_steps as f64) * (cli.sweep_step_secs + cli.drain_secs + 12.0)
         + 4.0 * (cli.drain_secs + 12.0)
+        + super::attack::budget(cli)
         + 180.0;
     let _ = std::thread::Builder::new()
         .name("lt-watchdog".into())
@@ -90,7 +104,7 @@ impl Sizes {
         let fd =
             sys::raise_fd_limit().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
         let kind = server_kind(cli);
-        let reserve = 64 + 2 * rest_conns as u64;
+        let reserve = 64 + 2 * rest_conns as u64 + cli.hostile as u64;
         let fit = match kind {
             // Client and server sockets in one process: two fds per connection.
             Kind::InProcess => fd.soft.saturating_sub(2 * reserve) / 2,
@@ -339,13 +353,8 @@ impl Credentials {
     /// the bearer is `--admin-key`, or an admin JWT.
     pub fn mint(cli: &Cli, secret: &str, users: usize) -> Result<Credentials, String> {
         let exp = wsedge::now_secs() + 6 * 3600;
-        let user_ids: Arc<Vec<String>> = Arc::new((0..users).map(|i| format!("lt-u{i}")).collect());
-        let tokens: Arc<Vec<String>> = Arc::new(
-            user_ids
-                .iter()
-                .map(|u| wsedge::mint_hs256(secret, &json!({"sub": u, "exp": exp})))
-                .collect(),
-        );
+        let (user_ids, tokens) = user_tokens(secret, "lt-u", users);
+        let (user_ids, tokens) = (Arc::new(user_ids), Arc::new(tokens));
         let bearer = match &cli.admin_key {
             Some(k) => k.clone(),
             None => {
@@ -365,6 +374,18 @@ impl Credentials {
             bearer,
         })
     }
+}
+
+/// `n` users `{prefix}0`, `{prefix}1`, … and a token for each, valid for
+/// six hours.
+pub fn user_tokens(secret: &str, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
+    let exp = wsedge::now_secs() + 6 * 3600;
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let tokens = ids
+        .iter()
+        .map(|u| wsedge::mint_hs256(secret, &json!({"sub": u, "exp": exp})))
+        .collect();
+    (ids, tokens)
 }
 
 #[cfg(test)]
