@@ -54,10 +54,13 @@ pub enum Command {
         frame: SharedFrame,
         users: Vec<String>,
     },
-    /// Close every connection of these users on this shard.
-    DisconnectUsers { users: Vec<String>, code: CloseCode },
-    /// Close one connection (if it is still that connection).
-    Close { conn: ConnRef, code: CloseCode },
+    /// Close these connections of this shard (each only if it is still
+    /// that connection). Presence no longer counts them: the operation that
+    /// sent this took them out.
+    Close {
+        conns: Vec<ConnRef>,
+        code: CloseCode,
+    },
     /// Close every WebSocket with 1001, finish REST answers, then stop.
     Shutdown,
 }

@@ -140,7 +140,7 @@ impl Handle {
             None => {
                 let exclude: HashSet<String> = exclude.iter().cloned().collect();
                 let excluded: usize = exclude.iter().map(|u| shared.presence.count(u)).sum();
-                let total = shared.metrics.connections().saturating_sub(excluded);
+                let total = shared.presence.total().saturating_sub(excluded);
                 let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
                 shared.bus.send_all(|| Command::BroadcastAll {
                     frame: frame.clone(),
@@ -213,7 +213,10 @@ impl Handle {
 
     /// Closes every connection of a user, on every node in cluster mode:
     /// `4000` when it may reconnect, `4500` when not. Returns how many
-    /// connections were asked to close.
+    /// connections were asked to close. From the return on, they count
+    /// nowhere (status, sends, stats, the per-user limit) although each
+    /// may take its close handshake (up to 3 s) to go; a connection the
+    /// user opens after the call stays open and counts.
     pub fn disconnect_user(&self, user_id: &str, reconnect: bool) -> usize {
         let code = CloseCode::disconnect(reconnect);
         let local = self.disconnect_local(user_id, code);
@@ -221,41 +224,60 @@ impl Handle {
             return local;
         };
         let remote = cluster.remote_user_count(user_id);
-        cluster.publish(Body::Disconnect {
+        let published = cluster.publish(Body::Disconnect {
             user: user_id.to_string(),
             code: code.code(),
         });
+        if !published {
+            return local;
+        }
+        // The other nodes take the user out of their presence when the
+        // packet arrives, and their change comes back within ~50 ms; until
+        // then this node's copies must not count the connections either.
+        cluster.forget_user(user_id);
         local + remote
     }
 
-    /// Closes the connections of `user_id` on this node only.
+    /// Closes the connections of `user_id` on this node only: takes them
+    /// out of presence now, and asks their shards to close exactly those.
     pub(crate) fn disconnect_local(&self, user_id: &str, code: CloseCode) -> usize {
-        let mut total = 0;
-        for (shard, n) in self.shared.presence.shards_of(user_id) {
-            total += n as usize;
-            self.shared.bus.send(
-                shard,
-                Command::DisconnectUsers {
-                    users: vec![user_id.to_string()],
-                    code,
-                },
-            );
+        let conns = self.shared.presence.take_user(user_id);
+        let total = conns.len();
+        let mut per_shard: Vec<Vec<ConnRef>> = vec![Vec::new(); self.shared.bus.shard_count()];
+        for c in conns {
+            if let Some(list) = per_shard.get_mut(usize::from(c.shard)) {
+                list.push(c);
+            }
+        }
+        for (shard, conns) in per_shard.into_iter().enumerate() {
+            if !conns.is_empty() {
+                self.shared.bus.send(shard, Command::Close { conns, code });
+            }
         }
         total
     }
 
-    /// Closes one connection by its `connectionId`; false when the id is not
-    /// well formed. A stale id (connection gone, slot reused) is ignored by
-    /// the shard. Connection ids are per node: in cluster mode this closes
-    /// a connection of this node only.
+    /// Closes one connection by its `connectionId`, taking it out of
+    /// presence at once as [`Handle::disconnect_user`] does. False when the
+    /// id names no connection that counts on this node (malformed, stale,
+    /// already closing). Connection ids are per node: in cluster mode this
+    /// closes a connection of this node only.
     pub fn disconnect_connection(&self, connection_id: &str, reconnect: bool) -> bool {
         let Some(conn) = ConnRef::parse(connection_id) else {
             return false;
         };
+        if !self.shared.presence.take_conn(conn) {
+            return false;
+        }
         let code = CloseCode::disconnect(reconnect);
-        self.shared
-            .bus
-            .send(conn.shard as usize, Command::Close { conn, code })
+        self.shared.bus.send(
+            conn.shard as usize,
+            Command::Close {
+                conns: vec![conn],
+                code,
+            },
+        );
+        true
     }
 
     /// Counters and up to 1000 connected user ids.
@@ -264,18 +286,17 @@ impl Handle {
     }
 
     pub fn stats_limited(&self, limit: usize) -> Stats {
-        let m = &self.shared.metrics;
         let Some(cluster) = &self.shared.cluster else {
-            let (users, users_truncated) = self.shared.presence.users(limit);
+            let (users, total_users) = self.shared.presence.users(limit);
             return Stats {
-                total_connections: m.connections(),
-                total_users: self.shared.presence.user_count(),
+                total_users,
+                users_truncated: total_users > users.len(),
                 users,
-                users_truncated,
                 ..self.node_stats()
             };
         };
-        let mut all: HashSet<String> = self.shared.presence.all_users().into_iter().collect();
+        let (mut all, _) = self.shared.presence.users(usize::MAX);
+        let mut all: HashSet<String> = all.drain(..).collect();
         cluster.remote_users(&mut all);
         let total_users = all.len();
         let mut users: Vec<String> = all.into_iter().collect();
@@ -310,19 +331,16 @@ impl Handle {
     /// This node's own counters, users left empty.
     fn node_stats(&self) -> Stats {
         let m = &self.shared.metrics;
+        let per_shard = self.shared.presence.per_shard();
         Stats {
-            total_connections: m.connections(),
+            total_connections: per_shard.iter().sum(),
             total_users: 0,
             users: Vec::new(),
             users_truncated: false,
-            shards: m
-                .shards
-                .iter()
+            shards: per_shard
+                .into_iter()
                 .enumerate()
-                .map(|(id, s)| ShardStats {
-                    id,
-                    connections: s.connections.load(Relaxed),
-                })
+                .map(|(id, connections)| ShardStats { id, connections })
                 .collect(),
             messages_in: m.sum(|s| &s.messages_in),
             messages_out: m.sum(|s| &s.messages_out),
@@ -334,8 +352,10 @@ impl Handle {
 
     /// Prometheus text for `/metrics`.
     pub fn metrics_text(&self) -> String {
+        let presence = &self.shared.presence;
         let mut text = self.shared.metrics.render(
-            self.shared.presence.user_count(),
+            &presence.per_shard(),
+            presence.user_count(),
             self.shared.started.elapsed().as_secs(),
         );
         if let Some(c) = &self.shared.cluster {
@@ -367,7 +387,7 @@ impl LocalNode for Handle {
     fn counters(&self) -> NodeCounters {
         let m = &self.shared.metrics;
         NodeCounters {
-            connections: m.connections() as u64,
+            connections: self.shared.presence.total() as u64,
             messages_in: m.sum(|s| &s.messages_in),
             messages_out: m.sum(|s| &s.messages_out),
             bytes_out: m.sum(|s| &s.bytes_out),

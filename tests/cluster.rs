@@ -337,6 +337,47 @@ fn disconnect_on_a_closes_the_users_connections_on_c() {
 }
 
 #[test]
+fn a_disconnect_stops_counting_at_once_here_and_promptly_on_the_other_nodes() {
+    let t = three("honest-disconnect");
+    // Neither client reads: b and c wait up to 3 s for their close replies
+    // before they remove the connections.
+    let (mut on_b, _) = connect(t.b.addr, &token("hana", 600));
+    let (mut on_c, _) = connect(t.c.addr, &token("hana", 600));
+    eventually("a sees both", || connection_count(t.a.addr, "hana") == 2);
+    let asked = Instant::now();
+    let (status, body) = rest(
+        t.a.addr,
+        "DELETE",
+        "/v1/websocket/user/hana/disconnect",
+        Some(ADMIN_KEY),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnectedConnections"], 2);
+    // On the calling node: at once.
+    assert_eq!(connection_count(t.a.addr, "hana"), 0);
+    let s = stats(t.a.addr);
+    assert_eq!((&s["totalUsers"], &s["users"]), (&json!(0), &json!([])));
+    let (status, body) = rest(
+        t.a.addr,
+        "DELETE",
+        "/v1/websocket/user/hana/disconnect",
+        Some(ADMIN_KEY),
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
+    // On the others: as soon as the packet and their presence changes
+    // travel, well before the close handshake's 3 s could remove them.
+    eventually("b and c count hana nowhere", || {
+        connection_count(t.b.addr, "hana") == 0 && connection_count(t.c.addr, "hana") == 0
+    });
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(expect_close(&mut on_b), 4000);
+    assert_eq!(expect_close(&mut on_c), 4000);
+}
+
+#[test]
 fn the_per_user_limit_holds_across_nodes() {
     let (url, _redis) = shared_redis();
     let name = cluster_name("limit");

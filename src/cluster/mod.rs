@@ -136,6 +136,12 @@ impl Cluster {
         self.view().user_count(user, Instant::now())
     }
 
+    /// Stops counting `user` on the other nodes until their next change of
+    /// it: they were just asked to disconnect it.
+    pub fn forget_user(&self, user: &str) {
+        self.view().forget_user(user);
+    }
+
     /// The other live nodes with their last reported counters.
     pub fn remote_nodes(&self) -> Vec<(String, NodeCounters)> {
         self.view().nodes(Instant::now())

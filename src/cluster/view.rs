@@ -153,6 +153,14 @@ impl View {
         self.resync.remove(node);
     }
 
+    /// Stops counting `user` on every node until a change or a snapshot of
+    /// that node says otherwise (a disconnect was just sent to them).
+    pub fn forget_user(&mut self, user: &str) {
+        for c in self.nodes.values_mut() {
+            c.users.remove(user);
+        }
+    }
+
     /// Forgets nodes not heard from for `ttl`.
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.ttl;
@@ -259,6 +267,21 @@ mod tests {
             0,
             "a snapshot of the old run is refused"
         );
+    }
+
+    #[test]
+    fn a_forgotten_user_counts_again_only_when_its_node_says_so() {
+        let t = Instant::now();
+        let mut v = View::new(Duration::from_secs(3));
+        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1)]), t);
+        v.on_presence("c", 1, 1, &users(&[("u", 1)]), t);
+        v.forget_user("u");
+        assert_eq!((v.user_count("u", t), v.user_count("w", t)), (0, 1));
+        // c's answer to the disconnect: u is gone there too.
+        v.on_presence("c", 1, 2, &users(&[("u", 0)]), t);
+        // b's user opened a new connection after the disconnect.
+        v.on_presence("b", 1, 2, &users(&[("u", 1)]), t);
+        assert_eq!(v.user_count("u", t), 1);
     }
 
     #[test]

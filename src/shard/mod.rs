@@ -277,7 +277,7 @@ impl Shard {
             return;
         };
         let user: Arc<str> = Arc::from(up.claims.user_id.as_str());
-        if let Err(e) = self.registry.register(key, &user) {
+        if let Err(e) = self.registry.register(key, conn.gen, &user) {
             log::info!("upgrade for user {user} refused: {e}");
             conn.respond(&Response::error(&e).with_close(true), now);
             return;
@@ -402,6 +402,6 @@ impl Shard {
     fn remove(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        self.registry.unregister(key, conn.take_user());
+        self.registry.unregister(key, conn.gen, conn.take_user());
     }
 }

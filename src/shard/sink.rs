@@ -86,7 +86,8 @@ impl SinkShard {
             return;
         };
         let user: Arc<str> = Arc::from(user);
-        if sh.registry.register(key, &user).is_ok() {
+        let gen = sh.conns[key].gen;
+        if sh.registry.register(key, gen, &user).is_ok() {
             sh.become_ws(key, u64::MAX, user, false, now);
         }
     }
@@ -197,6 +198,37 @@ mod tests {
         let stats = handle.stats();
         assert_eq!(stats.messages_out, 4 * PER_SHARD as u64);
         assert_eq!(stats.bytes_out, 2 * PER_SHARD as u64 * (len + len2));
+    }
+
+    #[test]
+    fn a_connection_registered_between_a_disconnect_and_its_shard_stays_counted_and_open() {
+        let (handle, mut shards) = sink_shards(config(1 << 20), 0).expect("test bed");
+        let now = Instant::now();
+        shards[0].open_sink("u", now);
+        shards[0].open_sink("u", now);
+        assert_eq!(handle.disconnect_user("u", true), 2);
+        // Out of every count at once, before the shard has run.
+        assert_eq!(handle.connection_count("u"), 0);
+        assert_eq!(handle.stats().total_connections, 0);
+        assert_eq!(handle.disconnect_user("u", true), 0);
+        // A connection of the same user opened now, before the shard takes
+        // the close command.
+        shards[0].open_sink("u", now);
+        assert_eq!(handle.connection_count("u"), 1);
+        let turn = shards[0].turn().expect("poll").expect("bus open");
+        let close_len = 4 + CloseCode::Disconnected.reason().len() as u64;
+        assert_eq!(turn, (1, 2 * close_len), "only the two old ones close");
+        assert_eq!(shards[0].connections(), 3, "two closing, one open");
+        assert_eq!(handle.stats().total_connections, 1);
+        // The new one is open: the broadcast reaches it, and only it.
+        let payload = serde_json::json!({"s": 7});
+        assert_eq!(handle.broadcast("notification", payload.clone(), None), 1);
+        let raw = frame::raw_payload(&payload);
+        let len = frame::shared_message("notification", raw.as_deref()).len() as u64;
+        let turn = shards[0].turn().expect("poll").expect("bus open");
+        assert_eq!(turn, (1, len));
+        assert_eq!(handle.stats().total_connections, 1);
+        assert_eq!(handle.connection_count("u"), 1);
     }
 
     #[test]
