@@ -98,15 +98,9 @@ impl Handle {
                 .map(|u| cluster.remote_user_count(u))
                 .sum::<usize>(),
             None => {
-                let all: u64 = cluster
-                    .remote_nodes()
-                    .iter()
-                    .map(|(_, c)| c.connections)
-                    .sum();
-                let excluded: usize = distinct_targets(exclude, &[])
-                    .map(|u| cluster.remote_user_count(u))
-                    .sum();
-                (all as usize).saturating_sub(excluded)
+                // Totals and exclusions from the same per-user counts.
+                let exclude: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+                cluster.remote_count_except(&exclude)
             }
         };
         // The envelope is JSON we just wrote.

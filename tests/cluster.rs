@@ -220,6 +220,52 @@ fn a_broadcast_on_a_reaches_every_node_exactly_once_and_in_order() {
 }
 
 #[test]
+fn all_users_except_some_right_after_connects_counts_and_reaches_exactly_the_others() {
+    let t = three("except");
+    // (node, user) per connection: kept users k*, excluded users x*, some
+    // with two connections, on every node.
+    let plan = [
+        (&t.a, "k0"),
+        (&t.a, "x0"),
+        (&t.b, "k1"),
+        (&t.b, "k1"),
+        (&t.b, "x1"),
+        (&t.c, "k2"),
+        (&t.c, "x2"),
+        (&t.c, "x2"),
+    ];
+    // `connect` returns once the client got its `connected` message.
+    let mut clients: Vec<(&str, Ws)> = plan
+        .iter()
+        .map(|(n, u)| (*u, connect(n.addr, &token(u, 600)).0))
+        .collect();
+    // Only the presence propagation (~20–50 ms) is waited for, through the
+    // per-user counts a sees; node totals are not waited for.
+    for (user, n) in [("k1", 2), ("x1", 1), ("k2", 1), ("x2", 2)] {
+        eventually(&format!("a counts {n} of {user}"), || {
+            connection_count(t.a.addr, user) == n
+        });
+    }
+    let r = broadcast(
+        t.a.addr,
+        json!({"type":"except","payload":1,"excludeUserIds":["x0","x1","x2"]}),
+    );
+    assert_eq!(r["sentToConnections"], 4, "{r}");
+    assert_eq!(r["targetUsers"], "all");
+    assert_eq!(stats(t.a.addr)["totalConnections"], 8);
+    broadcast(t.a.addr, json!({"type":"end"}));
+    for (user, ws) in &mut clients {
+        let first = next_json(ws);
+        if user.starts_with('k') {
+            assert_eq!(first["type"], "except", "{user}: {first}");
+            assert_eq!(next_json(ws)["type"], "end", "{user}");
+        } else {
+            assert_eq!(first["type"], "end", "{user} was excluded: {first}");
+        }
+    }
+}
+
+#[test]
 fn user_targeting_send_and_status_work_across_nodes() {
     let t = three("targeting");
     let (mut on_a, _) = connect(t.a.addr, &token("ann", 600));

@@ -142,7 +142,13 @@ impl Cluster {
         self.view().forget_user(user);
     }
 
-    /// The other live nodes with their last reported counters.
+    /// Connections on the other live nodes of every user but `exclude`'s.
+    pub fn remote_count_except(&self, exclude: &HashSet<&str>) -> usize {
+        self.view().count_all_except(exclude, Instant::now())
+    }
+
+    /// The other live nodes with their counters; `connections` is the sum
+    /// of each one's per-user counts, as fresh as they are.
     pub fn remote_nodes(&self) -> Vec<(String, NodeCounters)> {
         self.view().nodes(Instant::now())
     }

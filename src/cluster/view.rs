@@ -6,11 +6,17 @@
 //! state: no I/O, no clock of its own (callers pass `now`), so each
 //! transition is unit-tested here. A node not heard from for `ttl` does not
 //! count anywhere, whatever its copy says.
+//!
+//! Every count of connections it gives comes from the per-user counts: a
+//! node's total is the sum of its copy (kept as the copy changes), never
+//! the number in its last heartbeat, so a total is as fresh as the
+//! per-user counts (~20–50 ms behind) and agrees with them.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// The counters a node reports in its heartbeat.
+/// The counters a node reports in its heartbeat. Read back from the view,
+/// `connections` is the sum of the node's per-user counts instead.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NodeCounters {
     pub connections: u64,
@@ -27,6 +33,8 @@ struct NodeCopy {
     /// False until a snapshot has been applied, and again after a gap.
     synced: bool,
     users: HashMap<String, u32>,
+    /// The sum of `users`' counts.
+    total: u64,
     counters: NodeCounters,
     last_seen: Instant,
 }
@@ -38,6 +46,7 @@ impl NodeCopy {
             seq: 0,
             synced: false,
             users: HashMap::new(),
+            total: 0,
             counters: NodeCounters::default(),
             last_seen: now,
         }
@@ -45,11 +54,30 @@ impl NodeCopy {
 
     fn apply(&mut self, users: &[(String, u32)]) {
         for (u, n) in users {
-            if *n == 0 {
-                self.users.remove(u);
+            let old = if *n == 0 {
+                self.users.remove(u)
             } else {
-                self.users.insert(u.clone(), *n);
-            }
+                self.users.insert(u.clone(), *n)
+            };
+            // Saturating: the counts come from another process.
+            self.total = self
+                .total
+                .saturating_sub(u64::from(old.unwrap_or(0)))
+                .saturating_add(u64::from(*n));
+        }
+    }
+
+    fn replace(&mut self, users: HashMap<String, u32>) {
+        self.total = users
+            .values()
+            .map(|n| u64::from(*n))
+            .fold(0, u64::saturating_add);
+        self.users = users;
+    }
+
+    fn forget(&mut self, user: &str) {
+        if let Some(n) = self.users.remove(user) {
+            self.total = self.total.saturating_sub(u64::from(n));
         }
     }
 }
@@ -143,7 +171,7 @@ impl View {
             self.resync.insert(node.to_string());
             return;
         }
-        copy.users = users;
+        copy.replace(users);
         copy.seq = seq;
         copy.synced = true;
     }
@@ -157,7 +185,7 @@ impl View {
     /// that node says otherwise (a disconnect was just sent to them).
     pub fn forget_user(&mut self, user: &str) {
         for c in self.nodes.values_mut() {
-            c.users.remove(user);
+            c.forget(user);
         }
     }
 
@@ -189,11 +217,32 @@ impl View {
             .sum()
     }
 
-    /// Live other nodes and their counters, sorted by id.
+    /// Connections on live other nodes of every user but those in
+    /// `exclude` (each counted once), from one reading of the copies.
+    pub fn count_all_except(&self, exclude: &HashSet<&str>, now: Instant) -> usize {
+        self.live(now)
+            .map(|(_, c)| {
+                let excluded: u64 = exclude
+                    .iter()
+                    .map(|u| u64::from(c.users.get(*u).copied().unwrap_or(0)))
+                    .sum();
+                c.total.saturating_sub(excluded) as usize
+            })
+            .sum()
+    }
+
+    /// Live other nodes and their counters, sorted by id; `connections`
+    /// is the sum of the node's per-user counts.
     pub fn nodes(&self, now: Instant) -> Vec<(String, NodeCounters)> {
         let mut v: Vec<_> = self
             .live(now)
-            .map(|(id, c)| (id.clone(), c.counters))
+            .map(|(id, c)| {
+                let counters = NodeCounters {
+                    connections: c.total,
+                    ..c.counters
+                };
+                (id.clone(), counters)
+            })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -285,11 +334,44 @@ mod tests {
     }
 
     #[test]
+    fn node_totals_come_from_the_user_counts_not_the_heartbeat() {
+        let t = Instant::now();
+        let mut v = View::new(Duration::from_secs(3));
+        let beat = NodeCounters {
+            connections: 1,
+            messages_out: 9,
+            ..Default::default()
+        };
+        v.on_heartbeat("b", 1, 0, beat, t);
+        v.on_heartbeat("c", 1, 0, beat, t);
+        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1)]), t);
+        v.on_presence("c", 1, 1, &users(&[("u", 1), ("x", 3)]), t);
+        let totals: Vec<(String, u64, u64)> = v
+            .nodes(t)
+            .into_iter()
+            .map(|(id, c)| (id, c.connections, c.messages_out))
+            .collect();
+        assert_eq!(
+            totals,
+            vec![("b".to_string(), 3, 9), ("c".to_string(), 4, 9)]
+        );
+        let none = HashSet::new();
+        assert_eq!(v.count_all_except(&none, t), 7);
+        assert_eq!(v.count_all_except(&HashSet::from(["u", "x"]), t), 1);
+        v.on_presence("b", 1, 2, &users(&[("u", 0)]), t);
+        v.on_snapshot("c", 1, 2, map(&[("x", 1)]));
+        assert_eq!(v.count_all_except(&none, t), 2);
+        v.forget_user("x");
+        assert_eq!(v.count_all_except(&none, t), 1);
+        assert_eq!(v.nodes(t)[1].1.connections, 0);
+    }
+
+    #[test]
     fn silent_nodes_stop_counting_and_bye_forgets_at_once() {
         let t = Instant::now();
         let mut v = View::new(Duration::from_secs(3));
         let c = NodeCounters {
-            connections: 7,
+            messages_in: 7,
             ..Default::default()
         };
         v.on_heartbeat("b", 1, 0, c, t);
@@ -298,7 +380,11 @@ mod tests {
         let later = t + Duration::from_secs(4);
         assert_eq!(v.user_count("u", later), 0);
         assert_eq!(v.nodes(later).len(), 1);
-        assert_eq!(v.nodes(t)[0], ("b".to_string(), c));
+        let with_u = NodeCounters {
+            connections: 1,
+            ..c
+        };
+        assert_eq!(v.nodes(t)[0], ("b".to_string(), with_u));
         v.expire(later);
         assert_eq!(v.nodes(t).len(), 1, "b was dropped");
         v.on_bye("c");
