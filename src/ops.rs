@@ -104,14 +104,19 @@ impl Handle {
             }
         };
         // The envelope is JSON we just wrote.
-        if let Ok(message) = serde_json::from_slice::<&RawValue>(&envelope) {
+        let published = serde_json::from_slice::<&RawValue>(&envelope).is_ok_and(|message| {
             cluster.publish(Body::Broadcast {
                 message,
                 users: user_ids.map(<[String]>::to_vec),
                 exclude: exclude.to_vec(),
-            });
+            })
+        });
+        // A packet the queue to Redis refused reaches no other node.
+        if published {
+            local + remote
+        } else {
+            local
         }
-        local + remote
     }
 
     /// Fans an encoded envelope out to this node's connections only (the

@@ -10,12 +10,16 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::process::spawn;
 use common::*;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
@@ -87,6 +91,95 @@ fn shared_redis() -> (String, Option<Redis>) {
             (r.url(), Some(r))
         }
     }
+}
+
+/// A TCP proxy in front of Redis for one node. Once frozen it stops
+/// forwarding what the node writes: it takes 256 KiB of it every 100 ms and
+/// throws it away, like a Redis that stopped reading but whose socket still
+/// drains a little (enough that the node's blocked write keeps making
+/// progress and never hits its send timeout). What Redis sends to the node
+/// still flows. `cut` (also on drop) closes every proxied connection and
+/// stops accepting.
+struct Proxy {
+    addr: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    socks: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let p = Proxy {
+            addr: listener.local_addr().expect("proxy addr"),
+            frozen: Arc::new(AtomicBool::new(false)),
+            cut: Arc::new(AtomicBool::new(false)),
+            socks: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (frozen, cut, socks) = (p.frozen.clone(), p.cut.clone(), p.socks.clone());
+        let upstream = upstream.to_string();
+        std::thread::spawn(move || {
+            for node in listener.incoming() {
+                if cut.load(Ordering::Acquire) {
+                    return; // woken by `cut`
+                }
+                let (Ok(node), Ok(redis)) = (node, TcpStream::connect(&upstream)) else {
+                    continue;
+                };
+                let clones = [node.try_clone(), redis.try_clone()];
+                let mut list = socks.lock().unwrap_or_else(|p| p.into_inner());
+                list.extend(clones.into_iter().flatten());
+                if let (Ok(mut from), Ok(mut to)) = (redis.try_clone(), node.try_clone()) {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                let frozen = frozen.clone();
+                std::thread::spawn(move || pump_to_redis(node, redis, &frozen));
+            }
+        });
+        p
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::Release);
+    }
+
+    fn cut(&self) {
+        if self.cut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for s in self.socks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Node → Redis: forwarded, or once frozen, drained slowly into nothing.
+/// Ends when either side closes.
+fn pump_to_redis(mut node: TcpStream, mut redis: TcpStream, frozen: &AtomicBool) {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match node.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::Acquire) {
+            // The pace of a peer that barely reads, not a wait for anything.
+            std::thread::sleep(Duration::from_millis(100));
+        } else if redis.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = redis.shutdown(Shutdown::Both);
 }
 
 /// A cluster name no other test (or run) uses.
@@ -472,8 +565,11 @@ fn a_killed_node_leaves_presence_within_5_s_while_the_others_deliver() {
     c.child.kill().expect("SIGKILL");
     let killed = Instant::now();
     let _ = c.child.wait();
-    eventually("c drops out of a's presence and stats", || {
-        node_ids(&stats(a.addr)) == ["a", "b"] && connection_count(a.addr, "uc") == 0
+    // Each survivor times c out on its own clock (its last packet from c).
+    eventually("c drops out of a's and b's presence and stats", || {
+        node_ids(&stats(a.addr)) == ["a", "b"]
+            && connection_count(a.addr, "uc") == 0
+            && connection_count(b.addr, "uc") == 0
     });
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
@@ -490,6 +586,76 @@ fn a_killed_node_leaves_presence_within_5_s_while_the_others_deliver() {
         Some(&json!({"type":"x"})),
     );
     assert_eq!(status, 404);
+}
+
+fn metric_value(addr: SocketAddr, name: &str) -> u64 {
+    let (_, _, body) = http_raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn a_redis_that_stops_reading_holds_at_most_64_mib_then_publishes_drop_uncounted() {
+    let (url, _redis) = shared_redis();
+    let upstream = redis::Client::open(url.as_str())
+        .expect("redis url")
+        .get_connection_info()
+        .addr()
+        .to_string();
+    let name = cluster_name("outbox");
+    // Declared first so that it is dropped last, after the proxy is cut.
+    let a: TestServer;
+    let proxy = Proxy::start(&upstream);
+    a = start(|c| {
+        c.redis_url = Some(format!("redis://{}", proxy.addr));
+        c.cluster_name = name.clone();
+        c.node_id = Some("a".into());
+        // a's client reads nothing either: its queue holds every broadcast.
+        c.outbound_buffer_bytes = 1 << 30;
+        c.max_body_bytes = 4 << 20;
+    });
+    let b = node(&url, &name, "b");
+    let _on_a = connect(a.addr, &token("here", 600));
+    let _on_b = connect(b.addr, &token("there", 600));
+    eventually("a counts the client on b", || {
+        connection_count(a.addr, "there") == 1
+    });
+
+    proxy.freeze();
+    let h = a.handle();
+    let string = |len: usize| {
+        RawValue::from_string(format!("\"{}\"", "x".repeat(len))).expect("a JSON string")
+    };
+    // More than the sockets between a and Redis hold: the publisher stays
+    // in the middle of writing it for the rest of the test.
+    let big = string(32 << 20);
+    assert_eq!(h.broadcast_raw("big", Some(&big), None, &[]), 2);
+    let mib = string(1 << 20);
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..64 {
+        match h.broadcast_raw("mib", Some(&mib), None, &[]) {
+            2 => accepted += 1,
+            1 => refused += 1,
+            n => panic!("sentToConnections {n}"),
+        }
+        if refused == 3 {
+            break;
+        }
+    }
+    // 32 MiB and 31 packets of 1 MiB (each with ~100 bytes of envelope)
+    // stay under 64 MiB; a 32nd would pass it. Once full, only a's own
+    // connection is counted.
+    assert_eq!((accepted, refused), (31, 3));
+    let r = broadcast(a.addr, json!({"type":"rest","payload":"y".repeat(2 << 20)}));
+    assert_eq!(r["sentToConnections"], 1, "{r}");
+    assert_eq!(metric_value(a.addr, "wsedge_cluster_dropped_total"), 4);
+    proxy.cut();
 }
 
 /// Reads the next text message, or `None` when none comes within `within`.

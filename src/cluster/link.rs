@@ -29,6 +29,8 @@ use crate::error::CloseCode;
 const KEY_TTL_MS: u64 = 10_000;
 /// Packets sent in one pipelined round trip at most.
 const BATCH: usize = 512;
+/// Bytes of packets a batch stops growing at (it takes at least one packet).
+const BATCH_BYTES: usize = 1 << 20;
 /// Hash fields written per `HSET` in a snapshot.
 const SNAPSHOT_CHUNK: usize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -127,16 +129,18 @@ fn run_publisher(c: &Cluster, local: &dyn LocalNode) {
         let wait = next_flush
             .min(next_heartbeat)
             .saturating_duration_since(Instant::now());
-        match c.outbox_rx.recv_timeout(wait) {
+        match c.outbox.recv_timeout(wait) {
             Ok(b) => batch.push(b),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        while batch.len() < BATCH {
-            match c.outbox_rx.try_recv() {
-                Ok(b) => batch.push(b),
-                Err(_) => break,
-            }
+        let mut bytes: usize = batch.iter().map(Vec::len).sum();
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
+            let Some(b) = c.outbox.try_recv() else {
+                break;
+            };
+            bytes += b.len();
+            batch.push(b);
         }
         if p.con.is_none() && p.reconnect.due() {
             p.open();
@@ -152,6 +156,7 @@ fn run_publisher(c: &Cluster, local: &dyn LocalNode) {
             next_heartbeat = now + HEARTBEAT;
         }
         p.send(&mut batch, flush, heartbeat);
+        c.outbox.release(bytes);
         if stopping {
             p.goodbye();
             return;
