@@ -36,6 +36,14 @@ pub enum HttpError {
     HeadersTooLarge { limit: usize },
     #[error("server at connection limit")]
     ServiceUnavailable,
+    #[error("server busy: a shard's command queue is full; nothing was sent, retry later")]
+    Busy,
+}
+
+impl From<crate::bus::Busy> for HttpError {
+    fn from(_: crate::bus::Busy) -> HttpError {
+        HttpError::Busy
+    }
 }
 
 impl HttpError {
@@ -52,7 +60,7 @@ impl HttpError {
             HttpError::UpgradeRequired(_) => 426,
             HttpError::TooManyRequests => 429,
             HttpError::HeadersTooLarge { .. } => 431,
-            HttpError::ServiceUnavailable => 503,
+            HttpError::ServiceUnavailable | HttpError::Busy => 503,
         }
     }
 

@@ -104,6 +104,8 @@ pub struct Metrics {
     pub rejected: [AtomicU64; Reject::ALL.len()],
     pub accept_errors: AtomicU64,
     pub broadcasts: AtomicU64,
+    /// Operations refused because a shard's inbox was full.
+    pub commands_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -114,6 +116,7 @@ impl Metrics {
             rejected: Reject::ALL.map(|_| AtomicU64::new(0)),
             accept_errors: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
+            commands_refused: AtomicU64::new(0),
         }
     }
 
@@ -183,6 +186,12 @@ impl Metrics {
             "Broadcasts and sends accepted.",
             "counter",
             self.broadcasts.load(Relaxed),
+        );
+        p.single(
+            "wsedge_commands_refused_total",
+            "Operations refused (503) because a shard's command inbox was full.",
+            "counter",
+            self.commands_refused.load(Relaxed),
         );
         p.single(
             "wsedge_uptime_seconds",

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::bus::{Command, ConnRef};
+use crate::bus::{Busy, Command, ConnRef, Reserved};
 use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, LocalNode, NodeCounters};
 use crate::error::CloseCode;
@@ -70,17 +70,29 @@ pub struct NodeStats {
 impl Handle {
     /// Sends `{"type":kind,"payload":payload}` to every connection, or only
     /// to the connections of `user_ids` when given (an empty list addresses
-    /// nobody). Returns the number of connections addressed.
+    /// nobody). Returns the number of connections addressed; 0 also when it
+    /// was refused because a shard's inbox is full (nothing was sent then;
+    /// counted in `wsedge_commands_refused_total`).
     pub fn broadcast(&self, kind: &str, payload: Value, user_ids: Option<&[&str]>) -> usize {
-        let raw = frame::raw_payload(&payload);
+        self.try_broadcast(kind, &payload, user_ids).unwrap_or(0)
+    }
+
+    pub(crate) fn try_broadcast(
+        &self,
+        kind: &str,
+        payload: &Value,
+        user_ids: Option<&[&str]>,
+    ) -> Result<usize, Busy> {
+        let raw = frame::raw_payload(payload);
         let ids: Option<Vec<String>> =
             user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect());
-        self.broadcast_raw(kind, raw.as_deref(), ids.as_deref(), &[])
+        self.try_broadcast_raw(kind, raw.as_deref(), ids.as_deref(), &[])
     }
 
     /// The broadcast every caller ends in: `payload` is already JSON (`None`
     /// sends `null`). Exclusion wins over inclusion. In cluster mode the
     /// other nodes get it too, and the count includes their connections.
+    /// 0 when refused, as for [`Handle::broadcast`].
     pub fn broadcast_raw(
         &self,
         kind: &str,
@@ -88,10 +100,23 @@ impl Handle {
         user_ids: Option<&[String]>,
         exclude: &[String],
     ) -> usize {
+        self.try_broadcast_raw(kind, payload, user_ids, exclude)
+            .unwrap_or(0)
+    }
+
+    /// [`Handle::broadcast_raw`], telling a refusal apart: all of this
+    /// node's target shards had room, or nothing was sent anywhere.
+    pub(crate) fn try_broadcast_raw(
+        &self,
+        kind: &str,
+        payload: Option<&RawValue>,
+        user_ids: Option<&[String]>,
+        exclude: &[String],
+    ) -> Result<usize, Busy> {
         let envelope = frame::envelope(kind, payload);
-        let local = self.deliver_local(&envelope, user_ids, exclude);
+        let local = self.deliver_local(&envelope, user_ids, exclude)?;
         let Some(cluster) = &self.shared.cluster else {
-            return local;
+            return Ok(local);
         };
         let remote = match user_ids {
             Some(ids) => distinct_targets(ids, exclude)
@@ -112,11 +137,14 @@ impl Handle {
             })
         });
         // A packet the queue to Redis refused reaches no other node.
-        if published {
-            local + remote
-        } else {
-            local
-        }
+        Ok(if published { local + remote } else { local })
+    }
+
+    /// Room in the inboxes of `shards`, or `Busy` (counted) when one is full.
+    fn reserve(&self, shards: impl IntoIterator<Item = usize>) -> Result<Reserved<'_>, Busy> {
+        self.shared.bus.reserve(shards).inspect_err(|_| {
+            self.shared.metrics.commands_refused.fetch_add(1, Relaxed);
+        })
     }
 
     /// Fans an encoded envelope out to this node's connections only (the
@@ -127,32 +155,34 @@ impl Handle {
         envelope: &[u8],
         user_ids: Option<&[String]>,
         exclude: &[String],
-    ) -> usize {
+    ) -> Result<usize, Busy> {
         let shared = &self.shared;
         let frame: frame::SharedFrame = Arc::from(frame::text_frame(envelope));
-        shared.metrics.broadcasts.fetch_add(1, Relaxed);
-        match user_ids {
+        let total = match user_ids {
             Some(ids) => {
                 let targets: Vec<&String> = distinct_targets(ids, exclude).collect();
-                self.send_to_users(&frame, &targets)
+                self.send_to_users(&frame, &targets)?
             }
             None => {
+                let room = self.reserve(0..shared.bus.shard_count())?;
                 let exclude: HashSet<String> = exclude.iter().cloned().collect();
                 let excluded: usize = exclude.iter().map(|u| shared.presence.count(u)).sum();
                 let total = shared.presence.total().saturating_sub(excluded);
                 let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
-                shared.bus.send_all(|| Command::BroadcastAll {
+                room.send_all(|| Command::BroadcastAll {
                     frame: frame.clone(),
                     exclude: exclude.clone(),
                 });
                 total
             }
-        }
+        };
+        shared.metrics.broadcasts.fetch_add(1, Relaxed);
+        Ok(total)
     }
 
     /// Routes `frame` to the shards holding each user; returns the
     /// connections addressed.
-    fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> usize {
+    fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> Result<usize, Busy> {
         let shards = self.shared.bus.shard_count();
         let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
         let mut total = 0usize;
@@ -164,22 +194,20 @@ impl Handle {
                 }
             }
         }
+        let targets = per_shard.iter().enumerate().filter(|(_, u)| !u.is_empty());
+        let mut room = self.reserve(targets.map(|(i, _)| i))?;
         for (shard, users) in per_shard.into_iter().enumerate() {
             if !users.is_empty() {
-                self.shared.bus.send(
-                    shard,
-                    Command::SendUsers {
-                        frame: frame.clone(),
-                        users,
-                    },
-                );
+                let frame = frame.clone();
+                room.send(shard, Command::SendUsers { frame, users });
             }
         }
-        total
+        Ok(total)
     }
 
     /// Sends to every connection of one user; returns the connections addressed
-    /// (0 when the user is not connected).
+    /// (0 when the user is not connected, or when refused as for
+    /// [`Handle::broadcast`]).
     pub fn send_to_user(&self, user_id: &str, kind: &str, payload: Value) -> usize {
         self.send_to_user_raw(user_id, kind, frame::raw_payload(&payload).as_deref())
     }
@@ -212,15 +240,24 @@ impl Handle {
 
     /// Closes every connection of a user, on every node in cluster mode:
     /// `4000` when it may reconnect, `4500` when not. Returns how many
-    /// connections were asked to close. From the return on, they count
+    /// connections were asked to close (0 also when refused because a
+    /// shard's inbox is full: then none was). From the return on, they count
     /// nowhere (status, sends, stats, the per-user limit) although each
     /// may take its close handshake (up to 3 s) to go; a connection the
     /// user opens after the call stays open and counts.
     pub fn disconnect_user(&self, user_id: &str, reconnect: bool) -> usize {
+        self.try_disconnect_user(user_id, reconnect).unwrap_or(0)
+    }
+
+    pub(crate) fn try_disconnect_user(
+        &self,
+        user_id: &str,
+        reconnect: bool,
+    ) -> Result<usize, Busy> {
         let code = CloseCode::disconnect(reconnect);
-        let local = self.disconnect_local(user_id, code);
+        let local = self.disconnect_local(user_id, code)?;
         let Some(cluster) = &self.shared.cluster else {
-            return local;
+            return Ok(local);
         };
         let remote = cluster.remote_user_count(user_id);
         let published = cluster.publish(Body::Disconnect {
@@ -228,18 +265,21 @@ impl Handle {
             code: code.code(),
         });
         if !published {
-            return local;
+            return Ok(local);
         }
         // The other nodes take the user out of their presence when the
         // packet arrives, and their change comes back within ~50 ms; until
         // then this node's copies must not count the connections either.
         cluster.forget_user(user_id);
-        local + remote
+        Ok(local + remote)
     }
 
     /// Closes the connections of `user_id` on this node only: takes them
     /// out of presence now, and asks their shards to close exactly those.
-    pub(crate) fn disconnect_local(&self, user_id: &str, code: CloseCode) -> usize {
+    /// Room is reserved in every shard first (disconnects are rare), so a
+    /// connection registered meanwhile on any shard can be taken too.
+    pub(crate) fn disconnect_local(&self, user_id: &str, code: CloseCode) -> Result<usize, Busy> {
+        let mut room = self.reserve(0..self.shared.bus.shard_count())?;
         let conns = self.shared.presence.take_user(user_id);
         let total = conns.len();
         let mut per_shard: Vec<Vec<ConnRef>> = vec![Vec::new(); self.shared.bus.shard_count()];
@@ -250,33 +290,39 @@ impl Handle {
         }
         for (shard, conns) in per_shard.into_iter().enumerate() {
             if !conns.is_empty() {
-                self.shared.bus.send(shard, Command::Close { conns, code });
+                room.send(shard, Command::Close { conns, code });
             }
         }
-        total
+        Ok(total)
     }
 
     /// Closes one connection by its `connectionId`, taking it out of
     /// presence at once as [`Handle::disconnect_user`] does. False when the
     /// id names no connection that counts on this node (malformed, stale,
-    /// already closing). Connection ids are per node: in cluster mode this
-    /// closes a connection of this node only.
+    /// already closing) or its shard's inbox is full. Connection ids are
+    /// per node: in cluster mode this closes a connection of this node only.
     pub fn disconnect_connection(&self, connection_id: &str, reconnect: bool) -> bool {
         let Some(conn) = ConnRef::parse(connection_id) else {
+            return false;
+        };
+        let shard = usize::from(conn.shard);
+        if shard >= self.shared.bus.shard_count() {
+            return false;
+        }
+        let Ok(mut room) = self.reserve([shard]) else {
             return false;
         };
         if !self.shared.presence.take_conn(conn) {
             return false;
         }
         let code = CloseCode::disconnect(reconnect);
-        self.shared.bus.send(
-            conn.shard as usize,
+        room.send(
+            shard,
             Command::Close {
                 conns: vec![conn],
                 code,
             },
-        );
-        true
+        )
     }
 
     /// Counters and up to 1000 connected user ids.
@@ -367,12 +413,14 @@ impl Handle {
 /// What the cluster link may do to this node: deliver what other nodes
 /// published, and read this node's presence and counters to tell them.
 impl LocalNode for Handle {
+    // A refusal (a full inbox) is counted in wsedge_commands_refused_total;
+    // no caller is waiting on this node to tell.
     fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]) {
-        self.deliver_local(envelope, users, exclude);
+        let _ = self.deliver_local(envelope, users, exclude);
     }
 
     fn disconnect(&self, user: &str, code: CloseCode) {
-        self.disconnect_local(user, code);
+        let _ = self.disconnect_local(user, code);
     }
 
     fn presence_snapshot(&self) -> Vec<(String, usize)> {

@@ -86,7 +86,7 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
             )
         }
         Route::Disconnect(user) => disconnect(h, user, req)?,
-        Route::TestNotification => test_notification(h),
+        Route::TestNotification => test_notification(h)?,
     })
 }
 
@@ -109,7 +109,7 @@ fn broadcast(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
         Some(ids) => json!(ids.len()),
         None => json!("all"),
     };
-    let n = h.broadcast_raw(&kind, body.payload, user_ids.as_deref(), &exclude);
+    let n = h.try_broadcast_raw(&kind, body.payload, user_ids.as_deref(), &exclude)?;
     Ok(Response::json(
         200,
         json!({"message":"Message broadcasted successfully","sentToConnections":n,"targetUsers":target_users}),
@@ -119,7 +119,7 @@ fn broadcast(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
 fn send(h: &Handle, user: &str, req: &Request<'_>) -> Result<Response, HttpError> {
     let body = parse_body::<BroadcastBody>(&req.body)?;
     let kind = body.kind()?;
-    let n = h.send_to_user_raw(user, &kind, body.payload);
+    let n = h.try_broadcast_raw(&kind, body.payload, Some(&[user.to_string()]), &[])?;
     if n == 0 {
         return Err(HttpError::NotFound(format!("User {user} is not connected")));
     }
@@ -152,7 +152,7 @@ fn disconnect(h: &Handle, user: &str, req: &Request<'_>) -> Result<Response, Htt
             )))
         }
     };
-    let n = h.disconnect_user(user, reconnect);
+    let n = h.try_disconnect_user(user, reconnect)?;
     if n == 0 {
         return Err(HttpError::NotFound(format!(
             "User {user} has no active connections"
@@ -164,17 +164,17 @@ fn disconnect(h: &Handle, user: &str, req: &Request<'_>) -> Result<Response, Htt
     ))
 }
 
-fn test_notification(h: &Handle) -> Response {
+fn test_notification(h: &Handle) -> Result<Response, HttpError> {
     let payload = json!({
         "title": "Test Notification",
         "message": "This is a test notification from wsedge",
         "timestamp": crate::http::timestamp(),
     });
-    let n = h.broadcast("notification", payload, None);
-    Response::json(
+    let n = h.try_broadcast("notification", &payload, None)?;
+    Ok(Response::json(
         200,
         json!({"message":"Test notification sent","sentToConnections":n}),
-    )
+    ))
 }
 
 #[derive(Deserialize)]

@@ -1212,6 +1212,62 @@ fn counts_drop_as_soon_as_a_disconnect_answers() {
     assert_next_is_marker(srv.addr, &mut [&mut b, &mut a3, &mut a4], "m");
 }
 
+#[test]
+fn a_full_shard_inbox_answers_503_and_sends_nothing() {
+    // One shard whose inbox holds two commands. The REST connection is
+    // served by that shard: it reads and answers every request of one
+    // write in one turn, before it takes any command from its inbox.
+    let srv = start(|c| {
+        c.shards = 1;
+        c.shard_inbox_capacity = 2;
+    });
+    let (mut ws, _) = connect(srv.addr, &token("alice", 60));
+    let mut all = String::new();
+    for i in 0..6 {
+        all.push_str(&post_req(
+            "/v1/websocket/broadcast",
+            &format!(r#"{{"type":"flood","payload":{i}}}"#),
+        ));
+    }
+    all.push_str(&post_req("/v1/websocket/send/alice", r#"{"type":"one"}"#));
+    all.push_str(&format!(
+        "DELETE /v1/websocket/user/alice/disconnect HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n"
+    ));
+    all.push_str(&post_req("/v1/websocket/test/notification", ""));
+    let mut c = HttpConn::open(srv.addr);
+    c.send(all.as_bytes()); // one write
+    for i in 0..2 {
+        let r = c.response();
+        assert_eq!(r.status, 200, "broadcast #{i}: {}", r.text());
+        assert_eq!(r.json["sentToConnections"], 1);
+    }
+    for what in [
+        "broadcast",
+        "broadcast",
+        "broadcast",
+        "broadcast",
+        "send",
+        "disconnect",
+        "test notification",
+    ] {
+        let r = c.response();
+        assert_eq!(r.status, 503, "{what}: {}", r.text());
+        assert_eq!(
+            r.error(),
+            "server busy: a shard's command queue is full; nothing was sent, retry later"
+        );
+    }
+    let text = metrics_text(srv.addr);
+    assert_eq!(metric(&text, "wsedge_commands_refused_total"), 7.0);
+    // Exactly the two accepted broadcasts arrived; the refused disconnect
+    // took nothing out.
+    for i in 0..2 {
+        assert_eq!(next_json(&mut ws), json!({"type":"flood","payload":i}));
+    }
+    assert_eq!(status_of(srv.addr, "alice")["connectionCount"], 1);
+    assert_next_is_marker(srv.addr, &mut [&mut ws], "after");
+}
+
 // ---------------------------------------------------------------------------
 // POST /v1/websocket/test/notification
 // ---------------------------------------------------------------------------

@@ -26,13 +26,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::acceptor::Acceptor;
 use crate::auth::Verifier;
-use crate::bus::{Command, ConnRef};
+use crate::bus::{ConnRef, Inbox};
 use crate::config::Config;
 use crate::conn::{Conn, Env, Readable, Sock, WsEnv};
 use crate::handler::MessageHandler;
@@ -93,7 +92,7 @@ impl ShardCtx {
 pub(crate) struct Shard {
     id: usize,
     poll: Poll,
-    inbox: Receiver<Command>,
+    inbox: Inbox,
     /// This shard's listener (see [`crate::acceptor`]); `None` in the test bed.
     acceptor: Option<Acceptor>,
     conns: Slab<Conn>,
@@ -114,7 +113,7 @@ impl Shard {
     pub fn new(
         id: usize,
         poll: Poll,
-        inbox: Receiver<Command>,
+        inbox: Inbox,
         acceptor: Option<Acceptor>,
         registry: Registry,
         ctx: ShardCtx,
