@@ -24,6 +24,9 @@ use crate::error::CloseCode;
 use crate::frame;
 use crate::shared::Shared;
 
+/// The most user ids a stats answer lists (`?limit=` above it is refused).
+pub const MAX_STATS_USERS: usize = 10_000;
+
 /// A handle on a running server: `Clone + Send + Sync`, cheap to clone.
 #[derive(Clone)]
 pub struct Handle {
@@ -330,47 +333,42 @@ impl Handle {
         self.stats_limited(1000)
     }
 
+    /// Counters and up to `limit` (at most [`MAX_STATS_USERS`]) connected
+    /// user ids, in no particular order. Only the ids returned are copied;
+    /// `total_users` and `users_truncated` are exact.
     pub fn stats_limited(&self, limit: usize) -> Stats {
-        let Some(cluster) = &self.shared.cluster else {
-            let (users, total_users) = self.shared.presence.users(limit);
-            return Stats {
-                total_users,
-                users_truncated: total_users > users.len(),
-                users,
-                ..self.node_stats()
-            };
+        let limit = limit.min(MAX_STATS_USERS);
+        let presence = &*self.shared.presence;
+        let (mut users, local_users) = presence.users(limit);
+        let mut stats = Stats {
+            total_users: local_users,
+            ..self.node_stats()
         };
-        let (mut all, _) = self.shared.presence.users(usize::MAX);
-        let mut all: HashSet<String> = all.drain(..).collect();
-        cluster.remote_users(&mut all);
-        let total_users = all.len();
-        let mut users: Vec<String> = all.into_iter().collect();
-        users.sort_unstable();
-        let users_truncated = users.len() > limit;
-        users.truncate(limit);
-        let mut stats = self.node_stats();
-        let mut nodes = vec![NodeStats {
-            id: cluster.node_id.clone(),
-            connections: stats.total_connections,
-        }];
-        for (id, c) in cluster.remote_nodes() {
-            stats.total_connections += c.connections as usize;
-            stats.messages_in += c.messages_in;
-            stats.messages_out += c.messages_out;
-            stats.bytes_out += c.bytes_out;
-            nodes.push(NodeStats {
-                id,
-                connections: c.connections as usize,
-            });
+        if let Some(cluster) = &self.shared.cluster {
+            let room = limit.saturating_sub(users.len());
+            let (remote_only, page) = cluster.remote_users(presence, room);
+            stats.total_users += remote_only;
+            users.extend(page);
+            let mut nodes = vec![NodeStats {
+                id: cluster.node_id.clone(),
+                connections: stats.total_connections,
+            }];
+            for (id, c) in cluster.remote_nodes() {
+                stats.total_connections += c.connections as usize;
+                stats.messages_in += c.messages_in;
+                stats.messages_out += c.messages_out;
+                stats.bytes_out += c.bytes_out;
+                nodes.push(NodeStats {
+                    id,
+                    connections: c.connections as usize,
+                });
+            }
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            stats.nodes = Some(nodes);
         }
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        Stats {
-            total_users,
-            users,
-            users_truncated,
-            nodes: Some(nodes),
-            ..stats
-        }
+        stats.users_truncated = stats.total_users > users.len();
+        stats.users = users;
+        stats
     }
 
     /// This node's own counters, users left empty.

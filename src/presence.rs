@@ -260,6 +260,24 @@ impl Presence {
     }
 }
 
+/// What the cluster view needs to count the cluster's distinct users.
+impl crate::cluster::LocalUsers for Presence {
+    fn user_count(&self) -> usize {
+        Presence::user_count(self)
+    }
+
+    fn holds(&self, user: &str) -> bool {
+        self.count(user) > 0
+    }
+
+    fn count_where(&self, f: &dyn Fn(&str) -> bool) -> usize {
+        self.stripes
+            .iter()
+            .map(|s| lock(s).users.keys().filter(|u| f(u)).count())
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::auth::{bearer_token, AdminCheck};
 use crate::error::HttpError;
 use crate::http::{Request, Response};
-use crate::ops::Handle;
+use crate::ops::{Handle, MAX_STATS_USERS};
 use crate::router::Route;
 
 /// Answers a request for any route but `/ws`.
@@ -136,6 +136,11 @@ fn stats(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
             HttpError::BadRequest(format!("limit must be a non-negative integer, got {v:?}"))
         })?,
     };
+    if limit > MAX_STATS_USERS {
+        return Err(HttpError::BadRequest(format!(
+            "limit must be at most {MAX_STATS_USERS}, got {limit}"
+        )));
+    }
     Ok(Response::json(
         200,
         serde_json::to_value(h.stats_limited(limit)).unwrap_or(Value::Null),

@@ -421,10 +421,47 @@ fn stats_on_b_count_the_connections_of_all_three() {
         s["nodes"],
         json!([{"id":"a","connections":1},{"id":"b","connections":0},{"id":"c","connections":2}])
     );
+    let sorted_users = |s: &Value| {
+        let mut u: Vec<String> = s["users"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        u.sort();
+        u
+    };
     eventually("b counts users x and y", || {
         let s = stats(t.b.addr);
-        s["totalUsers"] == 2 && s["users"] == json!(["x", "y"])
+        s["totalUsers"] == 2 && sorted_users(&s) == ["x", "y"]
     });
+    // x is on a and c: a counts it once, beside its own.
+    eventually("a counts users x and y", || {
+        let s = stats(t.a.addr);
+        s["totalUsers"] == 2 && sorted_users(&s) == ["x", "y"] && s["usersTruncated"] == false
+    });
+    // A page of the list, still with the exact total.
+    for n in [&t.a, &t.b, &t.c] {
+        let (status, s) = rest(
+            n.addr,
+            "GET",
+            "/v1/websocket/stats?limit=1",
+            Some(ADMIN_KEY),
+            None,
+        );
+        assert_eq!(status, 200, "{s}");
+        assert_eq!(
+            (
+                s["users"].as_array().map(Vec::len),
+                &s["usersTruncated"],
+                &s["totalUsers"]
+            ),
+            (Some(1), &json!(true), &json!(2)),
+            "{s}"
+        );
+    }
     assert_eq!(connection_count(t.b.addr, "x"), 2);
     // The shard list stays this node's own.
     let shards: u64 = s["shards"]

@@ -981,6 +981,12 @@ fn stats_limit_truncates_users_and_bad_limits_are_400() {
         assert_eq!(r.status, 400, "limit={bad}: {}", r.text());
         assert!(r.error().contains("limit"), "{}", r.error());
     }
+    // The maximum is 10,000.
+    let s = stats(srv.addr, "?limit=10000");
+    assert_eq!(s["users"].as_array().map(Vec::len), Some(3), "{s}");
+    let r = admin(srv.addr, "GET", "/v1/websocket/stats?limit=10001", None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error(), "limit must be at most 10000, got 10001");
 }
 
 // ---------------------------------------------------------------------------

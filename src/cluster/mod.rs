@@ -31,8 +31,8 @@ use crate::metrics::Prom;
 
 pub(crate) use link::spawn;
 use outbox::Outbox;
-pub(crate) use view::NodeCounters;
 use view::View;
+pub(crate) use view::{LocalUsers, NodeCounters};
 use wire::{Body, Names, Packet};
 
 /// How often a node says it is alive.
@@ -159,9 +159,10 @@ impl Cluster {
         self.view().nodes(Instant::now())
     }
 
-    /// Adds users connected to other live nodes to `out`.
-    pub fn remote_users(&self, out: &mut HashSet<String>) {
-        self.view().collect_users(out, Instant::now());
+    /// Users of the other live nodes that `local` does not hold: how many,
+    /// and up to `limit` of them.
+    pub fn remote_users(&self, local: &dyn LocalUsers, limit: usize) -> (usize, Vec<String>) {
+        self.view().users_not_local(local, limit, Instant::now())
     }
 
     /// `Some(reason)` while the link to Redis is down.
