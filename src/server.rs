@@ -203,6 +203,9 @@ impl Server {
         for t in self.shards.drain(..) {
             let _ = t.join();
         }
+        // Only now, with no REST call left to publish anything: the
+        // publisher writes out what is queued (at most ~1 s), then says
+        // goodbye.
         if let Some(c) = &self.handle.shared.cluster {
             c.stop.store(true, std::sync::atomic::Ordering::Release);
         }

@@ -103,8 +103,31 @@ fn shared_redis() -> (String, Option<Redis>) {
 struct Proxy {
     addr: SocketAddr,
     frozen: Arc<AtomicBool>,
+    paused: Arc<Gate>,
     cut: Arc<AtomicBool>,
     socks: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+/// Holds the node → Redis pumps back while closed (`Proxy::pause`).
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = closed;
+        self.opened.notify_all();
+    }
+
+    /// Waits while closed, at most `WAIT`.
+    fn pass(&self) {
+        let guard = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .opened
+            .wait_timeout_while(guard, WAIT, |closed| *closed);
+    }
 }
 
 impl Proxy {
@@ -113,10 +136,12 @@ impl Proxy {
         let p = Proxy {
             addr: listener.local_addr().expect("proxy addr"),
             frozen: Arc::new(AtomicBool::new(false)),
+            paused: Arc::new(Gate::default()),
             cut: Arc::new(AtomicBool::new(false)),
             socks: Arc::new(Mutex::new(Vec::new())),
         };
-        let (frozen, cut, socks) = (p.frozen.clone(), p.cut.clone(), p.socks.clone());
+        let (frozen, paused) = (p.frozen.clone(), p.paused.clone());
+        let (cut, socks) = (p.cut.clone(), p.socks.clone());
         let upstream = upstream.to_string();
         std::thread::spawn(move || {
             for node in listener.incoming() {
@@ -135,8 +160,8 @@ impl Proxy {
                         let _ = to.shutdown(Shutdown::Both);
                     });
                 }
-                let frozen = frozen.clone();
-                std::thread::spawn(move || pump_to_redis(node, redis, &frozen));
+                let (frozen, paused) = (frozen.clone(), paused.clone());
+                std::thread::spawn(move || pump_to_redis(node, redis, &frozen, &paused));
             }
         });
         p
@@ -146,10 +171,21 @@ impl Proxy {
         self.frozen.store(true, Ordering::Release);
     }
 
+    /// Stops reading what the node writes (nothing is lost: it waits in the
+    /// sockets) until `resume`, for at most `WAIT`.
+    fn pause(&self) {
+        self.paused.set(true);
+    }
+
+    fn resume(&self) {
+        self.paused.set(false);
+    }
+
     fn cut(&self) {
         if self.cut.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.resume();
         for s in self.socks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -163,11 +199,12 @@ impl Drop for Proxy {
     }
 }
 
-/// Node → Redis: forwarded, or once frozen, drained slowly into nothing.
-/// Ends when either side closes.
-fn pump_to_redis(mut node: TcpStream, mut redis: TcpStream, frozen: &AtomicBool) {
+/// Node → Redis: forwarded, held back while paused, or once frozen,
+/// drained slowly into nothing. Ends when either side closes.
+fn pump_to_redis(mut node: TcpStream, mut redis: TcpStream, frozen: &AtomicBool, paused: &Gate) {
     let mut buf = vec![0u8; 256 << 10];
     loop {
+        paused.pass();
         let n = match node.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -693,6 +730,52 @@ fn a_redis_that_stops_reading_holds_at_most_64_mib_then_publishes_drop_uncounted
     assert_eq!(r["sentToConnections"], 1, "{r}");
     assert_eq!(metric_value(a.addr, "wsedge_cluster_dropped_total"), 4);
     proxy.cut();
+}
+
+#[test]
+fn a_node_stopped_right_after_publishing_still_delivers_everything_it_queued() {
+    let (url, _redis) = shared_redis();
+    let upstream = redis::Client::open(url.as_str())
+        .expect("redis url")
+        .get_connection_info()
+        .addr()
+        .to_string();
+    let name = cluster_name("flush");
+    let mut a: TestServer;
+    let proxy = Proxy::start(&upstream);
+    a = start(|c| {
+        c.redis_url = Some(format!("redis://{}", proxy.addr));
+        c.cluster_name = name.clone();
+        c.node_id = Some("a".into());
+    });
+    let b = node(&url, &name, "b");
+    let (mut on_b, _) = connect(b.addr, &token("reader", 600));
+    eventually("a counts b's client", || {
+        connection_count(a.addr, "reader") == 1
+    });
+    // Redis does not get a's packets for now: they pile up in a's queue
+    // (its publisher waits for the answer to what it last wrote).
+    proxy.pause();
+    let h = a.handle();
+    const N: u64 = 1500; // about three batches
+    for seq in 0..N {
+        assert_eq!(h.broadcast("tick", json!({"seq": seq}), None), 1);
+    }
+    let server = a.server.take().expect("running");
+    let stopper = std::thread::spawn(move || server.shutdown());
+    // The shards stop (their listeners close) before the publisher is told.
+    eventually("a stops accepting", || TcpStream::connect(a.addr).is_err());
+    proxy.resume();
+    for seq in 0..N {
+        let m = next_json(&mut on_b);
+        assert_eq!(
+            (&m["type"], &m["payload"]["seq"]),
+            (&json!("tick"), &json!(seq))
+        );
+    }
+    stopper.join().expect("shutdown");
+    // The goodbye came after them: b forgets a at once.
+    eventually("b forgets a", || node_ids(&stats(b.addr)) == ["b"]);
 }
 
 /// Reads the next text message, or `None` when none comes within `within`.

@@ -63,6 +63,11 @@ impl Outbox {
         self.rx.try_recv().ok()
     }
 
+    /// Packets queued (not yet taken by the publisher).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
     /// The publisher is done with `n` bytes of packets (written or dropped).
     pub fn release(&self, n: usize) {
         self.bytes.fetch_sub(n, Relaxed);
