@@ -5,8 +5,12 @@
 //! An operation encodes its frame once, counts its targets from the
 //! presence table, and hands commands to the owning shards through the bus.
 //! It never waits for a shard: the count it returns is the number of
-//! connections addressed when the call was accepted. In cluster mode it
-//! also queues the operation for the other nodes; what they send back comes
+//! connections addressed when the call was accepted. When a target shard's
+//! inbox is full it is refused whole before anything is queued ([`Busy`]),
+//! and a disconnect takes its connections out of presence before their
+//! shards close them, so no count includes what is going away. In cluster
+//! mode it also queues the operation for the other nodes (counting their
+//! connections only when the packet was queued); what they send back comes
 //! in through [`LocalNode`], the narrow interface the cluster link sees.
 
 use std::collections::HashSet;
