@@ -337,7 +337,7 @@ impl Handle {
         self.stats_limited(1000)
     }
 
-    /// Counters and up to `limit` (at most [`MAX_STATS_USERS`]) connected
+    /// Counters and up to `limit` (at most 10,000) connected
     /// user ids, in no particular order. Only the ids returned are copied;
     /// `total_users` and `users_truncated` are exact.
     pub fn stats_limited(&self, limit: usize) -> Stats {
