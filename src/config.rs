@@ -78,6 +78,10 @@ pub struct Config {
     /// Prefix of every Redis key and channel (`--cluster-name`), so that
     /// several clusters can share one Redis. Default `wsedge`.
     pub cluster_name: String,
+    /// Commands (broadcasts, sends, disconnects) one shard's inbox holds
+    /// before operations that would add more are refused with `503`
+    /// (`--shard-inbox-capacity`). Default 4096.
+    pub shard_inbox_capacity: usize,
 }
 
 /// The largest number of shards accepted; more threads than this on one
@@ -116,6 +120,7 @@ impl Default for Config {
             redis_url: None,
             node_id: None,
             cluster_name: "wsedge".to_string(),
+            shard_inbox_capacity: 4096,
         }
     }
 }
@@ -184,6 +189,7 @@ impl Config {
             // 0 would close every keep-alive (and every paused) REST
             // connection the moment it goes quiet.
             ("--idle-timeout-secs", self.idle_timeout_secs as usize),
+            ("--shard-inbox-capacity", self.shard_inbox_capacity),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

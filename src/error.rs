@@ -40,6 +40,14 @@ pub enum HttpError {
     ExpectationFailed(String),
     #[error("server shutting down")]
     ShuttingDown,
+    #[error("server busy: a shard's command queue is full; nothing was sent, retry later")]
+    Busy,
+}
+
+impl From<crate::bus::Busy> for HttpError {
+    fn from(_: crate::bus::Busy) -> HttpError {
+        HttpError::Busy
+    }
 }
 
 impl HttpError {
@@ -56,7 +64,7 @@ impl HttpError {
             HttpError::UpgradeRequired(_) => 426,
             HttpError::TooManyRequests => 429,
             HttpError::HeadersTooLarge { .. } => 431,
-            HttpError::ServiceUnavailable | HttpError::ShuttingDown => 503,
+            HttpError::ServiceUnavailable | HttpError::ShuttingDown | HttpError::Busy => 503,
             HttpError::ExpectationFailed(_) => 417,
         }
     }

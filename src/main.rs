@@ -128,6 +128,10 @@ struct Cli {
     /// Redis and name form one cluster [default: wsedge]
     #[arg(long, env = "WSEDGE_CLUSTER_NAME", value_name = "NAME")]
     cluster_name: Option<String>,
+    /// Commands one shard may have queued; operations that would add more
+    /// are refused with 503 [default: 4096]
+    #[arg(long, env = "WSEDGE_SHARD_INBOX_CAPACITY", value_name = "N")]
+    shard_inbox_capacity: Option<usize>,
 }
 
 impl Cli {
@@ -175,6 +179,7 @@ impl Cli {
             redis_url,
             node_id
         );
+        set!(shard_inbox_capacity);
         if self.no_web {
             c.serve_web = false;
         }

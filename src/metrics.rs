@@ -1,5 +1,8 @@
 //! Counters, kept per shard as relaxed atomics that only their shard
 //! writes, and gathered on demand for `/metrics` and the stats route.
+//! How many WebSockets count is presence's to say (`crate::presence`),
+//! not a counter here: a connection a disconnect took out stops counting
+//! before its shard has removed it.
 //!
 //! Counting never takes a lock and never allocates on the hot path.
 
@@ -9,8 +12,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 /// Counters of one shard.
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
-    /// Open WebSocket connections.
-    pub connections: AtomicUsize,
     /// Open HTTP (REST or not yet upgraded) connections.
     pub http_connections: AtomicUsize,
     pub messages_in: AtomicU64,
@@ -105,6 +106,8 @@ pub struct Metrics {
     /// Connections closed at accept: `--max-http-connections` were open.
     pub http_refused: AtomicU64,
     pub broadcasts: AtomicU64,
+    /// Operations refused because a shard's inbox was full.
+    pub commands_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -116,6 +119,7 @@ impl Metrics {
             accept_errors: AtomicU64::new(0),
             http_refused: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
+            commands_refused: AtomicU64::new(0),
         }
     }
 
@@ -123,19 +127,13 @@ impl Metrics {
         self.rejected[reason as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn connections(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.connections.load(Relaxed))
-            .sum()
-    }
-
     pub fn sum(&self, f: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
         self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
     }
 
-    /// Prometheus text exposition format, every metric named `wsedge_…`.
-    pub fn render(&self, users: usize, uptime_secs: u64) -> String {
+    /// Prometheus text exposition format, every metric named `wsedge_…`;
+    /// `connections` are presence's counted WebSockets per shard.
+    pub fn render(&self, connections: &[usize], users: usize, uptime_secs: u64) -> String {
         let mut o = String::with_capacity(4096);
         let mut p = Prom::new(&mut o);
         let per_shard = |p: &mut Prom<'_>,
@@ -148,13 +146,11 @@ impl Metrics {
                 p.labelled(name, "shard", i, f(s));
             }
         };
-        per_shard(
-            &mut p,
-            "wsedge_connections",
-            "Open WebSocket connections per shard.",
-            "gauge",
-            &|s| s.connections.load(Relaxed) as u64,
-        );
+        let name = "wsedge_connections";
+        p.family(name, "Open WebSocket connections per shard.", "gauge");
+        for (i, n) in connections.iter().enumerate() {
+            p.labelled(name, "shard", i, *n as u64);
+        }
         per_shard(
             &mut p,
             "wsedge_http_connections",
@@ -199,6 +195,12 @@ impl Metrics {
             "Broadcasts and sends accepted.",
             "counter",
             self.broadcasts.load(Relaxed),
+        );
+        p.single(
+            "wsedge_commands_refused_total",
+            "Operations refused (503) because a shard's command inbox was full.",
+            "counter",
+            self.commands_refused.load(Relaxed),
         );
         p.single(
             "wsedge_uptime_seconds",

@@ -5,8 +5,12 @@
 //! An operation encodes its frame once, counts its targets from the
 //! presence table, and hands commands to the owning shards through the bus.
 //! It never waits for a shard: the count it returns is the number of
-//! connections addressed when the call was accepted. In cluster mode it
-//! also queues the operation for the other nodes; what they send back comes
+//! connections addressed when the call was accepted. When a target shard's
+//! inbox is full it is refused whole before anything is queued ([`Busy`]),
+//! and a disconnect takes its connections out of presence before their
+//! shards close them, so no count includes what is going away. In cluster
+//! mode it also queues the operation for the other nodes (counting their
+//! connections only when the packet was queued); what they send back comes
 //! in through [`LocalNode`], the narrow interface the cluster link sees.
 
 use std::collections::HashSet;
@@ -17,12 +21,15 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::bus::{Command, ConnRef};
+use crate::bus::{Busy, Command, ConnRef, Reserved};
 use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, LocalNode, NodeCounters};
 use crate::error::CloseCode;
 use crate::frame;
 use crate::shared::Shared;
+
+/// The most user ids a stats answer lists (`?limit=` above it is refused).
+pub const MAX_STATS_USERS: usize = 10_000;
 
 /// A handle on a running server: `Clone + Send + Sync`, cheap to clone.
 #[derive(Clone)]
@@ -70,17 +77,29 @@ pub struct NodeStats {
 impl Handle {
     /// Sends `{"type":kind,"payload":payload}` to every connection, or only
     /// to the connections of `user_ids` when given (an empty list addresses
-    /// nobody). Returns the number of connections addressed.
+    /// nobody). Returns the number of connections addressed; 0 also when it
+    /// was refused because a shard's inbox is full (nothing was sent then;
+    /// counted in `wsedge_commands_refused_total`).
     pub fn broadcast(&self, kind: &str, payload: Value, user_ids: Option<&[&str]>) -> usize {
-        let raw = frame::raw_payload(&payload);
+        self.try_broadcast(kind, &payload, user_ids).unwrap_or(0)
+    }
+
+    pub(crate) fn try_broadcast(
+        &self,
+        kind: &str,
+        payload: &Value,
+        user_ids: Option<&[&str]>,
+    ) -> Result<usize, Busy> {
+        let raw = frame::raw_payload(payload);
         let ids: Option<Vec<String>> =
             user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect());
-        self.broadcast_raw(kind, raw.as_deref(), ids.as_deref(), &[])
+        self.try_broadcast_raw(kind, raw.as_deref(), ids.as_deref(), &[])
     }
 
     /// The broadcast every caller ends in: `payload` is already JSON (`None`
     /// sends `null`). Exclusion wins over inclusion. In cluster mode the
     /// other nodes get it too, and the count includes their connections.
+    /// 0 when refused, as for [`Handle::broadcast`].
     pub fn broadcast_raw(
         &self,
         kind: &str,
@@ -88,36 +107,51 @@ impl Handle {
         user_ids: Option<&[String]>,
         exclude: &[String],
     ) -> usize {
+        self.try_broadcast_raw(kind, payload, user_ids, exclude)
+            .unwrap_or(0)
+    }
+
+    /// [`Handle::broadcast_raw`], telling a refusal apart: all of this
+    /// node's target shards had room, or nothing was sent anywhere.
+    pub(crate) fn try_broadcast_raw(
+        &self,
+        kind: &str,
+        payload: Option<&RawValue>,
+        user_ids: Option<&[String]>,
+        exclude: &[String],
+    ) -> Result<usize, Busy> {
         let envelope = frame::envelope(kind, payload);
-        let local = self.deliver_local(&envelope, user_ids, exclude);
+        let local = self.deliver_local(&envelope, user_ids, exclude)?;
         let Some(cluster) = &self.shared.cluster else {
-            return local;
+            return Ok(local);
         };
         let remote = match user_ids {
             Some(ids) => distinct_targets(ids, exclude)
                 .map(|u| cluster.remote_user_count(u))
                 .sum::<usize>(),
             None => {
-                let all: u64 = cluster
-                    .remote_nodes()
-                    .iter()
-                    .map(|(_, c)| c.connections)
-                    .sum();
-                let excluded: usize = distinct_targets(exclude, &[])
-                    .map(|u| cluster.remote_user_count(u))
-                    .sum();
-                (all as usize).saturating_sub(excluded)
+                // Totals and exclusions from the same per-user counts.
+                let exclude: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+                cluster.remote_count_except(&exclude)
             }
         };
         // The envelope is JSON we just wrote.
-        if let Ok(message) = serde_json::from_slice::<&RawValue>(&envelope) {
+        let published = serde_json::from_slice::<&RawValue>(&envelope).is_ok_and(|message| {
             cluster.publish(Body::Broadcast {
                 message,
                 users: user_ids.map(<[String]>::to_vec),
                 exclude: exclude.to_vec(),
-            });
-        }
-        local + remote
+            })
+        });
+        // A packet the queue to Redis refused reaches no other node.
+        Ok(if published { local + remote } else { local })
+    }
+
+    /// Room in the inboxes of `shards`, or `Busy` (counted) when one is full.
+    fn reserve(&self, shards: impl IntoIterator<Item = usize>) -> Result<Reserved<'_>, Busy> {
+        self.shared.bus.reserve(shards).inspect_err(|_| {
+            self.shared.metrics.commands_refused.fetch_add(1, Relaxed);
+        })
     }
 
     /// Fans an encoded envelope out to this node's connections only (the
@@ -128,32 +162,34 @@ impl Handle {
         envelope: &[u8],
         user_ids: Option<&[String]>,
         exclude: &[String],
-    ) -> usize {
+    ) -> Result<usize, Busy> {
         let shared = &self.shared;
         let frame: frame::SharedFrame = Arc::from(frame::text_frame(envelope));
-        shared.metrics.broadcasts.fetch_add(1, Relaxed);
-        match user_ids {
+        let total = match user_ids {
             Some(ids) => {
                 let targets: Vec<&String> = distinct_targets(ids, exclude).collect();
-                self.send_to_users(&frame, &targets)
+                self.send_to_users(&frame, &targets)?
             }
             None => {
+                let room = self.reserve(0..shared.bus.shard_count())?;
                 let exclude: HashSet<String> = exclude.iter().cloned().collect();
                 let excluded: usize = exclude.iter().map(|u| shared.presence.count(u)).sum();
-                let total = shared.metrics.connections().saturating_sub(excluded);
+                let total = shared.presence.total().saturating_sub(excluded);
                 let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
-                shared.bus.send_all(|| Command::BroadcastAll {
+                room.send_all(|| Command::BroadcastAll {
                     frame: frame.clone(),
                     exclude: exclude.clone(),
                 });
                 total
             }
-        }
+        };
+        shared.metrics.broadcasts.fetch_add(1, Relaxed);
+        Ok(total)
     }
 
     /// Routes `frame` to the shards holding each user; returns the
     /// connections addressed.
-    fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> usize {
+    fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> Result<usize, Busy> {
         let shards = self.shared.bus.shard_count();
         let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
         let mut total = 0usize;
@@ -165,22 +201,20 @@ impl Handle {
                 }
             }
         }
+        let targets = per_shard.iter().enumerate().filter(|(_, u)| !u.is_empty());
+        let mut room = self.reserve(targets.map(|(i, _)| i))?;
         for (shard, users) in per_shard.into_iter().enumerate() {
             if !users.is_empty() {
-                self.shared.bus.send(
-                    shard,
-                    Command::SendUsers {
-                        frame: frame.clone(),
-                        users,
-                    },
-                );
+                let frame = frame.clone();
+                room.send(shard, Command::SendUsers { frame, users });
             }
         }
-        total
+        Ok(total)
     }
 
     /// Sends to every connection of one user; returns the connections addressed
-    /// (0 when the user is not connected).
+    /// (0 when the user is not connected, or when refused as for
+    /// [`Handle::broadcast`]).
     pub fn send_to_user(&self, user_id: &str, kind: &str, payload: Value) -> usize {
         self.send_to_user_raw(user_id, kind, frame::raw_payload(&payload).as_deref())
     }
@@ -213,49 +247,89 @@ impl Handle {
 
     /// Closes every connection of a user, on every node in cluster mode:
     /// `4000` when it may reconnect, `4500` when not. Returns how many
-    /// connections were asked to close.
+    /// connections were asked to close (0 also when refused because a
+    /// shard's inbox is full: then none was). From the return on, they count
+    /// nowhere (status, sends, stats, the per-user limit) although each
+    /// may take its close handshake (up to 3 s) to go; a connection the
+    /// user opens after the call stays open and counts.
     pub fn disconnect_user(&self, user_id: &str, reconnect: bool) -> usize {
+        self.try_disconnect_user(user_id, reconnect).unwrap_or(0)
+    }
+
+    pub(crate) fn try_disconnect_user(
+        &self,
+        user_id: &str,
+        reconnect: bool,
+    ) -> Result<usize, Busy> {
         let code = CloseCode::disconnect(reconnect);
-        let local = self.disconnect_local(user_id, code);
+        let local = self.disconnect_local(user_id, code)?;
         let Some(cluster) = &self.shared.cluster else {
-            return local;
+            return Ok(local);
         };
         let remote = cluster.remote_user_count(user_id);
-        cluster.publish(Body::Disconnect {
+        let published = cluster.publish(Body::Disconnect {
             user: user_id.to_string(),
             code: code.code(),
         });
-        local + remote
-    }
-
-    /// Closes the connections of `user_id` on this node only.
-    pub(crate) fn disconnect_local(&self, user_id: &str, code: CloseCode) -> usize {
-        let mut total = 0;
-        for (shard, n) in self.shared.presence.shards_of(user_id) {
-            total += n as usize;
-            self.shared.bus.send(
-                shard,
-                Command::DisconnectUsers {
-                    users: vec![user_id.to_string()],
-                    code,
-                },
-            );
+        if !published {
+            return Ok(local);
         }
-        total
+        // The other nodes take the user out of their presence when the
+        // packet arrives, and their change comes back within ~50 ms; until
+        // then this node's copies must not count the connections either.
+        cluster.forget_user(user_id);
+        Ok(local + remote)
     }
 
-    /// Closes one connection by its `connectionId`; false when the id is not
-    /// well formed. A stale id (connection gone, slot reused) is ignored by
-    /// the shard. Connection ids are per node: in cluster mode this closes
-    /// a connection of this node only.
+    /// Closes the connections of `user_id` on this node only: takes them
+    /// out of presence now, and asks their shards to close exactly those.
+    /// Room is reserved in every shard first (disconnects are rare), so a
+    /// connection registered meanwhile on any shard can be taken too.
+    pub(crate) fn disconnect_local(&self, user_id: &str, code: CloseCode) -> Result<usize, Busy> {
+        let mut room = self.reserve(0..self.shared.bus.shard_count())?;
+        let conns = self.shared.presence.take_user(user_id);
+        let total = conns.len();
+        let mut per_shard: Vec<Vec<ConnRef>> = vec![Vec::new(); self.shared.bus.shard_count()];
+        for c in conns {
+            if let Some(list) = per_shard.get_mut(usize::from(c.shard)) {
+                list.push(c);
+            }
+        }
+        for (shard, conns) in per_shard.into_iter().enumerate() {
+            if !conns.is_empty() {
+                room.send(shard, Command::Close { conns, code });
+            }
+        }
+        Ok(total)
+    }
+
+    /// Closes one connection by its `connectionId`, taking it out of
+    /// presence at once as [`Handle::disconnect_user`] does. False when the
+    /// id names no connection that counts on this node (malformed, stale,
+    /// already closing) or its shard's inbox is full. Connection ids are
+    /// per node: in cluster mode this closes a connection of this node only.
     pub fn disconnect_connection(&self, connection_id: &str, reconnect: bool) -> bool {
         let Some(conn) = ConnRef::parse(connection_id) else {
             return false;
         };
+        let shard = usize::from(conn.shard);
+        if shard >= self.shared.bus.shard_count() {
+            return false;
+        }
+        let Ok(mut room) = self.reserve([shard]) else {
+            return false;
+        };
+        if !self.shared.presence.take_conn(conn) {
+            return false;
+        }
         let code = CloseCode::disconnect(reconnect);
-        self.shared
-            .bus
-            .send(conn.shard as usize, Command::Close { conn, code })
+        room.send(
+            shard,
+            Command::Close {
+                conns: vec![conn],
+                code,
+            },
+        )
     }
 
     /// Counters and up to 1000 connected user ids.
@@ -263,66 +337,57 @@ impl Handle {
         self.stats_limited(1000)
     }
 
+    /// Counters and up to `limit` (at most 10,000) connected
+    /// user ids, in no particular order. Only the ids returned are copied;
+    /// `total_users` and `users_truncated` are exact.
     pub fn stats_limited(&self, limit: usize) -> Stats {
-        let m = &self.shared.metrics;
-        let Some(cluster) = &self.shared.cluster else {
-            let (users, users_truncated) = self.shared.presence.users(limit);
-            return Stats {
-                total_connections: m.connections(),
-                total_users: self.shared.presence.user_count(),
-                users,
-                users_truncated,
-                ..self.node_stats()
-            };
+        let limit = limit.min(MAX_STATS_USERS);
+        let presence = &*self.shared.presence;
+        let (mut users, local_users) = presence.users(limit);
+        let mut stats = Stats {
+            total_users: local_users,
+            ..self.node_stats()
         };
-        let mut all: HashSet<String> = self.shared.presence.all_users().into_iter().collect();
-        cluster.remote_users(&mut all);
-        let total_users = all.len();
-        let mut users: Vec<String> = all.into_iter().collect();
-        users.sort_unstable();
-        let users_truncated = users.len() > limit;
-        users.truncate(limit);
-        let mut stats = self.node_stats();
-        let mut nodes = vec![NodeStats {
-            id: cluster.node_id.clone(),
-            connections: stats.total_connections,
-        }];
-        for (id, c) in cluster.remote_nodes() {
-            stats.total_connections += c.connections as usize;
-            stats.messages_in += c.messages_in;
-            stats.messages_out += c.messages_out;
-            stats.bytes_out += c.bytes_out;
-            nodes.push(NodeStats {
-                id,
-                connections: c.connections as usize,
-            });
+        if let Some(cluster) = &self.shared.cluster {
+            let room = limit.saturating_sub(users.len());
+            let (remote_only, page) = cluster.remote_users(presence, room);
+            stats.total_users += remote_only;
+            users.extend(page);
+            let mut nodes = vec![NodeStats {
+                id: cluster.node_id.clone(),
+                connections: stats.total_connections,
+            }];
+            for (id, c) in cluster.remote_nodes() {
+                stats.total_connections += c.connections as usize;
+                stats.messages_in += c.messages_in;
+                stats.messages_out += c.messages_out;
+                stats.bytes_out += c.bytes_out;
+                nodes.push(NodeStats {
+                    id,
+                    connections: c.connections as usize,
+                });
+            }
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            stats.nodes = Some(nodes);
         }
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        Stats {
-            total_users,
-            users,
-            users_truncated,
-            nodes: Some(nodes),
-            ..stats
-        }
+        stats.users_truncated = stats.total_users > users.len();
+        stats.users = users;
+        stats
     }
 
     /// This node's own counters, users left empty.
     fn node_stats(&self) -> Stats {
         let m = &self.shared.metrics;
+        let per_shard = self.shared.presence.per_shard();
         Stats {
-            total_connections: m.connections(),
+            total_connections: per_shard.iter().sum(),
             total_users: 0,
             users: Vec::new(),
             users_truncated: false,
-            shards: m
-                .shards
-                .iter()
+            shards: per_shard
+                .into_iter()
                 .enumerate()
-                .map(|(id, s)| ShardStats {
-                    id,
-                    connections: s.connections.load(Relaxed),
-                })
+                .map(|(id, connections)| ShardStats { id, connections })
                 .collect(),
             messages_in: m.sum(|s| &s.messages_in),
             messages_out: m.sum(|s| &s.messages_out),
@@ -334,8 +399,10 @@ impl Handle {
 
     /// Prometheus text for `/metrics`.
     pub fn metrics_text(&self) -> String {
+        let presence = &self.shared.presence;
         let mut text = self.shared.metrics.render(
-            self.shared.presence.user_count(),
+            &presence.per_shard(),
+            presence.user_count(),
             self.shared.started.elapsed().as_secs(),
         );
         if let Some(c) = &self.shared.cluster {
@@ -348,12 +415,14 @@ impl Handle {
 /// What the cluster link may do to this node: deliver what other nodes
 /// published, and read this node's presence and counters to tell them.
 impl LocalNode for Handle {
+    // A refusal (a full inbox) is counted in wsedge_commands_refused_total;
+    // no caller is waiting on this node to tell.
     fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]) {
-        self.deliver_local(envelope, users, exclude);
+        let _ = self.deliver_local(envelope, users, exclude);
     }
 
     fn disconnect(&self, user: &str, code: CloseCode) {
-        self.disconnect_local(user, code);
+        let _ = self.disconnect_local(user, code);
     }
 
     fn presence_snapshot(&self) -> Vec<(String, usize)> {
@@ -367,7 +436,7 @@ impl LocalNode for Handle {
     fn counters(&self) -> NodeCounters {
         let m = &self.shared.metrics;
         NodeCounters {
-            connections: m.connections() as u64,
+            connections: self.shared.presence.total() as u64,
             messages_in: m.sum(|s| &s.messages_in),
             messages_out: m.sum(|s| &s.messages_out),
             bytes_out: m.sum(|s| &s.bytes_out),

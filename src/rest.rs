@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::auth::{bearer_token, AdminCheck};
 use crate::error::HttpError;
 use crate::http::{Request, Response};
-use crate::ops::Handle;
+use crate::ops::{Handle, MAX_STATS_USERS};
 use crate::router::Route;
 
 /// Answers an admitted request for any route but `/ws`.
@@ -94,7 +94,7 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
             )
         }
         Route::Disconnect(user) => disconnect(h, user, req)?,
-        Route::TestNotification => test_notification(h),
+        Route::TestNotification => test_notification(h)?,
     })
 }
 
@@ -117,7 +117,7 @@ fn broadcast(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
         Some(ids) => json!(ids.len()),
         None => json!("all"),
     };
-    let n = h.broadcast_raw(&kind, body.payload, user_ids.as_deref(), &exclude);
+    let n = h.try_broadcast_raw(&kind, body.payload, user_ids.as_deref(), &exclude)?;
     Ok(Response::json(
         200,
         json!({"message":"Message broadcasted successfully","sentToConnections":n,"targetUsers":target_users}),
@@ -127,7 +127,7 @@ fn broadcast(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
 fn send(h: &Handle, user: &str, req: &Request<'_>) -> Result<Response, HttpError> {
     let body = parse_body::<BroadcastBody>(&req.body)?;
     let kind = body.kind()?;
-    let n = h.send_to_user_raw(user, &kind, body.payload);
+    let n = h.try_broadcast_raw(&kind, body.payload, Some(&[user.to_string()]), &[])?;
     if n == 0 {
         return Err(HttpError::NotFound(format!("User {user} is not connected")));
     }
@@ -144,6 +144,11 @@ fn stats(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
             HttpError::BadRequest(format!("limit must be a non-negative integer, got {v:?}"))
         })?,
     };
+    if limit > MAX_STATS_USERS {
+        return Err(HttpError::BadRequest(format!(
+            "limit must be at most {MAX_STATS_USERS}, got {limit}"
+        )));
+    }
     Ok(Response::json(
         200,
         serde_json::to_value(h.stats_limited(limit)).unwrap_or(Value::Null),
@@ -160,7 +165,7 @@ fn disconnect(h: &Handle, user: &str, req: &Request<'_>) -> Result<Response, Htt
             )))
         }
     };
-    let n = h.disconnect_user(user, reconnect);
+    let n = h.try_disconnect_user(user, reconnect)?;
     if n == 0 {
         return Err(HttpError::NotFound(format!(
             "User {user} has no active connections"
@@ -172,17 +177,17 @@ fn disconnect(h: &Handle, user: &str, req: &Request<'_>) -> Result<Response, Htt
     ))
 }
 
-fn test_notification(h: &Handle) -> Response {
+fn test_notification(h: &Handle) -> Result<Response, HttpError> {
     let payload = json!({
         "title": "Test Notification",
         "message": "This is a test notification from wsedge",
         "timestamp": crate::http::timestamp(),
     });
-    let n = h.broadcast("notification", payload, None);
-    Response::json(
+    let n = h.try_broadcast("notification", &payload, None)?;
+    Ok(Response::json(
         200,
         json!({"message":"Test notification sent","sentToConnections":n}),
-    )
+    ))
 }
 
 #[derive(Deserialize)]

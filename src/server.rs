@@ -14,11 +14,9 @@ use mio::{Poll, Waker};
 use rand::Rng;
 use serde_json::json;
 
-use crossbeam_channel::Receiver;
-
 use crate::acceptor::{self, Acceptor};
 use crate::auth::{mint_hs256, now_secs, Verifier};
-use crate::bus::{self, Bus, Command};
+use crate::bus::{self, Bus, Inbox};
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::handler::{EchoHandler, MessageHandler};
@@ -202,10 +200,13 @@ impl Server {
             return;
         }
         // Each shard closes its listener first, then drains.
-        self.handle.shared.bus.send_all(|| Command::Shutdown);
+        self.handle.shared.bus.shutdown_all();
         for t in self.shards.drain(..) {
             let _ = t.join();
         }
+        // Only now, with no REST call left to publish anything: the
+        // publisher writes out what is queued (at most ~1 s), then says
+        // goodbye.
         if let Some(c) = &self.handle.shared.cluster {
             c.stop.store(true, std::sync::atomic::Ordering::Release);
         }
@@ -226,7 +227,7 @@ impl Drop for Server {
 /// state, and each shard's poll (with its waker registered) and inbox.
 pub(crate) struct Parts {
     pub handle: Handle,
-    pub shards: Vec<(Poll, Receiver<Command>)>,
+    pub shards: Vec<(Poll, Inbox)>,
     pub dev: Option<DevMode>,
 }
 
@@ -251,7 +252,7 @@ pub(crate) fn assemble(
     for _ in 0..config.shards {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = bus::inbox();
+        let (tx, rx) = bus::inbox(config.shard_inbox_capacity);
         inboxes.push((tx, waker));
         shards.push((poll, rx));
     }
@@ -270,7 +271,7 @@ pub(crate) fn assemble(
         cluster,
         verifier: Arc::new(verifier),
         metrics: Arc::new(Metrics::new(config.shards)),
-        bus: Bus::new(inboxes),
+        bus: Bus::new(inboxes, config.shard_inbox_capacity),
         started: Instant::now(),
         handler,
         dev_user_token: dev.as_ref().map(|d| d.user_token.clone()),

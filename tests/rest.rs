@@ -981,6 +981,12 @@ fn stats_limit_truncates_users_and_bad_limits_are_400() {
         assert_eq!(r.status, 400, "limit={bad}: {}", r.text());
         assert!(r.error().contains("limit"), "{}", r.error());
     }
+    // The maximum is 10,000.
+    let s = stats(srv.addr, "?limit=10000");
+    assert_eq!(s["users"].as_array().map(Vec::len), Some(3), "{s}");
+    let r = admin(srv.addr, "GET", "/v1/websocket/stats?limit=10001", None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error(), "limit must be at most 10000, got 10001");
 }
 
 // ---------------------------------------------------------------------------
@@ -1105,6 +1111,167 @@ fn disconnect_unknown_user_is_404() {
     );
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.error(), "User ghost has no active connections");
+}
+
+/// The next frame of `ws` is a close frame with `code` (nothing came before it).
+fn next_is_close(ws: &mut Ws, code: u16) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no frame within {WAIT:?}");
+        match ws.read().expect("read") {
+            Message::Close(Some(f)) => return assert_eq!(u16::from(f.code), code),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected close {code}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn counts_drop_as_soon_as_a_disconnect_answers() {
+    // The disconnected clients read nothing until the end: the server waits
+    // for their close replies (up to 3 s) and holds their slots meanwhile,
+    // which the 503 below proves. Everything before it happens while both
+    // are still closing.
+    let srv = start(|c| {
+        c.max_connections_per_user = 2;
+        c.max_connections = 5;
+    });
+    let (mut a1, _) = connect(srv.addr, &token("alice", 60));
+    let (mut a2, _) = connect(srv.addr, &token("alice", 60));
+    let (mut b, _) = connect(srv.addr, &token("bob", 60));
+    let r = admin(
+        srv.addr,
+        "DELETE",
+        "/v1/websocket/user/alice/disconnect",
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json["disconnectedConnections"], 2);
+
+    let s = status_of(srv.addr, "alice");
+    assert_eq!(
+        (s["isConnected"].clone(), s["connectionCount"].clone()),
+        (json!(false), json!(0))
+    );
+    let r = admin(
+        srv.addr,
+        "POST",
+        "/v1/websocket/send/alice",
+        Some(&json!({"type":"x"})),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let st = stats(srv.addr, "");
+    assert_eq!(
+        (&st["totalConnections"], &st["totalUsers"], &st["users"]),
+        (&json!(1), &json!(1), &json!(["bob"]))
+    );
+    let shards: u64 = st["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .filter_map(|s| s["connections"].as_u64())
+        .sum();
+    assert_eq!(shards, 1, "{st}");
+    let text = metrics_text(srv.addr);
+    assert_eq!(metric(&text, "wsedge_connections"), 1.0);
+    assert_eq!(metric(&text, "wsedge_users"), 1.0);
+    let r = admin(
+        srv.addr,
+        "DELETE",
+        "/v1/websocket/user/alice/disconnect",
+        None,
+    );
+    assert_eq!(
+        r.status,
+        404,
+        "a second disconnect finds nobody: {}",
+        r.text()
+    );
+
+    // The per-user limit (2) admits two new connections of alice at once.
+    let (mut a3, _) = connect(srv.addr, &token("alice", 60));
+    let (mut a4, _) = connect(srv.addr, &token("alice", 60));
+    assert_eq!(status_of(srv.addr, "alice")["connectionCount"], 2);
+    // The two closing connections still hold their --max-connections
+    // slots: they were not gone during any check above.
+    assert_eq!(
+        try_connect(srv.addr, &format!("/ws?token={}", token("carol", 60)), &[]).err(),
+        Some(503)
+    );
+
+    // The new connections are served, the old ones only closed.
+    let r = admin(
+        srv.addr,
+        "POST",
+        "/v1/websocket/send/alice",
+        Some(&json!({"type":"after"})),
+    );
+    assert_eq!(r.json["sentToConnections"], 2, "{}", r.text());
+    for ws in [&mut a3, &mut a4] {
+        assert_eq!(next_json(ws)["type"], "after");
+    }
+    next_is_close(&mut a1, 4000);
+    next_is_close(&mut a2, 4000);
+    eventually("the closed slots are free", || {
+        try_connect(srv.addr, &format!("/ws?token={}", token("carol", 60)), &[]).is_ok()
+    });
+    assert_next_is_marker(srv.addr, &mut [&mut b, &mut a3, &mut a4], "m");
+}
+
+#[test]
+fn a_full_shard_inbox_answers_503_and_sends_nothing() {
+    // One shard whose inbox holds two commands. The REST connection is
+    // served by that shard: it reads and answers every request of one
+    // write in one turn, before it takes any command from its inbox.
+    let srv = start(|c| {
+        c.shards = 1;
+        c.shard_inbox_capacity = 2;
+    });
+    let (mut ws, _) = connect(srv.addr, &token("alice", 60));
+    let mut all = String::new();
+    for i in 0..6 {
+        all.push_str(&post_req(
+            "/v1/websocket/broadcast",
+            &format!(r#"{{"type":"flood","payload":{i}}}"#),
+        ));
+    }
+    all.push_str(&post_req("/v1/websocket/send/alice", r#"{"type":"one"}"#));
+    all.push_str(&format!(
+        "DELETE /v1/websocket/user/alice/disconnect HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n"
+    ));
+    all.push_str(&post_req("/v1/websocket/test/notification", ""));
+    let mut c = HttpConn::open(srv.addr);
+    c.send(all.as_bytes()); // one write
+    for i in 0..2 {
+        let r = c.response();
+        assert_eq!(r.status, 200, "broadcast #{i}: {}", r.text());
+        assert_eq!(r.json["sentToConnections"], 1);
+    }
+    for what in [
+        "broadcast",
+        "broadcast",
+        "broadcast",
+        "broadcast",
+        "send",
+        "disconnect",
+        "test notification",
+    ] {
+        let r = c.response();
+        assert_eq!(r.status, 503, "{what}: {}", r.text());
+        assert_eq!(
+            r.error(),
+            "server busy: a shard's command queue is full; nothing was sent, retry later"
+        );
+    }
+    let text = metrics_text(srv.addr);
+    assert_eq!(metric(&text, "wsedge_commands_refused_total"), 7.0);
+    // Exactly the two accepted broadcasts arrived; the refused disconnect
+    // took nothing out.
+    for i in 0..2 {
+        assert_eq!(next_json(&mut ws), json!({"type":"flood","payload":i}));
+    }
+    assert_eq!(status_of(srv.addr, "alice")["connectionCount"], 1);
+    assert_next_is_marker(srv.addr, &mut [&mut ws], "after");
 }
 
 // ---------------------------------------------------------------------------

@@ -95,8 +95,16 @@ struct Live {
     expected: AtomicU64,
 }
 
+/// Requests a lane sends on one connection before it moves to a fresh one:
+/// under the 1,000 a wsedge keep-alive connection serves (and nginx's
+/// default), so the server never closes a lane under load with requests
+/// in flight.
+const LANE_REQUESTS: u64 = 900;
+
 struct Lane {
     stream: TcpStream,
+    /// Requests written on this connection.
+    sent: u64,
     permits: Receiver<()>,
     meta: Option<Sender<Instant>>,
     dead: Arc<AtomicBool>,
@@ -166,6 +174,7 @@ impl RestDriver {
         };
         Ok(Lane {
             stream,
+            sent: 0,
             permits,
             meta: Some(meta_tx),
             dead,
@@ -183,6 +192,32 @@ impl RestDriver {
             }
         }
         Ok(())
+    }
+
+    /// Moves every lane that sent [`LANE_REQUESTS`] to a fresh connection,
+    /// once the old one's answers are in: a request on the new connection
+    /// (another shard, maybe) must not overtake one still in flight on the
+    /// old, or the broadcasts would arrive out of order.
+    fn recycle(&mut self) {
+        let window = self.cfg.window.max(1);
+        for i in 0..self.lanes.len() {
+            if self.lanes[i].sent < LANE_REQUESTS {
+                continue;
+            }
+            let idle_by = Instant::now() + Duration::from_secs(10);
+            let lane = &self.lanes[i];
+            while lane.permits.len() < window
+                && !lane.dead.load(Ordering::Acquire)
+                && Instant::now() < idle_by
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            match self.open_lane(i) {
+                Ok(fresh) => close_lane(std::mem::replace(&mut self.lanes[i], fresh)),
+                // Stays on the old connection; the server's close revives it.
+                Err(_) => self.lanes[i].sent = 0,
+            }
+        }
     }
 
     pub fn lanes(&self) -> usize {
@@ -332,10 +367,12 @@ impl RestDriver {
                         self.live.answered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                lane.sent += n as u64;
                 if !ok {
                     lane.dead.store(true, Ordering::Release);
                 }
             }
+            self.recycle();
         }
         Sent {
             requests: k,

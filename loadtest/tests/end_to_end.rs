@@ -62,9 +62,9 @@ fn check_phase(phase: &Value, connections: u64) {
     // Every broadcast addressed every connection (in a cluster: on every node).
     assert_eq!(expected, requests * connections, "{phase}");
     assert_eq!(phase["received"], expected, "{phase}");
-    assert_eq!(phase["lost"], 0);
-    assert_eq!(phase["out_of_order"], 0);
-    assert_eq!(phase["extra"], 0);
+    assert_eq!(phase["lost"], 0, "{phase}");
+    assert_eq!(phase["out_of_order"], 0, "{phase}");
+    assert_eq!(phase["extra"], 0, "{phase}");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //!   heartbeat every [`HEARTBEAT`]. After any error it drops the connection,
 //!   counts what it could not send, and reconnects with back-off; on
 //!   reconnecting it rewrites this node's whole presence snapshot, so that
-//!   Redis restarted empty is healed.
+//!   Redis restarted empty is healed. On stop it writes out what is still
+//!   queued (for at most [`FLUSH_ON_STOP`]) before its goodbye.
 //! - The subscriber owns a pub/sub connection on the cluster channel and a
 //!   second connection for reading other nodes' snapshots. Packets from
 //!   other nodes go to the shards through the same bus commands as local
@@ -29,6 +30,12 @@ use crate::error::CloseCode;
 const KEY_TTL_MS: u64 = 10_000;
 /// Packets sent in one pipelined round trip at most.
 const BATCH: usize = 512;
+/// Bytes of packets a batch stops growing at (it takes at least one packet).
+const BATCH_BYTES: usize = 1 << 20;
+/// How long a stopping publisher goes on writing what is queued before its
+/// goodbye: a graceful stop loses nothing while Redis keeps up, and never
+/// waits long on a Redis that does not.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(1);
 /// Hash fields written per `HSET` in a snapshot.
 const SNAPSHOT_CHUNK: usize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -127,17 +134,12 @@ fn run_publisher(c: &Cluster, local: &dyn LocalNode) {
         let wait = next_flush
             .min(next_heartbeat)
             .saturating_duration_since(Instant::now());
-        match c.outbox_rx.recv_timeout(wait) {
+        match c.outbox.recv_timeout(wait) {
             Ok(b) => batch.push(b),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        while batch.len() < BATCH {
-            match c.outbox_rx.try_recv() {
-                Ok(b) => batch.push(b),
-                Err(_) => break,
-            }
-        }
+        let bytes = fill_batch(c, &mut batch);
         if p.con.is_none() && p.reconnect.due() {
             p.open();
             next_heartbeat = Instant::now();
@@ -152,11 +154,29 @@ fn run_publisher(c: &Cluster, local: &dyn LocalNode) {
             next_heartbeat = now + HEARTBEAT;
         }
         p.send(&mut batch, flush, heartbeat);
+        c.outbox.release(bytes);
         if stopping {
+            // What the node accepted before it stopped goes out before the
+            // goodbye (which makes the others forget it).
+            p.flush_outbox(&mut batch, Instant::now() + FLUSH_ON_STOP);
             p.goodbye();
             return;
         }
     }
+}
+
+/// Adds queued packets to `batch` up to [`BATCH`] packets or
+/// [`BATCH_BYTES`]; returns the bytes of the whole batch.
+fn fill_batch(c: &Cluster, batch: &mut Vec<Vec<u8>>) -> usize {
+    let mut bytes: usize = batch.iter().map(Vec::len).sum();
+    while batch.len() < BATCH && bytes < BATCH_BYTES {
+        let Some(b) = c.outbox.try_recv() else {
+            break;
+        };
+        bytes += b.len();
+        batch.push(b);
+    }
+    bytes
 }
 
 impl Publisher<'_> {
@@ -290,6 +310,36 @@ impl Publisher<'_> {
         pipe.publish(channel, packet).ignore();
         self.write_seq(&mut pipe);
         pipe.exec(con)
+    }
+
+    /// On stop: writes out what is still queued until the queue is empty
+    /// or `deadline` passes; then what is queued at that moment is dropped
+    /// and counted (so the loop ends even if callers keep publishing).
+    /// Without a connection, `send` drops each batch at once.
+    fn flush_outbox(&mut self, batch: &mut Vec<Vec<u8>>, deadline: Instant) {
+        loop {
+            let bytes = fill_batch(self.c, batch);
+            if batch.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            self.send(batch, false, false);
+            self.c.outbox.release(bytes);
+        }
+        let mut dropped = batch.len();
+        let mut bytes: usize = batch.drain(..).map(|b| b.len()).sum();
+        for _ in 0..self.c.outbox.len() {
+            let Some(b) = self.c.outbox.try_recv() else {
+                break;
+            };
+            dropped += 1;
+            bytes += b.len();
+        }
+        self.c.stats.dropped.fetch_add(dropped as u64, Relaxed);
+        self.c.outbox.release(bytes);
+        log::warn!("cluster: {dropped} packets still queued at shutdown were not published");
     }
 
     /// Tells the others to forget this node now, and removes its keys.

@@ -11,10 +11,13 @@
 //! on the same channel.
 //!
 //! What it must never do: make a shard (or any REST call) wait on Redis.
-//! Publishing is a `try_send` into a bounded queue; when Redis is down or
-//! slow the queue overflows into a counter, and local delivery goes on.
+//! Publishing is a push into a queue bounded in packets and bytes
+//! (`outbox`); when Redis is down or slow the queue overflows into a
+//! counter, the caller learns its packet was dropped, and local delivery
+//! goes on.
 
 mod link;
+mod outbox;
 pub(crate) mod view;
 pub(crate) mod wire;
 
@@ -23,14 +26,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-
 use crate::error::CloseCode;
 use crate::metrics::Prom;
 
 pub(crate) use link::spawn;
-pub(crate) use view::NodeCounters;
+use outbox::Outbox;
 use view::View;
+pub(crate) use view::{LocalUsers, NodeCounters};
 use wire::{Body, Names, Packet};
 
 /// How often a node says it is alive.
@@ -42,6 +44,14 @@ pub const NODE_TTL: Duration = Duration::from_secs(3);
 pub const PRESENCE_FLUSH: Duration = Duration::from_millis(20);
 /// Packets waiting for the publisher before new ones are dropped.
 const OUTBOX: usize = 100_000;
+/// Bytes of packets waiting for (or being written by) the publisher before
+/// new ones are dropped. The packet bound alone let a Redis that stops
+/// reading pin 100,000 broadcasts of up to `--max-body-bytes` each (100 GB
+/// at the default 1 MiB). 64 MiB is twice what Redis itself buffers for a
+/// pub/sub reader by default (`client-output-buffer-limit pubsub 32mb`):
+/// more than a Redis that keeps up ever needs, yet small beside a node's
+/// memory.
+const OUTBOX_BYTES: usize = 64 << 20;
 
 /// What the cluster link may ask of this node.
 pub(crate) trait LocalNode: Send + Sync + 'static {
@@ -84,8 +94,7 @@ pub(crate) struct Cluster {
     client: redis::Client,
     /// `host:port` of Redis, for logs and `/healthz` (never the password).
     pub redis_addr: String,
-    outbox: Sender<Vec<u8>>,
-    outbox_rx: Receiver<Vec<u8>>,
+    outbox: Outbox,
     view: Mutex<View>,
     pub stats: LinkStats,
     pub stop: AtomicBool,
@@ -95,15 +104,13 @@ impl Cluster {
     pub fn new(url: &str, node_id: String, cluster_name: &str) -> Result<Cluster, ClusterError> {
         let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
         let redis_addr = client.get_connection_info().addr().to_string();
-        let (outbox, outbox_rx) = crossbeam_channel::bounded(OUTBOX);
         Ok(Cluster {
             node_id,
             inc: rand::random::<u64>() >> 1,
             names: Names::new(cluster_name),
             client,
             redis_addr,
-            outbox,
-            outbox_rx,
+            outbox: Outbox::new(OUTBOX, OUTBOX_BYTES),
             view: Mutex::new(View::new(NODE_TTL)),
             stats: LinkStats::default(),
             stop: AtomicBool::new(false),
@@ -114,21 +121,20 @@ impl Cluster {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `body` for the other nodes; never blocks. False (and counted)
-    /// when the queue is full because Redis is down or slow.
+    /// Queues `body` for the other nodes; never blocks. False (and
+    /// counted in `wsedge_cluster_dropped_total`) when the queue is full
+    /// because Redis is down or slow: then the other nodes will not get it.
     pub fn publish(&self, body: Body<'_>) -> bool {
         let bytes = wire::encode(&Packet {
             node: self.node_id.as_str().into(),
             inc: self.inc,
             body,
         });
-        match self.outbox.try_send(bytes) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.dropped.fetch_add(1, Relaxed);
-                false
-            }
+        let queued = self.outbox.push(bytes);
+        if !queued {
+            self.stats.dropped.fetch_add(1, Relaxed);
         }
+        queued
     }
 
     /// Connections `user` holds on the other live nodes.
@@ -136,14 +142,27 @@ impl Cluster {
         self.view().user_count(user, Instant::now())
     }
 
-    /// The other live nodes with their last reported counters.
+    /// Stops counting `user` on the other nodes until their next change of
+    /// it: they were just asked to disconnect it.
+    pub fn forget_user(&self, user: &str) {
+        self.view().forget_user(user);
+    }
+
+    /// Connections on the other live nodes of every user but `exclude`'s.
+    pub fn remote_count_except(&self, exclude: &HashSet<&str>) -> usize {
+        self.view().count_all_except(exclude, Instant::now())
+    }
+
+    /// The other live nodes with their counters; `connections` is the sum
+    /// of each one's per-user counts, as fresh as they are.
     pub fn remote_nodes(&self) -> Vec<(String, NodeCounters)> {
         self.view().nodes(Instant::now())
     }
 
-    /// Adds users connected to other live nodes to `out`.
-    pub fn remote_users(&self, out: &mut HashSet<String>) {
-        self.view().collect_users(out, Instant::now());
+    /// Users of the other live nodes that `local` does not hold: how many,
+    /// and up to `limit` of them.
+    pub fn remote_users(&self, local: &dyn LocalUsers, limit: usize) -> (usize, Vec<String>) {
+        self.view().users_not_local(local, limit, Instant::now())
     }
 
     /// `Some(reason)` while the link to Redis is down.
@@ -186,7 +205,7 @@ impl Cluster {
             ),
             (
                 "wsedge_cluster_dropped_total",
-                "Packets not published because Redis was down or slow.",
+                "Packets not published because Redis was down or slow (the queue to it was full).",
                 &s.dropped,
             ),
             (

@@ -1,6 +1,6 @@
 //! What a shard does with the commands in its inbox: queue a broadcast's
-//! shared frame to every target connection, close users' connections, and
-//! start the drain on shutdown.
+//! shared frame to every target connection, close the connections a
+//! disconnect named, and start the drain on shutdown.
 //!
 //! This is where a broadcast fans out: one `SharedFrame` (encoded once by
 //! `ops`) is pushed by reference onto each target's outbound queue; the
@@ -69,22 +69,14 @@ impl Shard {
                 }
                 d.count(&self.ctx.metrics.shards[self.id]);
             }
-            Command::DisconnectUsers { users, code } => {
-                for user in &users {
-                    for &key in self.registry.connections_of(user) {
-                        if let Some(conn) = self.conns.get_mut(key) {
-                            conn.close_for(code, now);
-                            Self::mark_dirty(&mut self.dirty, key, conn);
-                        }
+            Command::Close { conns, code } => {
+                for r in conns {
+                    let key = r.slot as usize;
+                    // A reused slot has another generation: that one is stale.
+                    if let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == r.gen) {
+                        conn.close_for(code, now);
+                        Self::mark_dirty(&mut self.dirty, key, conn);
                     }
-                }
-            }
-            Command::Close { conn: r, code } => {
-                let key = r.slot as usize;
-                // A reused slot has another generation: the command is stale.
-                if let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == r.gen) {
-                    conn.close_for(code, now);
-                    Self::mark_dirty(&mut self.dirty, key, conn);
                 }
             }
             Command::Shutdown => self.start_drain(now),

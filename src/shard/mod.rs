@@ -27,13 +27,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::acceptor::Acceptor;
 use crate::auth::Verifier;
-use crate::bus::{Command, ConnRef};
+use crate::bus::{ConnRef, Inbox};
 use crate::config::Config;
 use crate::conn::{Conn, Env, Readable, Sock, WsEnv};
 use crate::handler::MessageHandler;
@@ -94,7 +93,7 @@ impl ShardCtx {
 pub(crate) struct Shard {
     id: usize,
     poll: Poll,
-    inbox: Receiver<Command>,
+    inbox: Inbox,
     /// This shard's listener (see [`crate::acceptor`]); `None` in the test bed.
     acceptor: Option<Acceptor>,
     conns: Slab<Conn>,
@@ -115,7 +114,7 @@ impl Shard {
     pub fn new(
         id: usize,
         poll: Poll,
-        inbox: Receiver<Command>,
+        inbox: Inbox,
         acceptor: Option<Acceptor>,
         registry: Registry,
         ctx: ShardCtx,
@@ -279,7 +278,7 @@ impl Shard {
             return;
         };
         let user: Arc<str> = Arc::from(up.claims.user_id.as_str());
-        if let Err(e) = self.registry.register(key, &user) {
+        if let Err(e) = self.registry.register(key, conn.gen, &user) {
             refusal!("upgrade for user {user} refused: {e}");
             conn.respond(&Response::error(&e).with_close(true), now);
             return;
@@ -403,6 +402,6 @@ impl Shard {
     fn remove(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        self.registry.unregister(key, conn.take_user());
+        self.registry.unregister(key, conn.gen, conn.take_user());
     }
 }

@@ -7,11 +7,17 @@
 //! One registry per shard, used on its thread only; what it shares with
 //! other shards (presence, slots, counters) is behind atomics or striped
 //! locks held for one map operation. It never touches a socket.
+//!
+//! A disconnect call may take a connection out of presence before its shard
+//! closes it (see [`crate::presence`]): then the connection stays in the
+//! users index and holds its `--max-connections` slot until it is removed,
+//! but counts nowhere else.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::bus::ConnRef;
 use crate::cluster::Cluster;
 use crate::error::HttpError;
 use crate::metrics::Metrics;
@@ -67,14 +73,23 @@ impl Registry {
         true
     }
 
-    /// Turns the HTTP connection `key` into a WebSocket of `user`, unless
-    /// that would pass `--max-connections` (`503`) or
-    /// `--max-connections-per-user` (`429`); a refusal is counted and
-    /// changes nothing else.
-    pub fn register(&mut self, key: usize, user: &Arc<str>) -> Result<(), HttpError> {
+    fn conn_ref(&self, key: usize, gen: u32) -> ConnRef {
+        ConnRef {
+            shard: self.shard as u16,
+            slot: key as u32,
+            gen,
+        }
+    }
+
+    /// Turns the HTTP connection `key` (of generation `gen`) into a
+    /// WebSocket of `user`, unless that would pass `--max-connections`
+    /// (`503`) or `--max-connections-per-user` (`429`); a refusal is counted
+    /// and changes nothing else.
+    pub fn register(&mut self, key: usize, gen: u32, user: &Arc<str>) -> Result<(), HttpError> {
+        let conn = self.conn_ref(key, gen);
         let refused = if self.slots.fetch_add(1, Relaxed) >= self.max_connections {
             Some(HttpError::ServiceUnavailable)
-        } else if !self.presence.try_add(user, self.shard, self.room_for(user)) {
+        } else if !self.presence.try_add(user, conn, self.room_for(user)) {
             Some(HttpError::TooManyRequests)
         } else {
             None
@@ -88,7 +103,6 @@ impl Registry {
         let m = &self.metrics.shards[self.shard];
         m.http_connections.fetch_sub(1, Relaxed);
         self.http_slots.fetch_sub(1, Relaxed);
-        m.connections.fetch_add(1, Relaxed);
         self.metrics.handshakes_accepted.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -104,19 +118,19 @@ impl Registry {
         self.max_per_user.saturating_sub(remote)
     }
 
-    /// Forgets the connection `key`: a WebSocket of `user` leaves presence,
-    /// the users index and the counts; an HTTP connection (`None`) only
-    /// its count.
-    pub fn unregister(&mut self, key: usize, user: Option<Arc<str>>) {
-        let m = &self.metrics.shards[self.shard];
+    /// Forgets the connection `key` of generation `gen`: a WebSocket of
+    /// `user` leaves presence (unless a disconnect took it out already), the
+    /// users index and its slot; an HTTP connection (`None`) only its count.
+    pub fn unregister(&mut self, key: usize, gen: u32, user: Option<Arc<str>>) {
         let Some(user) = user else {
-            m.http_connections.fetch_sub(1, Relaxed);
+            self.metrics.shards[self.shard]
+                .http_connections
+                .fetch_sub(1, Relaxed);
             self.http_slots.fetch_sub(1, Relaxed);
             return;
         };
-        self.presence.remove(&user, self.shard);
+        self.presence.remove(&user, self.conn_ref(key, gen));
         self.slots.fetch_sub(1, Relaxed);
-        m.connections.fetch_sub(1, Relaxed);
         if let Some(keys) = self.users.get_mut(&user) {
             keys.retain(|k| *k != key);
             if keys.is_empty() {

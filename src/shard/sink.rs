@@ -86,7 +86,8 @@ impl SinkShard {
             return;
         };
         let user: Arc<str> = Arc::from(user);
-        if sh.registry.register(key, &user).is_ok() {
+        let gen = sh.conns[key].gen;
+        if sh.registry.register(key, gen, &user).is_ok() {
             sh.become_ws(key, u64::MAX, user, false, now);
         }
     }
@@ -200,6 +201,85 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_registered_between_a_disconnect_and_its_shard_stays_counted_and_open() {
+        let (handle, mut shards) = sink_shards(config(1 << 20), 0).expect("test bed");
+        let now = Instant::now();
+        shards[0].open_sink("u", now);
+        shards[0].open_sink("u", now);
+        assert_eq!(handle.disconnect_user("u", true), 2);
+        // Out of every count at once, before the shard has run.
+        assert_eq!(handle.connection_count("u"), 0);
+        assert_eq!(handle.stats().total_connections, 0);
+        assert_eq!(handle.disconnect_user("u", true), 0);
+        // A connection of the same user opened now, before the shard takes
+        // the close command.
+        shards[0].open_sink("u", now);
+        assert_eq!(handle.connection_count("u"), 1);
+        let turn = shards[0].turn().expect("poll").expect("bus open");
+        let close_len = 4 + CloseCode::Disconnected.reason().len() as u64;
+        assert_eq!(turn, (1, 2 * close_len), "only the two old ones close");
+        assert_eq!(shards[0].connections(), 3, "two closing, one open");
+        assert_eq!(handle.stats().total_connections, 1);
+        // The new one is open: the broadcast reaches it, and only it.
+        let payload = serde_json::json!({"s": 7});
+        assert_eq!(handle.broadcast("notification", payload.clone(), None), 1);
+        let raw = frame::raw_payload(&payload);
+        let len = frame::shared_message("notification", raw.as_deref()).len() as u64;
+        let turn = shards[0].turn().expect("poll").expect("bus open");
+        assert_eq!(turn, (1, len));
+        assert_eq!(handle.stats().total_connections, 1);
+        assert_eq!(handle.connection_count("u"), 1);
+    }
+
+    #[test]
+    fn a_full_inbox_refuses_the_whole_operation_before_anything_is_queued() {
+        let cfg = Config {
+            shard_inbox_capacity: 2,
+            ..config(1 << 20)
+        };
+        let (handle, mut shards) = sink_shards(cfg, 0).expect("test bed");
+        let now = Instant::now();
+        shards[0].open_sink("a", now);
+        shards[1].open_sink("b", now);
+        let refused = || handle.shared.metrics.commands_refused.load(Relaxed);
+        let one = serde_json::json!(1);
+        assert_eq!(handle.broadcast("t", one.clone(), None), 2);
+        assert_eq!(handle.broadcast("t", one.clone(), None), 2);
+        assert_eq!(handle.broadcast("t", one.clone(), None), 0, "both full");
+        assert_eq!(refused(), 1);
+        // Shard 0 takes its two; shard 1 is still full.
+        assert_eq!(shards[0].turn().expect("poll").expect("open").0, 2);
+        assert_eq!(handle.broadcast("t", one.clone(), None), 0, "all or none");
+        assert_eq!(
+            handle.send_to_user("a", "t", one.clone()),
+            1,
+            "shard 0 only"
+        );
+        assert_eq!(handle.send_to_user("b", "t", one.clone()), 0);
+        assert_eq!(handle.disconnect_user("b", true), 0);
+        assert_eq!(
+            handle.connection_count("b"),
+            1,
+            "a refused disconnect takes nothing"
+        );
+        assert_eq!(refused(), 4);
+        // Each shard got exactly what was accepted for it.
+        let frame_len = {
+            let raw = frame::raw_payload(&one);
+            frame::shared_message("t", raw.as_deref()).len() as u64
+        };
+        assert_eq!(
+            shards[1].turn().expect("poll").expect("open"),
+            (2, 2 * frame_len)
+        );
+        assert_eq!(
+            shards[0].turn().expect("poll").expect("open"),
+            (1, frame_len)
+        );
+        assert_eq!(handle.broadcast("t", one, None), 2);
+    }
+
+    #[test]
     fn sink_over_its_outbound_cap_is_dropped_as_a_slow_consumer() {
         let frame = message(1);
         let len = frame.len() as u64;
@@ -210,7 +290,8 @@ mod tests {
             // Two frames in one turn: a sink never blocks, so only a burst
             // between two flushes can overrun its queue.
             for _ in 0..2 {
-                bus.send(
+                let mut room = bus.reserve([shard]).expect("room");
+                room.send(
                     shard,
                     Command::BroadcastAll {
                         frame: frame.clone(),
