@@ -674,14 +674,19 @@ fn metric_value(addr: SocketAddr, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
-#[test]
-fn a_redis_that_stops_reading_holds_at_most_64_mib_then_publishes_drop_uncounted() {
-    let (url, _redis) = shared_redis();
-    let upstream = redis::Client::open(url.as_str())
+/// `host:port` of the Redis behind `url`.
+fn redis_addr(url: &str) -> String {
+    redis::Client::open(url)
         .expect("redis url")
         .get_connection_info()
         .addr()
-        .to_string();
+        .to_string()
+}
+
+#[test]
+fn a_redis_that_stops_reading_holds_at_most_64_mib_then_publishes_drop_uncounted() {
+    let (url, _redis) = shared_redis();
+    let upstream = redis_addr(&url);
     let name = cluster_name("outbox");
     // Declared first so that it is dropped last, after the proxy is cut.
     let a: TestServer;
@@ -735,11 +740,7 @@ fn a_redis_that_stops_reading_holds_at_most_64_mib_then_publishes_drop_uncounted
 #[test]
 fn a_node_stopped_right_after_publishing_still_delivers_everything_it_queued() {
     let (url, _redis) = shared_redis();
-    let upstream = redis::Client::open(url.as_str())
-        .expect("redis url")
-        .get_connection_info()
-        .addr()
-        .to_string();
+    let upstream = redis_addr(&url);
     let name = cluster_name("flush");
     let mut a: TestServer;
     let proxy = Proxy::start(&upstream);

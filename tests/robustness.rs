@@ -47,17 +47,6 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
     PROCESS.write().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Resident set size of this process (the server runs in it), in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
-
 /// Open descriptors of this process.
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -47,9 +47,9 @@ impl Drop for TestServer {
     }
 }
 
-/// Starts a server on 127.0.0.1:0 with the test secret and admin key;
-/// `f` adjusts the config.
-pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
+/// The configuration of the test servers: 127.0.0.1:0, two shards, the
+/// test secret and admin key; `f` adjusts it.
+pub fn config(f: impl FnOnce(&mut Config)) -> Config {
     let mut cfg = Config {
         bind: "127.0.0.1:0".parse().expect("addr"),
         shards: 2,
@@ -58,6 +58,23 @@ pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
         ..Config::default()
     };
     f(&mut cfg);
+    cfg
+}
+
+/// Resident set size of this process (in-process servers run in it), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Starts a server with [`config`].
+pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
+    let cfg = config(f);
     let server = Server::start(cfg).expect("server starts");
     let addr = server.local_addr();
     TestServer {
