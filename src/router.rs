@@ -186,6 +186,16 @@ impl Dispatcher for Router {
         Dispatch::Answer(resp)
     }
 
+    /// An error answer carries the CORS headers too: a browser app calling
+    /// from an allowed origin must be able to read its 401.
+    fn refusal(&self, head: &Request<'_>, err: &HttpError) -> Response {
+        let resp = Response::error(err);
+        match self.cors_origin(head) {
+            Some(origin) => with_cors(resp, origin, false),
+            None => resp,
+        }
+    }
+
     fn refused(&self, err: &HttpError) {
         log::debug!("HTTP request refused: {err}");
         if matches!(

@@ -314,6 +314,16 @@ fn cors_preflight_and_answers_for_allowed_origins_only() {
     );
     let (_, head, _) = get("https://evil.example");
     assert!(!head.contains("Access-Control"), "{head}");
+    // A refusal is readable by the allowed origin too.
+    let (status, head, _) = http_raw(
+        srv.addr,
+        b"GET /v1/websocket/stats HTTP/1.1\r\nHost: t\r\nOrigin: https://app.example\r\n\r\n",
+    );
+    assert_eq!(status, 401, "{head}");
+    assert!(
+        head.contains("Access-Control-Allow-Origin: https://app.example\r\n"),
+        "{head}"
+    );
 
     let plain = start(|_| {});
     let (status, head, _) = http_raw(

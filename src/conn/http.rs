@@ -60,6 +60,8 @@ pub(crate) trait Dispatcher {
     fn admit(&self, head: &Request<'_>, has_body: bool) -> Result<Admitted, HttpError>;
     /// A complete admitted request: answer it, or accept it as an upgrade.
     fn dispatch(&self, admitted: Admitted, req: &Request<'_>) -> Dispatch;
+    /// The answer to a head that `admit` refused with `err`.
+    fn refusal(&self, head: &Request<'_>, err: &HttpError) -> Response;
     /// A request refused before it could be routed (malformed, too large,
     /// timed out): it gets `err`'s answer and the connection closes.
     fn refused(&self, err: &HttpError);
@@ -208,7 +210,7 @@ impl HttpState {
                 let close = has_body
                     || head.framing == Framing::Chunked
                     || matches!(e, HttpError::Unauthorized | HttpError::Forbidden);
-                let mut resp = Response::error(&e).with_close(close);
+                let mut resp = d.refusal(&head.req, &e).with_close(close);
                 resp.head = head.req.method == "HEAD";
                 let keep_alive = head.req.keep_alive && !close;
                 let len = head.len;
