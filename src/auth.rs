@@ -41,6 +41,9 @@ pub struct UserClaims {
     pub user_id: String,
     /// The `exp` claim, unix seconds.
     pub exp: u64,
+    /// The `channels` claim: channel names and `prefix*` patterns the user
+    /// may subscribe to (empty without the claim).
+    pub channels: Vec<String>,
 }
 
 /// Result of checking a REST credential.
@@ -181,6 +184,8 @@ impl Verifier {
             sub: Option<Value>,
             #[serde(default)]
             exp: Option<Value>,
+            #[serde(default)]
+            channels: Option<Value>,
         }
         let claims: Claims = self.claims(token)?;
         let user_id = match claims.sub {
@@ -192,7 +197,22 @@ impl Verifier {
             .as_ref()
             .and_then(Value::as_u64)
             .ok_or_else(|| AuthError::Malformed("exp is not a number".into()))?;
-        Ok(UserClaims { user_id, exp })
+        // A claim that is not an array of strings grants nothing.
+        let channels = match claims.channels {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(UserClaims {
+            user_id,
+            exp,
+            channels,
+        })
     }
 
     /// Checks a REST credential: the static admin key (constant time) or a
@@ -285,9 +305,16 @@ mod tests {
             v.verify_user(&t),
             Ok(UserClaims {
                 user_id: "u1".into(),
-                exp
+                exp,
+                channels: Vec::new(),
             })
         );
+        let t = mint_hs256(
+            "s",
+            &json!({"sub":"u1","exp":exp,"channels":["news","room:*",5]}),
+        );
+        let claims = v.verify_user(&t).expect("valid");
+        assert_eq!(claims.channels, vec!["news".to_string(), "room:*".into()]);
     }
 
     #[test]

@@ -66,6 +66,20 @@ pub enum Command {
         conns: Vec<ConnRef>,
         code: CloseCode,
     },
+    /// Queue `frame` to this shard's subscribers of `channel` (with
+    /// `presence_only`, to those that asked for `join`/`leave` events).
+    Publish {
+        channel: Arc<str>,
+        frame: SharedFrame,
+        presence_only: bool,
+    },
+    /// Subscribe (or unsubscribe) every connection of these users on this
+    /// shard to `channel`, for the management API.
+    SubscribeUsers {
+        channel: Arc<str>,
+        users: Vec<String>,
+        subscribe: bool,
+    },
     /// Close every WebSocket with 1001, finish REST answers, then stop.
     Shutdown,
 }

@@ -54,6 +54,9 @@ pub struct Config {
     /// Connections not (yet) WebSockets before a new one is closed at once
     /// (`--max-http-connections`). Default 10,000.
     pub max_http_connections: usize,
+    /// Channels one connection may subscribe to
+    /// (`--max-channels-per-connection`). Default 128.
+    pub max_channels_per_connection: usize,
     /// Seconds between server pings (`--ping-interval-secs`). Default 25; 0 disables.
     pub ping_interval_secs: u64,
     /// Seconds to wait for a pong (`--pong-timeout-secs`). Default 20.
@@ -109,6 +112,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             cors_origins: Vec::new(),
             max_http_connections: 10_000,
+            max_channels_per_connection: 128,
             ping_interval_secs: 25,
             pong_timeout_secs: 20,
             handshake_timeout_secs: 10,
@@ -182,6 +186,10 @@ impl Config {
             ("--outbound-buffer-bytes", self.outbound_buffer_bytes),
             ("--max-header-bytes", self.max_header_bytes),
             ("--max-http-connections", self.max_http_connections),
+            (
+                "--max-channels-per-connection",
+                self.max_channels_per_connection,
+            ),
             (
                 "--handshake-timeout-secs",
                 self.handshake_timeout_secs as usize,

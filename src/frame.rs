@@ -86,6 +86,54 @@ pub fn error(message: &str) -> String {
     .to_string()
 }
 
+/// `{"type":"error",...}` about a channel: the message and the channel named.
+pub fn channel_error(message: &str, channel: &str) -> String {
+    serde_json::json!({
+        "type": "error",
+        "payload": { "message": message, "channel": channel, "timestamp": timestamp() }
+    })
+    .to_string()
+}
+
+/// `{"type":"subscribed"|"unsubscribed","payload":{"channel","timestamp"}}`.
+pub fn channel_ack(kind: &str, channel: &str) -> String {
+    serde_json::json!({
+        "type": kind,
+        "payload": { "channel": channel, "timestamp": timestamp() }
+    })
+    .to_string()
+}
+
+/// A message on a channel, `{"type","channel","payload"}`, encoded once for
+/// every subscriber.
+pub fn channel_message(kind: &str, channel: &str, payload: Option<&RawValue>) -> SharedFrame {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        channel: &'a str,
+        payload: Option<&'a RawValue>,
+    }
+    let json = serde_json::to_vec(&Envelope {
+        kind,
+        channel,
+        payload,
+    })
+    .unwrap_or_default();
+    Arc::from(text_frame(&json))
+}
+
+/// `{"type":"join"|"leave","channel","payload":{"userId"}}`: a presence event.
+pub fn presence_event(kind: &str, channel: &str, user: &str) -> SharedFrame {
+    let json = serde_json::json!({
+        "type": kind,
+        "channel": channel,
+        "payload": { "userId": user }
+    })
+    .to_string();
+    Arc::from(text_frame(json.as_bytes()))
+}
+
 /// `{"type":"pong",...}`: the answer to a client's `{"type":"ping"}`, with
 /// which the original service's clients keep their connection alive.
 pub fn pong() -> String {

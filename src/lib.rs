@@ -16,6 +16,7 @@
 //! shard/        a reactor: Poll loop, Slab of connections, timers (mod.rs);
 //!   commands.rs   the inbox: broadcasts fan out to connections here
 //!   registry.rs   the WebSocket lifecycle: limits, presence, users index
+//!   members.rs    channel membership of the shard's connections
 //!   sink.rs       the fan-out test bed (in-memory sinks), never the server
 //! conn/         one connection: state machine Http → Ws → Flushing → Closed
 //!   http.rs       HTTP requests framed for the router; keep-alive, pipelining
@@ -28,6 +29,7 @@
 //! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT
 //! auth.rs       JWT validation and admin credentials
 //! rest.rs       the management API's routes → operations
+//! channels.rs   channel names, token grants, the node's channel directory
 //! ops.rs        the operations behind Handle (broadcast, send, disconnect,
 //!               stats): one code path for REST and the library
 //! handler.rs    MessageHandler: what an application answers to messages
@@ -65,6 +67,7 @@
 mod acceptor;
 mod auth;
 mod bus;
+mod channels;
 pub mod client;
 mod cluster;
 mod config;
@@ -92,5 +95,5 @@ pub use auth::{mint_hs256, now_secs};
 pub use config::{default_shards, Config, ConfigError};
 pub use error::{CloseCode, HttpError};
 pub use handler::{Data, EchoHandler, MessageHandler, RawEchoHandler, RawVerdict};
-pub use ops::{Handle, NodeStats, ShardStats, Stats};
+pub use ops::{ChannelCount, ChannelInfo, ChannelList, Handle, NodeStats, ShardStats, Stats};
 pub use server::{DevMode, Server, ServerBuilder, StartError};

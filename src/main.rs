@@ -94,6 +94,9 @@ struct Cli {
     /// Connections in the HTTP phase (REST or not yet upgraded); more are closed at once [default: 10000]
     #[arg(long, env = "WSEDGE_MAX_HTTP_CONNECTIONS", value_name = "N")]
     max_http_connections: Option<usize>,
+    /// Channels one WebSocket may subscribe to; one more gets an error message [default: 128]
+    #[arg(long, env = "WSEDGE_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
+    max_channels_per_connection: Option<usize>,
     /// Seconds between server pings; 0 turns pings off [default: 25]
     #[arg(long, env = "WSEDGE_PING_INTERVAL_SECS", value_name = "SECS")]
     ping_interval_secs: Option<u64>,
@@ -161,6 +164,7 @@ impl Cli {
             allowed_origins,
             cors_origins,
             max_http_connections,
+            max_channels_per_connection,
             ping_interval_secs,
             pong_timeout_secs,
             handshake_timeout_secs,

@@ -106,6 +106,8 @@ pub struct Metrics {
     /// Connections closed at accept: `--max-http-connections` were open.
     pub http_refused: AtomicU64,
     pub broadcasts: AtomicU64,
+    /// Channel publishes accepted.
+    pub channel_publishes: AtomicU64,
     /// Operations refused because a shard's inbox was full.
     pub commands_refused: AtomicU64,
 }
@@ -119,6 +121,7 @@ impl Metrics {
             accept_errors: AtomicU64::new(0),
             http_refused: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
+            channel_publishes: AtomicU64::new(0),
             commands_refused: AtomicU64::new(0),
         }
     }

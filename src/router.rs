@@ -25,6 +25,11 @@ pub enum Route {
     Status(String),
     Disconnect(String),
     TestNotification,
+    Channels,
+    Channel(String),
+    Publish(String),
+    Subscribe(String),
+    Unsubscribe(String),
 }
 
 impl Route {
@@ -39,7 +44,11 @@ impl Route {
             "/v1/websocket/broadcast" => Route::Broadcast,
             "/v1/websocket/stats" => Route::Stats,
             "/v1/websocket/test/notification" => Route::TestNotification,
+            "/v1/websocket/channels" => Route::Channels,
             _ => {
+                if let Some(rest) = path.strip_prefix("/v1/websocket/channels/") {
+                    return channel_route(rest);
+                }
                 if let Some(user) = path.strip_prefix("/v1/websocket/send/") {
                     Route::Send(user_segment(user)?)
                 } else if let Some(rest) = path.strip_prefix("/v1/websocket/user/") {
@@ -69,7 +78,12 @@ impl Route {
     /// The one method each route answers to (and `HEAD` where it is `GET`).
     pub fn method(&self) -> &'static str {
         match self {
-            Route::Broadcast | Route::Send(_) | Route::TestNotification => "POST",
+            Route::Broadcast
+            | Route::Send(_)
+            | Route::TestNotification
+            | Route::Publish(_)
+            | Route::Subscribe(_)
+            | Route::Unsubscribe(_) => "POST",
             Route::Disconnect(_) => "DELETE",
             _ => "GET",
         }
@@ -81,6 +95,24 @@ impl Route {
             Route::Healthz | Route::Metrics | Route::Page | Route::Script | Route::WebSocket
         )
     }
+}
+
+/// `<channel>[/publish|/subscribe|/unsubscribe]`: a channel name may hold
+/// `/` itself, so the action is the last segment. The name is
+/// percent-decoded; whether it is valid is the route's to say (`400`).
+fn channel_route(rest: &str) -> Option<Route> {
+    type Action = (&'static str, fn(String) -> Route);
+    let actions: [Action; 3] = [
+        ("/publish", Route::Publish),
+        ("/subscribe", Route::Subscribe),
+        ("/unsubscribe", Route::Unsubscribe),
+    ];
+    let (name, make) = actions
+        .iter()
+        .find_map(|(suffix, make)| rest.strip_suffix(suffix).map(|n| (n, *make)))
+        .unwrap_or((rest, Route::Channel));
+    let name = percent_decode(name);
+    (!name.is_empty()).then(|| make(name))
 }
 
 /// One non-empty path segment, percent-decoded.

@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::acceptor::{self, Acceptor};
 use crate::auth::{mint_hs256, now_secs, Verifier};
 use crate::bus::{self, Bus, Inbox};
+use crate::channels::Directory;
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::handler::{EchoHandler, MessageHandler};
@@ -268,6 +269,7 @@ pub(crate) fn assemble(
     };
     let shared = Shared {
         presence: Arc::new(Presence::new(config.shards, cluster.is_some())),
+        channels: Arc::new(Directory::new(config.shards)),
         cluster,
         verifier: Arc::new(verifier),
         metrics: Arc::new(Metrics::new(config.shards)),

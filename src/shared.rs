@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::auth::Verifier;
 use crate::bus::Bus;
+use crate::channels::Directory;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::handler::MessageHandler;
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub verifier: Arc<Verifier>,
     pub presence: Arc<Presence>,
+    /// Who is subscribed to which channel, node-wide.
+    pub channels: Arc<Directory>,
     pub metrics: Arc<Metrics>,
     pub bus: Bus,
     pub started: Instant,

@@ -40,6 +40,8 @@ pub fn ws_env<'a>(handle: &'a Handle, metrics: &'a ShardMetrics, now: Instant) -
         handler: &*handle.shared.handler,
         metrics,
         outbound_cap: handle.shared.config.outbound_buffer_bytes,
+        max_channels: handle.shared.config.max_channels_per_connection,
+        ops: Default::default(),
         now,
     }
 }

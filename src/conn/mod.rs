@@ -23,7 +23,8 @@ pub(crate) use http::{Dispatch, Dispatcher};
 pub use outbound::{Flushed, Outbound};
 pub use session::feed;
 pub(crate) use sock::{Sink, Sock};
-pub use ws::{WsEnv, WsRead, WsState};
+use ws::Subscriptions;
+pub use ws::{ChannelOp, WsEnv, WsRead, WsState};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,10 @@ pub(crate) struct Conn {
     /// The user this connection was registered under; the shard's registry
     /// unregisters it exactly when the connection is removed.
     user: Option<Arc<str>>,
+    /// What the token allows and what the connection subscribed to; boxed
+    /// and absent until used (an idle connection pays 8 bytes), and kept
+    /// until the connection is removed, whatever its state by then.
+    channels: Option<Box<Subscriptions>>,
 }
 
 /// What a connection may use of its shard and the server while it handles
@@ -118,6 +123,7 @@ impl Conn {
             timer_at: None,
             dirty: false,
             user: None,
+            channels: None,
         }
     }
 

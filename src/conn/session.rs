@@ -14,8 +14,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde_json::Value;
 use tungstenite::Message;
 
-use super::ws::{expiry_instant, Io, WsEnv, WsPhase, WsRead, WsState};
+use std::sync::Arc;
+
+use super::ws::{expiry_instant, ChannelOp, Io, Subscriptions, WsEnv, WsPhase, WsRead, WsState};
 use super::Outbound;
+use crate::channels;
 use crate::error::CloseCode;
 use crate::frame;
 use crate::handler::{Data, RawVerdict};
@@ -35,6 +38,7 @@ pub type WsEnd = Option<CloseCode>;
 pub(super) fn read_messages<R: Read>(
     ws: &mut WsState,
     io: &mut Io<'_, R>,
+    subs: &mut Option<Box<Subscriptions>>,
     env: &WsEnv<'_>,
 ) -> (WsRead, Option<WsEnd>) {
     let mut outcome = WsRead::More;
@@ -47,13 +51,13 @@ pub(super) fn read_messages<R: Read>(
                     Message::Text(t) => {
                         env.metrics.messages_in.fetch_add(1, Relaxed);
                         if ws.phase == WsPhase::Open {
-                            on_data(ws, io, Data::Text(t.as_str()), env);
+                            on_data(ws, io, subs, Data::Text(t.as_str()), env);
                         }
                     }
                     Message::Binary(b) => {
                         env.metrics.messages_in.fetch_add(1, Relaxed);
                         if ws.phase == WsPhase::Open {
-                            on_data(ws, io, Data::Binary(&b), env);
+                            on_data(ws, io, subs, Data::Binary(&b), env);
                         }
                     }
                     // tungstenite queued the pong / close reply already.
@@ -63,6 +67,11 @@ pub(super) fn read_messages<R: Read>(
                 if io.out.len() > env.outbound_cap {
                     // The caller closes it as a slow consumer.
                     outcome = WsRead::Empty;
+                    break;
+                }
+                if !env.ops.borrow().is_empty() {
+                    // The shard applies the subscription before the next
+                    // message, so answers keep the order of requests.
                     break;
                 }
             }
@@ -99,7 +108,7 @@ pub fn feed<R: Read>(
     out: &mut Outbound,
     env: &WsEnv<'_>,
 ) -> (WsRead, Option<WsEnd>) {
-    read_messages(ws, &mut Io::new(input, out), env)
+    read_messages(ws, &mut Io::new(input, out), &mut None, env)
 }
 
 /// Queues a reply through the protocol machine.
@@ -113,7 +122,13 @@ fn reply<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: String, metrics: &
 }
 
 /// A data message from the client: the handler's raw hook first, then JSON.
-fn on_data<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, data: Data<'_>, env: &WsEnv<'_>) {
+fn on_data<R: Read>(
+    ws: &mut WsState,
+    io: &mut Io<'_, R>,
+    subs: &mut Option<Box<Subscriptions>>,
+    data: Data<'_>,
+    env: &WsEnv<'_>,
+) {
     let handler = env.handler;
     let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         handler.on_raw(&ws.user, &ws.id, data)
@@ -124,7 +139,7 @@ fn on_data<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, data: Data<'_>, env: &
     });
     let answer = match verdict {
         RawVerdict::Json => match data {
-            Data::Text(t) => return on_text(ws, io, t, env),
+            Data::Text(t) => return on_text(ws, io, subs, t, env),
             Data::Binary(_) => Message::text(frame::error("Invalid JSON message format")),
         },
         RawVerdict::Text(t) => Message::text(t),
@@ -138,8 +153,73 @@ fn on_data<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, data: Data<'_>, env: &
     }
 }
 
-/// A text message from the client: `ping`, `refresh`, or the handler (echo by default).
-fn on_text<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: &str, env: &WsEnv<'_>) {
+/// A `subscribe` or `unsubscribe` from the client: checked here (name,
+/// permission, limit), then handed to the shard as a [`ChannelOp`], which
+/// answers `subscribed`/`unsubscribed`. Returns the answer due now: an
+/// `error` naming the channel, or the answer to a request that changes
+/// nothing (subscribing twice, unsubscribing what is not subscribed).
+fn channel_request(
+    subs: &mut Option<Box<Subscriptions>>,
+    subscribe: bool,
+    msg: &Value,
+    env: &WsEnv<'_>,
+) -> Option<String> {
+    let payload = msg.get("payload");
+    let Some(name) = payload
+        .and_then(|p| p.get("channel"))
+        .and_then(Value::as_str)
+    else {
+        return Some(frame::error("channel must be a string"));
+    };
+    if let Err(why) = channels::check_name(name) {
+        return Some(frame::channel_error(&format!("{why}: {name}"), name));
+    }
+    let subs = subs.get_or_insert_with(Default::default);
+    let already = subs.subscribed.iter().any(|c| &**c == name);
+    if !subscribe {
+        if !already {
+            return Some(frame::channel_ack("unsubscribed", name));
+        }
+        let channel = Arc::from(name);
+        env.ops
+            .borrow_mut()
+            .push(ChannelOp::Unsubscribe { channel });
+        return None;
+    }
+    if already {
+        return Some(frame::channel_ack("subscribed", name));
+    }
+    if !subs.grants.allows(name) {
+        let message = format!("not allowed to subscribe to {name}");
+        return Some(frame::channel_error(&message, name));
+    }
+    if subs.subscribed.len() >= env.max_channels {
+        let message = format!(
+            "too many channels on this connection (at most {}): {name}",
+            env.max_channels
+        );
+        return Some(frame::channel_error(&message, name));
+    }
+    let presence = payload
+        .and_then(|p| p.get("presence"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let channel = Arc::from(name);
+    env.ops
+        .borrow_mut()
+        .push(ChannelOp::Subscribe { channel, presence });
+    None
+}
+
+/// A text message from the client: `subscribe`, `unsubscribe`, `ping`,
+/// `refresh`, or the handler (echo by default).
+fn on_text<R: Read>(
+    ws: &mut WsState,
+    io: &mut Io<'_, R>,
+    subs: &mut Option<Box<Subscriptions>>,
+    text: &str,
+    env: &WsEnv<'_>,
+) {
     let parsed: Option<Value> = serde_json::from_str(text).ok();
     let kind = parsed
         .as_ref()
@@ -156,6 +236,13 @@ fn on_text<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: &str, env: &WsEn
         return;
     };
     let msg = parsed.as_ref().unwrap_or(&Value::Null);
+    if kind == "subscribe" || kind == "unsubscribe" {
+        let reply_text = channel_request(subs, kind == "subscribe", msg, env);
+        if let Some(text) = reply_text {
+            reply(ws, io, text, env.metrics);
+        }
+        return;
+    }
     if kind == "ping" {
         reply(ws, io, frame::pong(), env.metrics);
         return;

@@ -9,6 +9,7 @@
 //! data and nothing waits on the socket here. Broadcast frames bypass the
 //! context: they are already encoded and are queued by reference.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tungstenite::Message;
 
 use super::{session, Conn, Env, Outbound, Readable, Sock, State};
 use crate::auth::Verifier;
+use crate::channels::Grants;
 use crate::config::Config;
 use crate::error::CloseCode;
 use crate::frame::{self, SharedFrame};
@@ -56,6 +58,13 @@ pub struct WsState {
     last_ping: Instant,
     /// Set when a ping is out and nothing has been heard since.
     pub(super) awaiting_pong: Option<Instant>,
+}
+
+/// A connection's channels.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    pub grants: Grants,
+    pub subscribed: Vec<Arc<str>>,
 }
 
 /// The socket as tungstenite sees it: reads from the socket, writes into the
@@ -118,7 +127,19 @@ pub struct WsEnv<'a> {
     /// `--outbound-buffer-bytes`: a read stops as soon as the answers
     /// queued for a client that does not read pass it.
     pub outbound_cap: usize,
+    /// `--max-channels-per-connection`.
+    pub max_channels: usize,
+    /// Subscriptions the session accepted, for the shard to apply (its
+    /// channel tables are the shard's): a read stops after each one.
+    pub ops: RefCell<Vec<ChannelOp>>,
     pub now: Instant,
+}
+
+/// A change of a connection's channels, applied by its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelOp {
+    Subscribe { channel: Arc<str>, presence: bool },
+    Unsubscribe { channel: Arc<str> },
 }
 
 /// tungstenite settings: bounded read buffer and message size; writes go
@@ -215,6 +236,7 @@ impl Conn {
         exp: u64,
         user: Arc<str>,
         id: String,
+        grants: Grants,
         greet: bool,
         env: &Env<'_>,
     ) -> bool {
@@ -237,9 +259,73 @@ impl Conn {
             leeway,
             env.ws.now,
         );
+        if grants != Grants::default() {
+            self.channels = Some(Box::new(Subscriptions {
+                grants,
+                subscribed: Vec::new(),
+            }));
+        }
         self.user = Some(user);
         self.state = State::Ws(Box::new(ws));
         pending
+    }
+
+    /// Queues a text message built by this server (an answer to a channel
+    /// operation applied by the shard); no-op unless open.
+    pub fn send_text(&mut self, text: String) -> bool {
+        let State::Ws(ws) = &mut self.state else {
+            return false;
+        };
+        if ws.phase != WsPhase::Open {
+            return false;
+        }
+        let mut io = Io::new(&mut self.sock, &mut self.out);
+        ws.ctx.write(&mut io, Message::text(text)).is_ok()
+    }
+
+    fn subscriptions(&mut self) -> Option<&mut Subscriptions> {
+        match &self.state {
+            State::Ws(_) => Some(self.channels.get_or_insert_with(Default::default)),
+            _ => None,
+        }
+    }
+
+    /// Records a subscription; false when already subscribed, over
+    /// `max`, or not a WebSocket.
+    pub fn add_subscription(&mut self, channel: &Arc<str>, max: usize) -> bool {
+        let Some(subs) = self.subscriptions() else {
+            return false;
+        };
+        if subs.subscribed.len() >= max || subs.subscribed.contains(channel) {
+            return false;
+        }
+        subs.subscribed.push(channel.clone());
+        true
+    }
+
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.channels
+            .as_ref()
+            .is_some_and(|s| s.subscribed.iter().any(|c| &**c == channel))
+    }
+
+    /// Forgets a subscription; false when there was none.
+    pub fn remove_subscription(&mut self, channel: &str) -> bool {
+        let Some(subs) = self.subscriptions() else {
+            return false;
+        };
+        let before = subs.subscribed.len();
+        subs.subscribed.retain(|c| &**c != channel);
+        subs.subscribed.len() < before
+    }
+
+    /// Every subscription, taken (the connection is going, whatever its
+    /// state now).
+    pub fn take_subscriptions(&mut self) -> Vec<Arc<str>> {
+        self.channels
+            .take()
+            .map(|s| s.subscribed)
+            .unwrap_or_default()
     }
 
     /// Queues a shared broadcast frame. Returns false when the connection
@@ -298,7 +384,7 @@ impl Conn {
             return Readable::Done;
         };
         let mut io = Io::new(&mut self.sock, &mut self.out);
-        let (outcome, end) = session::read_messages(ws, &mut io, &env.ws);
+        let (outcome, end) = session::read_messages(ws, &mut io, &mut self.channels, &env.ws);
         let m = env.ws.metrics;
         m.bytes_in.fetch_add(io.read, Relaxed);
         let now = env.ws.now;

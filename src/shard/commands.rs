@@ -79,6 +79,33 @@ impl Shard {
                     }
                 }
             }
+            Command::Publish {
+                channel,
+                frame,
+                presence_only,
+            } => {
+                let (sent, dropped) = self.publish_here(&channel, &frame, presence_only, now);
+                let m = &self.ctx.metrics.shards[self.id];
+                m.messages_out.fetch_add(sent, Relaxed);
+                if dropped > 0 {
+                    m.slow_consumer_drops.fetch_add(dropped, Relaxed);
+                }
+            }
+            Command::SubscribeUsers {
+                channel,
+                users,
+                subscribe,
+            } => {
+                for user in &users {
+                    for key in self.registry.connections_of(user).to_vec() {
+                        if subscribe {
+                            self.join(key, &channel, false);
+                        } else {
+                            self.part(key, &channel);
+                        }
+                    }
+                }
+            }
             Command::Shutdown => self.start_drain(now),
         }
     }

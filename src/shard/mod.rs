@@ -13,6 +13,7 @@
 //! a time over in-memory sinks; the server never builds one.
 
 mod commands;
+mod members;
 mod registry;
 mod sink;
 
@@ -32,7 +33,9 @@ use slab::Slab;
 
 use crate::acceptor::Acceptor;
 use crate::auth::Verifier;
+use crate::bus::Bus;
 use crate::bus::{ConnRef, Inbox};
+use crate::channels::{Directory, Grants};
 use crate::config::Config;
 use crate::conn::{Conn, Env, Readable, Sock, WsEnv};
 use crate::handler::MessageHandler;
@@ -74,6 +77,10 @@ pub(crate) struct ShardCtx {
     pub verifier: Arc<Verifier>,
     pub handler: Arc<dyn MessageHandler>,
     pub router: Router,
+    /// The node's channel directory, and the bus that carries presence
+    /// events to the shards holding a channel's subscribers.
+    pub channels: Arc<Directory>,
+    pub bus: Bus,
 }
 
 impl ShardCtx {
@@ -85,6 +92,8 @@ impl ShardCtx {
             verifier: s.verifier.clone(),
             handler: s.handler.clone(),
             router: Router::new(handle.clone()),
+            channels: s.channels.clone(),
+            bus: s.bus.clone(),
         }
     }
 }
@@ -99,6 +108,8 @@ pub(crate) struct Shard {
     conns: Slab<Conn>,
     next_gen: u32,
     registry: Registry,
+    /// Channel membership of this shard's connections.
+    members: members::Members,
     ctx: ShardCtx,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     /// Connections with bytes to write or a state to settle this turn.
@@ -127,6 +138,7 @@ impl Shard {
             conns: Slab::new(),
             next_gen: 0,
             registry,
+            members: Default::default(),
             ctx,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -241,6 +253,8 @@ impl Shard {
                 handler: &*ctx.handler,
                 metrics: &ctx.metrics.shards[id],
                 outbound_cap: ctx.config.outbound_buffer_bytes,
+                max_channels: ctx.config.max_channels_per_connection,
+                ops: Default::default(),
                 now,
             },
             draining,
@@ -264,16 +278,21 @@ impl Shard {
         if read == Read::No {
             return;
         }
-        match conn.on_readable(&env, read == Read::ToEnd) {
+        let readable = conn.on_readable(&env, read == Read::ToEnd);
+        let ops = env.ws.ops.take();
+        match readable {
             Readable::Done => {}
             Readable::ReadAgain => self.more_read.push((key, conn.gen)),
             Readable::Upgrade(up) => self.open_websocket(key, up, now),
+        }
+        for op in ops {
+            self.apply_channel_op(key, op);
         }
     }
 
     /// Registers an accepted upgrade (the limits are checked there) and
     /// turns the connection into a WebSocket, or answers the refusal.
-    fn open_websocket(&mut self, key: usize, up: Upgrade, now: Instant) {
+    fn open_websocket(&mut self, key: usize, mut up: Upgrade, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -288,7 +307,8 @@ impl Shard {
         // Frames may have arrived with the request: with edge-triggered
         // readiness no new event will announce them. Otherwise a read here
         // would only return WouldBlock (one syscall per connect saved).
-        if self.become_ws(key, up.claims.exp, user, greet, now) {
+        let grants = Grants::new(std::mem::take(&mut up.claims.channels));
+        if self.become_ws(key, up.claims.exp, user, grants, greet, now) {
             self.on_ready(key, Read::ToEnd, now);
         }
     }
@@ -301,6 +321,7 @@ impl Shard {
         key: usize,
         exp: u64,
         user: Arc<str>,
+        grants: Grants,
         greet: bool,
         now: Instant,
     ) -> bool {
@@ -315,7 +336,7 @@ impl Shard {
         }
         .to_id();
         log::debug!("shard {}: websocket {id} open for user {user}", self.id);
-        conn.open_ws(exp, user, id, greet, &env)
+        conn.open_ws(exp, user, id, grants, greet, &env)
     }
 
     /// Accepts what this shard's listener has queued (up to its budget).
@@ -402,6 +423,10 @@ impl Shard {
     fn remove(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.sock);
+        let channels = conn.take_subscriptions();
+        if let Some(user) = conn.user().cloned() {
+            self.part_all(key, &user, channels);
+        }
         self.registry.unregister(key, conn.gen, conn.take_user());
     }
 }

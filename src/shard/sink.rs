@@ -88,7 +88,7 @@ impl SinkShard {
         let user: Arc<str> = Arc::from(user);
         let gen = sh.conns[key].gen;
         if sh.registry.register(key, gen, &user).is_ok() {
-            sh.become_ws(key, u64::MAX, user, false, now);
+            sh.become_ws(key, u64::MAX, user, Default::default(), false, now);
         }
     }
 

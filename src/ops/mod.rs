@@ -26,7 +26,11 @@ use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, LocalNode, NodeCounters};
 use crate::error::CloseCode;
 use crate::frame;
+use crate::metrics::Prom;
 use crate::shared::Shared;
+
+mod channels;
+pub use channels::{ChannelCount, ChannelInfo, ChannelList};
 
 /// The most user ids a stats answer lists (`?limit=` above it is refused).
 pub const MAX_STATS_USERS: usize = 10_000;
@@ -56,6 +60,8 @@ pub struct Stats {
     pub messages_out: u64,
     pub bytes_out: u64,
     pub uptime_seconds: u64,
+    /// Channels with a subscriber (on this node).
+    pub total_channels: usize,
     /// Cluster mode only: every live node, this one included, sorted by id.
     /// The totals above are then cluster totals; `shards` stays this node's.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -393,6 +399,7 @@ impl Handle {
             messages_out: m.sum(|s| &s.messages_out),
             bytes_out: m.sum(|s| &s.bytes_out),
             uptime_seconds: self.shared.started.elapsed().as_secs(),
+            total_channels: self.shared.channels.counts().0,
             nodes: None,
         }
     }
@@ -404,6 +411,26 @@ impl Handle {
             &presence.per_shard(),
             presence.user_count(),
             self.shared.started.elapsed().as_secs(),
+        );
+        let (channels, subscriptions) = self.shared.channels.counts();
+        let mut p = Prom::new(&mut text);
+        p.single(
+            "wsedge_channels",
+            "Channels with a subscriber on this node.",
+            "gauge",
+            channels as u64,
+        );
+        p.single(
+            "wsedge_channel_subscriptions",
+            "Channel subscriptions of this node's connections.",
+            "gauge",
+            subscriptions as u64,
+        );
+        p.single(
+            "wsedge_channel_publishes_total",
+            "Channel publishes accepted.",
+            "counter",
+            self.shared.metrics.channel_publishes.load(Relaxed),
         );
         if let Some(c) = &self.shared.cluster {
             c.render_metrics(&mut text);

@@ -16,6 +16,8 @@ use crate::http::{Request, Response};
 use crate::ops::{Handle, MAX_STATS_USERS};
 use crate::router::Route;
 
+mod channels;
+
 /// Answers an admitted request for any route but `/ws`.
 pub(crate) fn answer(h: &Handle, route: &Route, req: &Request<'_>) -> Response {
     respond(h, route, req).unwrap_or_else(|e| {
@@ -95,6 +97,11 @@ fn respond(h: &Handle, route: &Route, req: &Request<'_>) -> Result<Response, Htt
         }
         Route::Disconnect(user) => disconnect(h, user, req)?,
         Route::TestNotification => test_notification(h)?,
+        Route::Channels => channels::list(h, limit_param(req)?),
+        Route::Channel(name) => channels::info(h, name, limit_param(req)?)?,
+        Route::Publish(name) => channels::publish(h, name, req)?,
+        Route::Subscribe(name) => channels::subscribe(h, name, req, true)?,
+        Route::Unsubscribe(name) => channels::subscribe(h, name, req, false)?,
     })
 }
 
@@ -137,7 +144,9 @@ fn send(h: &Handle, user: &str, req: &Request<'_>) -> Result<Response, HttpError
     ))
 }
 
-fn stats(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
+/// `?limit=`: 1,000 by default, at most [`MAX_STATS_USERS`], so the cost of
+/// a listing is bounded whatever the number of users or channels.
+fn limit_param(req: &Request<'_>) -> Result<usize, HttpError> {
     let limit = match req.query_param("limit") {
         None => 1000,
         Some(v) => v.parse::<usize>().map_err(|_| {
@@ -149,6 +158,11 @@ fn stats(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
             "limit must be at most {MAX_STATS_USERS}, got {limit}"
         )));
     }
+    Ok(limit)
+}
+
+fn stats(h: &Handle, req: &Request<'_>) -> Result<Response, HttpError> {
+    let limit = limit_param(req)?;
     Ok(Response::json(
         200,
         serde_json::to_value(h.stats_limited(limit)).unwrap_or(Value::Null),
@@ -191,11 +205,11 @@ fn test_notification(h: &Handle) -> Result<Response, HttpError> {
 }
 
 #[derive(Deserialize)]
-struct BroadcastBody<'a> {
+pub(super) struct BroadcastBody<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<&'a RawValue>,
     #[serde(borrow)]
-    payload: Option<&'a RawValue>,
+    pub(super) payload: Option<&'a RawValue>,
     #[serde(rename = "userIds", borrow)]
     user_ids: Option<&'a RawValue>,
     #[serde(rename = "excludeUserIds", borrow)]
@@ -203,7 +217,7 @@ struct BroadcastBody<'a> {
 }
 
 impl BroadcastBody<'_> {
-    fn kind(&self) -> Result<String, HttpError> {
+    pub(super) fn kind(&self) -> Result<String, HttpError> {
         let bad = || HttpError::BadRequest("type must be a non-empty string".into());
         let raw = self
             .kind
@@ -215,7 +229,7 @@ impl BroadcastBody<'_> {
     }
 }
 
-fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpError> {
+pub(super) fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(HttpError::BadRequest(
             "request body is empty; a JSON object is required".into(),
@@ -229,7 +243,10 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpError> {
     serde_json::from_str(v.get()).map_err(|e| HttpError::BadRequest(format!("invalid body: {e}")))
 }
 
-fn string_list(raw: Option<&RawValue>, field: &str) -> Result<Option<Vec<String>>, HttpError> {
+pub(super) fn string_list(
+    raw: Option<&RawValue>,
+    field: &str,
+) -> Result<Option<Vec<String>>, HttpError> {
     match raw {
         None => Ok(None),
         Some(r) if r.get() == "null" => Ok(None),
