@@ -7,6 +7,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use wsedge::testbed::ConnRef;
 use wsedge::testbed::{bearer_token, extract_token};
+use wsedge::testbed::{check_channel_name, Grants};
 use wsedge::testbed::{decode_chunked, parse_request, percent_decode, Limits, Parsed, Request};
 
 const BIG: Limits = Limits {
@@ -359,4 +360,31 @@ fn chunk_line_limit_edges() {
     assert!(decode_chunked(&long, 100).is_err());
     assert_eq!(decode_chunked(&long[..1025], 100), Ok(None));
     assert!(decode_chunked(&long[..1026], 100).is_err());
+}
+
+proptest! {
+    /// A channel name is accepted exactly when it is 1–128 bytes of the
+    /// allowed characters and does not start with `@`; nothing panics.
+    #[test]
+    fn channel_names_follow_the_rules(name in "\\PC{0,140}") {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_-:.@/".contains(&b);
+        let want = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('@')
+            && name.bytes().all(allowed);
+        prop_assert_eq!(check_channel_name(&name).is_ok(), want);
+    }
+
+    /// `prefix*` allows exactly the names starting with the prefix, and an
+    /// exact pattern only itself.
+    #[test]
+    fn claim_patterns_are_exact_names_or_prefixes(
+        prefix in "[a-z:]{0,6}",
+        name in "[a-z:]{0,8}",
+    ) {
+        let star = Grants::new(vec![format!("{prefix}*")]);
+        prop_assert_eq!(star.allows(&name), name.starts_with(&prefix));
+        let exact = Grants::new(vec![prefix.clone()]);
+        prop_assert_eq!(exact.allows(&name), name == prefix);
+    }
 }
