@@ -38,7 +38,7 @@ pub type WsEnd = Option<CloseCode>;
 pub(super) fn read_messages<R: Read>(
     ws: &mut WsState,
     io: &mut Io<'_, R>,
-    subs: &mut Option<Box<Subscriptions>>,
+    subs: &Option<Box<Subscriptions>>,
     env: &WsEnv<'_>,
 ) -> (WsRead, Option<WsEnd>) {
     let mut outcome = WsRead::More;
@@ -108,7 +108,7 @@ pub fn feed<R: Read>(
     out: &mut Outbound,
     env: &WsEnv<'_>,
 ) -> (WsRead, Option<WsEnd>) {
-    read_messages(ws, &mut Io::new(input, out), &mut None, env)
+    read_messages(ws, &mut Io::new(input, out), &None, env)
 }
 
 /// Queues a reply through the protocol machine.
@@ -125,7 +125,7 @@ fn reply<R: Read>(ws: &mut WsState, io: &mut Io<'_, R>, text: String, metrics: &
 fn on_data<R: Read>(
     ws: &mut WsState,
     io: &mut Io<'_, R>,
-    subs: &mut Option<Box<Subscriptions>>,
+    subs: &Option<Box<Subscriptions>>,
     data: Data<'_>,
     env: &WsEnv<'_>,
 ) {
@@ -159,7 +159,7 @@ fn on_data<R: Read>(
 /// `error` naming the channel, or the answer to a request that changes
 /// nothing (subscribing twice, unsubscribing what is not subscribed).
 fn channel_request(
-    subs: &mut Option<Box<Subscriptions>>,
+    subs: &Option<Box<Subscriptions>>,
     subscribe: bool,
     msg: &Value,
     env: &WsEnv<'_>,
@@ -174,8 +174,10 @@ fn channel_request(
     if let Err(why) = channels::check_name(name) {
         return Some(frame::channel_error(&format!("{why}: {name}"), name));
     }
-    let subs = subs.get_or_insert_with(Default::default);
-    let already = subs.subscribed.iter().any(|c| &**c == name);
+    // Read only: the shard records the subscription (and allocates the
+    // connection's list then).
+    let subs = subs.as_deref();
+    let already = subs.is_some_and(|s| s.subscribed.iter().any(|c| &**c == name));
     if !subscribe {
         if !already {
             return Some(frame::channel_ack("unsubscribed", name));
@@ -189,11 +191,11 @@ fn channel_request(
     if already {
         return Some(frame::channel_ack("subscribed", name));
     }
-    if !subs.grants.allows(name) {
+    if !subs.is_some_and(|s| s.grants.allows(name)) {
         let message = format!("not allowed to subscribe to {name}");
         return Some(frame::channel_error(&message, name));
     }
-    if subs.subscribed.len() >= env.max_channels {
+    if subs.map_or(0, |s| s.subscribed.len()) >= env.max_channels {
         let message = format!(
             "too many channels on this connection (at most {}): {name}",
             env.max_channels
@@ -216,7 +218,7 @@ fn channel_request(
 fn on_text<R: Read>(
     ws: &mut WsState,
     io: &mut Io<'_, R>,
-    subs: &mut Option<Box<Subscriptions>>,
+    subs: &Option<Box<Subscriptions>>,
     text: &str,
     env: &WsEnv<'_>,
 ) {

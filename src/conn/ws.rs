@@ -384,7 +384,7 @@ impl Conn {
             return Readable::Done;
         };
         let mut io = Io::new(&mut self.sock, &mut self.out);
-        let (outcome, end) = session::read_messages(ws, &mut io, &mut self.channels, &env.ws);
+        let (outcome, end) = session::read_messages(ws, &mut io, &self.channels, &env.ws);
         let m = env.ws.metrics;
         m.bytes_in.fetch_add(io.read, Relaxed);
         let now = env.ws.now;
