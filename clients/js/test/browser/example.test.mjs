@@ -10,23 +10,10 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
+// The flags and binary of the repository's other browser test: no calls home, no sandbox, small /dev/shm.
+import { CHROMIUM, CHROMIUM_ARGS } from "../../../../tests/browser/chromium.mjs";
 import { WsedgeServer } from "@wsedge/server";
 import { eventually, JS_ROOT, randomSecret, REPO_ROOT, startProcess, startWsedge, stop, WAIT_MS } from "../support/wsedge.mjs";
-
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const ARTIFACTS = path.resolve(process.env.WSEDGE_ARTIFACTS || path.join(REPO_ROOT, "artifacts/browser"));
-// The flags of tests/browser: no calls home, no sandbox in containers, small /dev/shm.
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-dev-shm-usage",
-];
 
 const secret = randomSecret();
 const adminKey = randomSecret();
