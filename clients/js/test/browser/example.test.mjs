@@ -15,6 +15,7 @@ import { CHROMIUM, CHROMIUM_ARGS } from "../../../../tests/browser/chromium.mjs"
 import { WsedgeServer } from "@wsedge/server";
 import { eventually, JS_ROOT, randomSecret, REPO_ROOT, startProcess, startWsedge, stop, WAIT_MS } from "../support/wsedge.mjs";
 
+const ARTIFACTS = path.resolve(process.env.WSEDGE_ARTIFACTS || path.join(REPO_ROOT, "artifacts/browser"));
 const secret = randomSecret();
 const adminKey = randomSecret();
 let wsedge;
@@ -52,7 +53,7 @@ async function waitText(sel, want) {
   await eventually(`${sel} = ${want}`, async () => (await text(sel)) === want);
 }
 
-function screenshot(name) {
+async function screenshot(name) {
   mkdirSync(ARTIFACTS, { recursive: true });
   return page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: true, timeout: WAIT_MS });
 }
@@ -81,13 +82,17 @@ before(async () => {
   page.on("pageerror", (e) => pageErrors.push(String(e)));
 });
 
-after(async () => {
-  if (page && !page.isClosed()) await screenshot("react-example-last.png").catch(() => {});
-  await browser?.close().catch(() => {});
-  admin?.close();
-  await stop(backend);
-  await stop(wsedge);
-});
+after(
+  async () => {
+    // Each step runs even when one before it fails: nothing may outlive the test.
+    if (page && !page.isClosed()) await screenshot("react-example-last.png").catch(() => {});
+    await browser?.close().catch(() => {});
+    admin?.close();
+    await stop(backend).catch(() => {});
+    await stop(wsedge).catch(() => {});
+  },
+  { timeout: 60_000 },
+);
 
 describe("React example page with useRealtime", { timeout: 120_000 }, () => {
   it("connects with the token its backend issued", async () => {
