@@ -68,9 +68,11 @@ fn quiet_for<T: std::fmt::Debug>(rx: &Receiver<T>, d: Duration, what: &str) {
     }
 }
 
-/// A token provider for `user` that counts its calls.
+/// A token provider for `user` handing out tokens valid `secs` seconds,
+/// counting its calls.
 fn counting_provider(
     user: &'static str,
+    secs: i64,
 ) -> (
     Arc<AtomicUsize>,
     impl Fn() -> Result<String, String> + Send + Sync + 'static,
@@ -79,7 +81,7 @@ fn counting_provider(
     let c = calls.clone();
     (calls, move || {
         c.fetch_add(1, Ordering::SeqCst);
-        Ok(token(user, 600))
+        Ok(token(user, secs))
     })
 }
 
@@ -206,7 +208,7 @@ fn send_while_disconnected_is_an_error_and_an_error_event() {
 #[test]
 fn the_token_provider_is_called_on_every_reconnect() {
     let srv = start(|_| {});
-    let (calls, provider) = counting_provider("dave");
+    let (calls, provider) = counting_provider("dave", 600);
     let client = Client::new(fast(srv.addr).token_provider(provider)).expect("client");
     let (_c, connected) = events(&client, "connected");
     let (_d, disconnected) = events(&client, "disconnected");
@@ -412,7 +414,7 @@ fn assert_stays_disconnected(addr: SocketAddr, user: &str, client: &Client) {
 #[test]
 fn no_reconnect_after_disconnect() {
     let srv = start(|_| {});
-    let (calls, provider) = counting_provider("frank");
+    let (calls, provider) = counting_provider("frank", 600);
     let client = Client::new(fast(srv.addr).token_provider(provider)).expect("client");
     let (_c, connected) = events(&client, "connected");
     let (_d, disconnected) = events(&client, "disconnected");
@@ -442,7 +444,7 @@ fn no_reconnect_after_disconnect() {
 #[test]
 fn no_reconnect_after_a_4500_close() {
     let srv = start(|_| {});
-    let (calls, provider) = counting_provider("grace");
+    let (calls, provider) = counting_provider("grace", 600);
     let client = Client::new(fast(srv.addr).token_provider(provider)).expect("client");
     let (_c, connected) = events(&client, "connected");
     let (_d, disconnected) = events(&client, "disconnected");
@@ -647,4 +649,73 @@ fn real_clients_come_back_spread_out_after_a_server_restart() {
         assert_eq!(c.connect_count(), 2);
     }
     drop(clients);
+}
+
+/// Tokens of 3 s on a server without leeway: the client asks its provider
+/// for a new token before each `exp` and sends it in-band, so one
+/// connection outlives several tokens without a `4001`.
+#[test]
+fn the_token_provider_refreshes_in_band_so_the_connection_outlives_its_tokens() {
+    let srv = start(|c| c.jwt_leeway_secs = 0);
+    let (issued, provider) = counting_provider("refresher", 3);
+    let client = Client::new(
+        fast(srv.addr)
+            .refresh_before(Some(Duration::from_secs(1)))
+            .token_provider(provider),
+    )
+    .expect("client");
+    let (_c, connected) = events(&client, "connected");
+    let (_d, disconnected) = events(&client, "disconnected");
+    let (_r, refreshed) = events(&client, "refreshed");
+    let (_e, errors) = events(&client, "error");
+    let (_x, echoes) = events(&client, "echo");
+    client.connect();
+    recv(&connected, "connected");
+    let opened = Instant::now();
+
+    // Three refreshes carry the connection past the third token's exp.
+    for n in 1..=3 {
+        let ev = recv(&refreshed, &format!("refreshed #{n}"));
+        assert!(ev.payload["expiresAt"].is_u64(), "{ev:?}");
+    }
+    client.send("still-here", json!(null)).expect("send");
+    recv(&echoes, "echo after the refreshes");
+    assert!(
+        opened.elapsed() > Duration::from_secs(4),
+        "connected for {:?}, past the first token's exp",
+        opened.elapsed()
+    );
+    assert!(
+        disconnected.try_recv().is_err(),
+        "the connection was closed"
+    );
+    assert!(
+        errors.try_recv().is_err(),
+        "an error event (refused refresh?)"
+    );
+    assert_eq!(client.connect_count(), 1);
+    assert!(issued.load(Ordering::SeqCst) >= 4, "connect + 3 refreshes");
+}
+
+/// The control of the test above: the same tokens without the refresh end
+/// with `4001` at `exp`.
+#[test]
+fn without_the_refresh_a_short_token_ends_with_4001() {
+    let srv = start(|c| c.jwt_leeway_secs = 0);
+    let (_issued, provider) = counting_provider("expiring", 3);
+    let client = Client::new(
+        fast(srv.addr)
+            .refresh_before(None)
+            .max_attempts(0)
+            .token_provider(provider),
+    )
+    .expect("client");
+    let (_c, connected) = events(&client, "connected");
+    let (_d, disconnected) = events(&client, "disconnected");
+    let (_r, refreshed) = events(&client, "refreshed");
+    client.connect();
+    recv(&connected, "connected");
+    let closed = recv(&disconnected, "disconnected at exp");
+    assert_eq!(closed.close_code(), Some(4001), "{closed:?}");
+    assert!(refreshed.try_recv().is_err());
 }

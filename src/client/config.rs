@@ -88,6 +88,11 @@ pub struct ClientConfig {
     /// Outgoing bytes buffered while the socket cannot take them; beyond
     /// this `send` fails with `SendBufferFull`. Default 4 MiB.
     pub max_send_buffer_bytes: usize,
+    /// With a token provider: send the in-band `refresh` this long before
+    /// the connection's token expires (halfway through tokens shorter than
+    /// twice this), so the connection outlives its token instead of being
+    /// closed with `4001`. `None` disables. Default 30 s.
+    pub refresh_before: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -107,6 +112,7 @@ impl ClientConfig {
             hello_timeout: Duration::from_secs(1),
             max_message_bytes: 16 << 20,
             max_send_buffer_bytes: 4 << 20,
+            refresh_before: Some(Duration::from_secs(30)),
         }
     }
 
@@ -159,6 +165,12 @@ impl ClientConfig {
     }
     pub fn hello_timeout(mut self, d: Duration) -> Self {
         self.hello_timeout = d;
+        self
+    }
+    /// The refresh margin ([`ClientConfig::refresh_before`]); `None` turns
+    /// the automatic refresh off.
+    pub fn refresh_before(mut self, d: Option<Duration>) -> Self {
+        self.refresh_before = d;
         self
     }
 

@@ -85,17 +85,31 @@
 //! and a server's `1000`. The jitter spreads the clients of a restarted
 //! server over a second instead of a single instant.
 //!
+//! # Token refresh
+//!
+//! With a [`ClientConfig::token_provider`], the client keeps a connection
+//! alive across token lifetimes: [`ClientConfig::refresh_before`] (30 s)
+//! before the current token's `exp` (halfway through shorter tokens) it asks
+//! the provider for a new token and sends it in-band
+//! (`{"type":"refresh","payload":{"token":…}}`); the server's `refreshed`
+//! answer (delivered as an event too) plans the next one. A refused refresh
+//! (the server's `error` `Token refresh failed`) or a provider error leaves
+//! the old expiry: the server closes with `4001` then, and the reconnect asks
+//! the provider again. A refreshed token that does not expire later than the
+//! last one ends the refreshing (no loop on a provider that hands out the
+//! same token). A static [`ClientConfig::token`] is never refreshed.
+//!
 //! # Not included
 //!
 //! No TLS (`wss://` is refused; put the client behind a TLS-terminating
-//! proxy or use a TLS-capable client); no automatic token `refresh` message
-//! (send `{"type":"refresh","payload":{"token":…}}` yourself, or let a `4001`
-//! close and the token provider do it).
+//! proxy or use a TLS-capable client).
 
 mod backoff;
 mod config;
 mod error;
 mod events;
+mod refresh;
+mod shared;
 mod worker;
 
 use std::sync::Arc;
@@ -111,7 +125,8 @@ pub use config::{ClientConfig, TokenProvider, TokenSource};
 pub use error::ClientError;
 pub use events::{Event, Subscription, ANY};
 
-use worker::{Command, Shared, Worker};
+use shared::Shared;
+use worker::{Command, Worker};
 
 /// Connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

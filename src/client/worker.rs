@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
@@ -31,10 +31,12 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{HandshakeError, Message, WebSocket};
 
-use super::config::{ClientConfig, Endpoint};
+use super::config::{ClientConfig, Endpoint, TokenSource};
 use super::error::ClientError;
-use super::events::{Event, Registry};
-use super::{State, Status};
+use super::events::Event;
+use super::refresh::{jwt_exp, Answer, Refresh};
+use super::shared::Shared;
+use super::State;
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -51,57 +53,6 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// State shared by the client and its thread.
-pub(crate) struct Shared {
-    pub registry: Arc<Registry>,
-    status: Mutex<Status>,
-    changed: Condvar,
-}
-
-impl Shared {
-    pub fn new() -> Shared {
-        Shared {
-            registry: Arc::new(Registry::default()),
-            status: Mutex::new(Status::default()),
-            changed: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Status> {
-        // No user code runs under this lock.
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn status(&self) -> Status {
-        self.lock().clone()
-    }
-
-    pub fn update(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.lock());
-        self.changed.notify_all();
-    }
-
-    /// Waits until `pred(status)` holds or `timeout` passes.
-    pub fn wait(&self, timeout: Duration, pred: impl Fn(&Status) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        loop {
-            if pred(&st) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = self
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
 enum Phase {
     Idle,
     Connecting,
@@ -116,6 +67,7 @@ struct Session {
     hello_due: Option<Instant>,
     last_rx: Instant,
     pinged: bool,
+    refresh: Refresh,
 }
 
 enum Next {
@@ -133,6 +85,8 @@ pub(crate) struct Worker {
     pending: VecDeque<Command>,
     /// Reconnect attempts since the last successful connect.
     attempt: u32,
+    /// The token of the current connection (replaced by each accepted refresh).
+    token: Option<String>,
 }
 
 impl Worker {
@@ -149,6 +103,7 @@ impl Worker {
             rx,
             pending: VecDeque::new(),
             attempt: 0,
+            token: None,
         }
     }
 
@@ -216,11 +171,16 @@ impl Worker {
                     s.last_error = None;
                 });
                 let now = Instant::now();
+                let mut refresh = Refresh::default();
+                if let Some(margin) = self.refresh_margin() {
+                    refresh.plan(self.token.as_deref().and_then(jwt_exp), margin);
+                }
                 Phase::Open(Box::new(Session {
                     ws,
                     hello_due: Some(now + self.cfg.hello_timeout),
                     last_rx: now,
                     pinged: false,
+                    refresh,
                 }))
             }
             Err(e) => {
@@ -289,13 +249,19 @@ impl Worker {
         }
     }
 
-    /// The synthetic `connected` event when the server sent no hello, and
-    /// the keepalive ping; `Some` when the server has gone quiet too long.
+    /// The synthetic `connected` event when the server sent no hello, the
+    /// token refresh, and the keepalive ping; `Some` when the server has
+    /// gone quiet too long or the socket broke.
     fn session_timers(&mut self, s: &mut Session) -> Option<Phase> {
         let now = Instant::now();
         if s.hello_due.is_some_and(|due| now >= due) {
             s.hello_due = None;
             self.emit("connected", Value::Null, true);
+        }
+        if s.refresh.take_due(now) {
+            if let Some(end) = self.send_refresh(s) {
+                return Some(end);
+            }
         }
         let k = self.cfg.keepalive?;
         let quiet = now.saturating_duration_since(s.last_rx);
@@ -342,11 +308,48 @@ impl Worker {
 
     // ----------------------------------------------------------- steps
 
+    /// The token source's answer; a panicking provider is an error.
+    fn fetch_token(&self) -> Result<Option<String>, ClientError> {
+        let provider = AssertUnwindSafe(&self.cfg.token);
+        catch_unwind(|| provider.fetch())
+            .unwrap_or_else(|_| Err(ClientError::Token("the token provider panicked".into())))
+    }
+
+    /// The refresh margin, when the client refreshes: a token provider and
+    /// [`ClientConfig::refresh_before`] set.
+    fn refresh_margin(&self) -> Option<Duration> {
+        match self.cfg.token {
+            TokenSource::Provider(_) => self.cfg.refresh_before,
+            _ => None,
+        }
+    }
+
+    /// Asks the provider for a token and sends it in a `refresh` message. A
+    /// provider error is an `error` event and no retry: the server then
+    /// closes with `4001` at the old `exp`, and the reconnect asks again.
+    fn send_refresh(&mut self, s: &mut Session) -> Option<Phase> {
+        let token = match self.fetch_token() {
+            Ok(Some(t)) => t,
+            Ok(None) => return None,
+            Err(e) => {
+                self.error(e);
+                return None;
+            }
+        };
+        let text = json!({"type": "refresh", "payload": {"token": token}}).to_string();
+        match s.ws.write(Message::text(text)) {
+            Ok(()) => {}
+            Err(e) if would_block(&e) => {}
+            Err(e) => return Some(self.lost(e.into())),
+        }
+        s.refresh.sent(token);
+        None
+    }
+
     /// Token, TCP connect, upgrade.
     fn open(&mut self) -> Result<WebSocket<TcpStream>, ClientError> {
-        let provider = AssertUnwindSafe(&self.cfg.token);
-        let token = catch_unwind(|| provider.fetch())
-            .unwrap_or_else(|_| Err(ClientError::Token("the token provider panicked".into())))?;
+        let token = self.fetch_token()?;
+        self.token.clone_from(&token);
         let url = self.endpoint.url_with_token(token.as_deref());
         let stream = self.tcp_connect()?;
         stream.set_nodelay(true)?;
@@ -404,6 +407,16 @@ impl Worker {
             return self.error(ClientError::InvalidMessage(preview(data)));
         };
         let payload = obj.remove("payload").unwrap_or(Value::Null);
+        let margin = self.refresh_margin().unwrap_or_default();
+        match s.refresh.on_message(&kind, &payload, margin) {
+            Answer::Accepted(token) => self.token = Some(token),
+            Answer::Refused => self.shared.update(|st| {
+                st.last_error = Some(ClientError::Token(
+                    "the server refused the refreshed token".into(),
+                ))
+            }),
+            Answer::None => {}
+        }
         if s.hello_due.take().is_some() {
             if kind == "connected" {
                 // The server's hello *is* the connected event.

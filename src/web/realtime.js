@@ -1,430 +1,535 @@
-// realtime.js — browser client for the wsedge WebSocket endpoint.
-//
-// A plain ES module (no build step, no dependencies); the framework-free
-// counterpart of the React `useRealtime` hook. Served by wsedge at
-// GET /realtime.js.
-//
-//   import { RealtimeClient } from "/realtime.js";
-//   const rt = new RealtimeClient({ tokenProvider: () => getJwt() });
-//   rt.on("notification", (payload, msg) => console.log(payload));
-//   rt.connect();
-//   rt.send("test", { hello: "world" });
-//
-// Wire format, both directions: JSON text frames `{"type": string, "payload": any}`.
-// The JWT travels as the `token` query parameter because browsers cannot set
-// headers on a WebSocket upgrade.
-//
-// Events (all via `on(type, cb)`, callbacks get `(payload, message)`):
-//   <server type>  every server message, e.g. "connected", "echo", "notification"
-//   "open"         the socket opened                 payload {connectCount}
-//   "disconnected" the socket closed                 payload {code, reason}
-//   "error"        any client-side problem           payload {message}
-//   "reconnecting" a retry was scheduled             payload {attempt, delayMs}
-//   "*"            wildcard: receives all of the above
-// Synthetic (client-made) events carry `synthetic: true` on the message object.
+// realtime.js: wsedge's browser client, served at GET /realtime.js (docs/PROTOCOL.md §6.3).
+// GENERATED from clients/js/packages/client (@wsedge/client) by `npm run build` in clients/js.
+// Do not edit: change the TypeScript sources; scripts/js-test fails when this file is stale.
 
-/** Connection states, as exposed by `client.state`. */
-export const State = Object.freeze({
-  Disconnected: "Disconnected",
-  Connecting: "Connecting",
-  Connected: "Connected",
-});
 
-// Exponent cap: 2^6 * base (64 s at the default base) is already past the
-// default maxDelayMs, so growing further would only risk overflow.
-const MAX_EXPONENT = 6;
-
-/**
- * Reconnect delay for retry number `attempt` (0 for the first retry):
- * `min(base * 2^min(attempt, 6) + random(0..1000 ms), cap)`.
- * The jitter keeps many clients from reconnecting in lockstep after a
- * server restart.
- */
-export function backoffDelay(attempt, base = 1000, cap = 30000, rand = Math.random) {
+// packages/client/src/backoff.ts
+var MAX_EXPONENT = 6;
+function backoffDelay(attempt, baseMs = 1e3, capMs = 3e4, rand = Math.random, jitterMs = 1e3) {
   const exp = Math.min(Math.max(0, Math.floor(attempt) || 0), MAX_EXPONENT);
-  const jitter = Math.floor(rand() * 1000);
-  return Math.min(base * 2 ** exp + jitter, cap);
+  const jitter = Math.floor(rand() * jitterMs);
+  return Math.min(baseMs * 2 ** exp + jitter, capMs);
 }
-
-/** Close codes in this range mean "do not come back" (e.g. auth revoked). */
 function isTerminalCloseCode(code) {
   return code >= 4500 && code <= 4999;
 }
 
-/** Default endpoint: same host as the page, `wss:` when the page is https. */
-function defaultUrl() {
-  if (typeof location === "undefined") {
-    throw new TypeError("RealtimeClient: `url` is required outside a browser");
+// packages/client/src/listeners.ts
+var ANY = "*";
+var Listeners = class {
+  #byType = /* @__PURE__ */ new Map();
+  #onError;
+  constructor(onError) {
+    this.#onError = onError;
   }
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/ws`;
+  /** Adds `cb` for `type`; returns its unsubscribe function. */
+  on(type, cb) {
+    if (typeof cb !== "function") throw new TypeError("on(type, callback): callback must be a function");
+    let set = this.#byType.get(type);
+    if (!set) this.#byType.set(type, set = /* @__PURE__ */ new Set());
+    const entry = { cb };
+    set.add(entry);
+    const owner = set;
+    return once(() => {
+      owner.delete(entry);
+      if (owner.size === 0 && this.#byType.get(type) === owner) this.#byType.delete(type);
+    });
+  }
+  /**
+   * `off(type, cb)` removes that callback (every registration of it) from
+   * `type`; `off(type)` removes every callback of `type`; `off()` removes all.
+   */
+  off(type, cb) {
+    if (type === void 0) {
+      this.#byType.clear();
+      return;
+    }
+    const set = this.#byType.get(type);
+    if (!set) return;
+    if (cb === void 0) {
+      this.#byType.delete(type);
+      return;
+    }
+    for (const entry of [...set]) if (entry.cb === cb) set.delete(entry);
+    if (set.size === 0) this.#byType.delete(type);
+  }
+  /** How many callbacks `type` has (`"*"` ones not included). */
+  count(type) {
+    return this.#byType.get(type)?.size ?? 0;
+  }
+  /**
+   * Calls the callbacks of `message.type`, then the `"*"` ones. A callback
+   * that throws is reported through `onError` and does not stop the others.
+   */
+  emit(message) {
+    const targets = [];
+    for (const key of message.type === ANY ? [ANY] : [message.type, ANY]) {
+      const set = this.#byType.get(key);
+      if (set) targets.push(...set);
+    }
+    for (const entry of targets) {
+      try {
+        entry.cb(message.payload, message);
+      } catch (e) {
+        this.#onError(message.type, e);
+      }
+    }
+  }
+};
+function once(fn) {
+  let done = false;
+  const f = (() => {
+    if (done) return;
+    done = true;
+    fn();
+  });
+  f.unsubscribe = f;
+  return f;
 }
 
-/** Accepts absolute ws(s):// URLs, and http(s) or page-relative ones ("/ws"). */
+// packages/client/src/token.ts
+function jwtExp(token) {
+  if (typeof token !== "string") return null;
+  const parts = token.split(".");
+  if (parts.length !== 3 || !parts[1]) return null;
+  try {
+    const claims = JSON.parse(base64UrlDecode(parts[1]));
+    if (claims && typeof claims === "object" && "exp" in claims) {
+      const exp = claims.exp;
+      if (typeof exp === "number" && Number.isFinite(exp)) return exp;
+    }
+  } catch {
+  }
+  return null;
+}
+function base64UrlDecode(s) {
+  const b64 = s.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(s.length / 4) * 4, "=");
+  const binary = atob(b64);
+  const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  return new TextDecoder().decode(bytes);
+}
+function refreshDelayMs(remainingMs, marginMs) {
+  if (remainingMs > 2 * marginMs) return remainingMs - marginMs;
+  return Math.max(0, Math.floor(remainingMs / 2));
+}
+
+// packages/client/src/types.ts
+var State = Object.freeze({
+  Disconnected: "Disconnected",
+  Connecting: "Connecting",
+  Connected: "Connected"
+});
+
+// packages/client/src/url.ts
+function defaultUrl() {
+  const loc = globalThis.location;
+  if (!loc) throw new TypeError("RealtimeClient: `url` is required outside a browser");
+  const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${loc.host}/ws`;
+}
 function resolveUrl(url) {
   if (/^wss?:\/\//i.test(url)) return url;
-  const base = typeof location === "undefined" ? undefined : location.href;
-  const u = new URL(url, base);
+  const loc = globalThis.location;
+  const u = new URL(url, loc?.href);
   if (u.protocol === "http:") u.protocol = "ws:";
   else if (u.protocol === "https:") u.protocol = "wss:";
   return u.toString();
 }
-
-/** Returns `fn` with `fn.unsubscribe === fn`, so both call styles work. */
-function makeUnsubscribe(fn) {
-  let done = false;
-  const unsubscribe = () => {
-    if (done) return;
-    done = true;
-    fn();
-  };
-  unsubscribe.unsubscribe = unsubscribe;
-  return unsubscribe;
+function withToken(url, token) {
+  if (!token) return url;
+  const hash = url.indexOf("#");
+  const base = hash < 0 ? url : url.slice(0, hash);
+  const fragment = hash < 0 ? "" : url.slice(hash);
+  const sep = base.includes("?") ? "&" : "?";
+  return `${base}${sep}token=${encodeURIComponent(token)}${fragment}`;
 }
 
-export class RealtimeClient {
-  // --- configuration
+// packages/client/src/client.ts
+var OPEN = 1;
+var MAX_TIMER_MS = 2 ** 31 - 1;
+var REFRESH_FAILED = "Token refresh failed";
+var timestamp = () => (/* @__PURE__ */ new Date()).toISOString();
+var describe = (e) => e instanceof Error ? e.message : String(e);
+var RealtimeClient = class {
+  // ---- configuration
   #url;
-  #token;
-  #tokenProvider;
+  #getToken;
+  #WebSocket;
   #maxAttempts;
   #baseDelayMs;
   #maxDelayMs;
-  #WebSocket;
-
-  // --- runtime
+  #jitterMs;
+  #helloTimeoutMs;
+  #refreshBeforeMs;
+  #log;
+  // ---- runtime
+  /** The token of the current connection (replaced by `getToken` and by each accepted refresh). */
+  #token;
   #ws = null;
+  #opened = false;
   #state = State.Disconnected;
   #lastError = null;
   #connectCount = 0;
-  #attempt = 0; // retries scheduled since the last successful open
-  #timer = null; // pending reconnect
-  #manualClose = false; // set by disconnect(): no reconnects until connect()
-  #generation = 0; // bumped to cancel an in-flight (async) open
+  #attempt = 0;
+  #attemptsMade = 0;
+  #manualClose = false;
+  #generation = 0;
   #autoPending = false;
-
-  /** @type {Map<string, Set<{cb: Function}>>} */
-  #listeners = new Map();
-  /** @type {Set<{cb: Function}>} */
-  #stateListeners = new Set();
-
-  /**
-   * @param {object} [options]
-   * @param {string} [options.url] endpoint; default `ws(s)://<page host>/ws`
-   * @param {string} [options.token] JWT sent as `?token=`
-   * @param {() => (string|Promise<string>)} [options.tokenProvider] called on
-   *   every (re)connect; wins over `token`, so refreshed tokens are picked up
-   * @param {boolean} [options.autoConnect=false] connect right after construction
-   *   (deferred to a microtask so listeners can be attached first)
-   * @param {number} [options.maxAttempts=10] reconnect attempts before giving up
-   * @param {number} [options.baseDelayMs=1000]
-   * @param {number} [options.maxDelayMs=30000]
-   * @param {typeof WebSocket} [options.WebSocket] implementation override (tests)
-   */
-  constructor({
-    url,
-    token = null,
-    tokenProvider = null,
-    autoConnect = false,
-    maxAttempts = 10,
-    baseDelayMs = 1000,
-    maxDelayMs = 30000,
-    WebSocket: WebSocketImpl = globalThis.WebSocket,
-  } = {}) {
-    this.#url = resolveUrl(url ?? defaultUrl());
-    this.#token = token;
-    this.#tokenProvider = typeof tokenProvider === "function" ? tokenProvider : null;
-    this.#maxAttempts = maxAttempts;
-    this.#baseDelayMs = baseDelayMs;
-    this.#maxDelayMs = maxDelayMs;
-    this.#WebSocket = WebSocketImpl;
-
-    if (autoConnect) {
+  #timers = {
+    reconnect: null,
+    hello: null,
+    refresh: null
+  };
+  #refreshAt = 0;
+  /** The token sent in a `refresh` that the server has not answered yet. */
+  #pendingToken = null;
+  #listeners = new Listeners((type, e) => console.error(`RealtimeClient: listener for "${type}" threw`, e));
+  #stateListeners = /* @__PURE__ */ new Set();
+  constructor(options = {}) {
+    this.#url = resolveUrl(options.url ?? defaultUrl());
+    this.#token = options.token ?? null;
+    const getToken = options.getToken ?? options.tokenProvider ?? null;
+    this.#getToken = typeof getToken === "function" ? getToken : null;
+    const impl = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof impl !== "function") {
+      throw new TypeError(
+        "RealtimeClient: no WebSocket implementation; pass `WebSocket` in the options (in Node 20: the `ws` package's class)"
+      );
+    }
+    this.#WebSocket = impl;
+    this.#maxAttempts = options.maxAttempts ?? 10;
+    this.#baseDelayMs = options.baseDelayMs ?? 1e3;
+    this.#maxDelayMs = options.maxDelayMs ?? 3e4;
+    this.#jitterMs = options.jitterMs ?? 1e3;
+    this.#helloTimeoutMs = options.helloTimeoutMs ?? 1e3;
+    this.#refreshBeforeMs = options.refreshBeforeMs ?? 3e4;
+    const debug = options.debug;
+    this.#log = typeof debug === "function" ? debug : debug ? (...a) => console.debug("[wsedge]", ...a) : null;
+    if (options.autoConnect) {
       this.#autoPending = true;
       queueMicrotask(() => {
         if (this.#autoPending) this.connect();
       });
     }
   }
-
-  // ------------------------------------------------------------------ getters
-
-  /** "Disconnected" | "Connecting" | "Connected" */
+  // ------------------------------------------------------------ state
+  /** `"Disconnected"`, `"Connecting"` or `"Connected"`. */
   get state() {
     return this.#state;
   }
-
-  /** Message of the most recent error, or null. */
+  /** Message of the most recent error (cleared by a successful connect), or `null`. */
   get lastError() {
     return this.#lastError;
   }
-
-  /** Number of successful opens so far. */
+  /** Successful connects so far. */
   get connectCount() {
     return this.#connectCount;
   }
-
-  /** Retries scheduled since the last successful open (0 when healthy). */
+  /** Reconnect attempts since the last successful connect. */
   get reconnectAttempt() {
     return this.#attempt;
   }
-
-  /** True when connected and the socket is writable. */
+  /** Whether the socket is open. */
   get connected() {
     return this.#state === State.Connected;
   }
-
-  /** Delay before retry number `attempt` (0-based), with fresh jitter. */
+  /** State, last error, connect count and reconnect attempt together. */
+  get status() {
+    return {
+      state: this.#state,
+      lastError: this.#lastError,
+      connectCount: this.#connectCount,
+      reconnectAttempt: this.#attempt
+    };
+  }
+  /** The delay before reconnect attempt `attempt` (0-based), with fresh jitter. */
   nextDelayMs(attempt = this.#attempt) {
-    return backoffDelay(attempt, this.#baseDelayMs, this.#maxDelayMs);
+    return backoffDelay(attempt, this.#baseDelayMs, this.#maxDelayMs, Math.random, this.#jitterMs);
   }
-
-  // ---------------------------------------------------------------- listeners
-
+  // -------------------------------------------------------- listeners
   /**
-   * Subscribe to a message / event type ("*" for everything).
-   * `cb(payload, message)`. Returns an unsubscribe function (which also has
-   * an `.unsubscribe()` property).
+   * `callback(payload, message)` for every event of `type` (`"*"`: every
+   * event, after the type's own callbacks). Returns the unsubscribe function.
    */
-  on(type, cb) {
-    if (typeof cb !== "function") throw new TypeError("RealtimeClient.on: callback must be a function");
-    let set = this.#listeners.get(type);
-    if (!set) this.#listeners.set(type, (set = new Set()));
-    // Wrap so that registering the same function twice yields two
-    // independent subscriptions.
-    const entry = { cb };
-    set.add(entry);
-    return makeUnsubscribe(() => {
-      set.delete(entry);
-      if (set.size === 0 && this.#listeners.get(type) === set) this.#listeners.delete(type);
-    });
+  on(type, callback) {
+    return this.#listeners.on(type, callback);
   }
-
-  /** Remove every callback of `type` (of all types when called without one). */
-  off(type) {
-    if (type === undefined) this.#listeners.clear();
-    else this.#listeners.delete(type);
+  /** `off(type, cb)`: that callback only; `off(type)`: every callback of `type`; `off()`: all. */
+  off(type, callback) {
+    this.#listeners.off(type, callback);
   }
-
-  /** `cb(newState, previousState)` on every state change. Returns unsubscribe. */
-  onStateChange(cb) {
-    if (typeof cb !== "function") throw new TypeError("RealtimeClient.onStateChange: callback must be a function");
-    const entry = { cb };
+  /** `callback(next, previous)` on every state change. Returns the unsubscribe function. */
+  onStateChange(callback) {
+    if (typeof callback !== "function") throw new TypeError("onStateChange(callback): callback must be a function");
+    const entry = { cb: callback };
     this.#stateListeners.add(entry);
-    return makeUnsubscribe(() => this.#stateListeners.delete(entry));
+    return once(() => this.#stateListeners.delete(entry));
   }
-
-  // ------------------------------------------------------------------ actions
-
-  /** Open the socket (no-op while connecting or connected). */
+  // ---------------------------------------------------------- actions
+  /** Connects (a no-op while connecting or connected); cancels a pending backoff or a give-up. */
   connect() {
     this.#autoPending = false;
     this.#manualClose = false;
     if (this.#state !== State.Disconnected) return;
-    // A user-initiated connect skips any pending backoff and starts afresh.
-    this.#clearTimer();
+    this.#clearTimer("reconnect");
     this.#attempt = 0;
-    this.#open();
+    void this.#open();
   }
-
-  /** Close with code 1000 and stay closed until the next `connect()`. */
+  /** Closes with `1000` and stays closed until the next `connect()`. */
   disconnect() {
     this.#autoPending = false;
     this.#manualClose = true;
-    this.#generation++; // abandon an in-flight tokenProvider call
-    this.#clearTimer();
+    this.#generation++;
+    this.#clearTimer("reconnect");
     this.#attempt = 0;
-
     const ws = this.#ws;
     const wasActive = ws !== null || this.#state !== State.Disconnected;
+    const wasOpen = this.#opened;
     if (ws) {
-      // Detach first: the close event arrives later and must not trigger a
-      // reconnect or a second "disconnected" event.
-      this.#detach(ws);
-      this.#ws = null;
+      this.#drop(ws);
       try {
-        ws.close(1000, "Client disconnect");
+        ws.close(1e3, "Client disconnect");
       } catch {
-        /* already closing */
       }
     }
     this.#setState(State.Disconnected);
-    if (wasActive) this.#emit("disconnected", { code: 1000, reason: "Client disconnect" }, true);
+    if (wasActive && wasOpen) this.#synthetic("disconnected", { code: 1e3, reason: "Client disconnect" });
   }
-
   /**
-   * Send `{type, payload}`. Returns true when handed to the socket; false
-   * (plus an "error" event) when not connected or not serializable.
+   * Sends `{type, payload}`. `true` when handed to the socket; `false` and an
+   * `error` event when not connected or the payload does not serialize.
    */
   send(type, payload) {
     const ws = this.#ws;
-    if (!ws || this.#state !== State.Connected || ws.readyState !== 1 /* OPEN */) {
-      this.#error("Not connected");
+    if (!ws || this.#state !== State.Connected || ws.readyState !== OPEN) {
+      this.#error("Not connected", "not_connected");
       return false;
     }
     let text;
     try {
-      text = JSON.stringify({ type, payload: payload === undefined ? null : payload });
+      text = JSON.stringify({ type, payload: payload === void 0 ? null : payload });
     } catch (e) {
-      this.#error(`Cannot serialize message: ${e?.message ?? e}`);
+      this.#error(`Cannot serialize the message: ${describe(e)}`, "encode");
       return false;
     }
     try {
       ws.send(text);
     } catch (e) {
-      this.#error(`Send failed: ${e?.message ?? e}`);
+      this.#error(`Send failed: ${describe(e)}`, "socket");
       return false;
     }
     return true;
   }
-
-  // ----------------------------------------------------------------- internal
-
+  // ------------------------------------------------------- connecting
   async #open() {
     const gen = ++this.#generation;
     this.#setState(State.Connecting);
-
     let token;
     try {
-      token = this.#tokenProvider ? await this.#tokenProvider() : this.#token;
+      token = await this.#nextToken();
     } catch (e) {
       if (gen !== this.#generation) return;
       this.#setState(State.Disconnected);
-      this.#error(`tokenProvider failed: ${e?.message ?? e}`);
+      this.#error(`getToken failed: ${describe(e)}`, "token");
       this.#scheduleReconnect();
       return;
     }
-    // disconnect() (or another open) happened while we awaited the token.
     if (gen !== this.#generation) return;
-
-    let url = this.#url;
-    if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(String(token));
-
     let ws;
     try {
-      ws = new this.#WebSocket(url);
+      ws = new this.#WebSocket(withToken(this.#url, token));
     } catch (e) {
-      // A malformed URL will not fix itself: report and stay down.
       this.#setState(State.Disconnected);
-      this.#error(`Cannot open WebSocket: ${e?.message ?? e}`);
+      this.#error(`Cannot open a WebSocket: ${describe(e)}`, "socket");
       return;
     }
+    this.#debug("connecting to", this.#url);
     this.#ws = ws;
-
-    ws.onopen = () => {
-      if (ws !== this.#ws) return;
-      this.#attempt = 0;
-      this.#connectCount++;
-      this.#lastError = null;
-      this.#setState(State.Connected);
-      this.#emit("open", { connectCount: this.#connectCount }, true);
-    };
-
-    ws.onmessage = (ev) => {
-      if (ws !== this.#ws) return;
-      let msg;
-      try {
-        msg = JSON.parse(ev.data);
-      } catch {
-        this.#error("Invalid JSON from server", { data: String(ev.data).slice(0, 200) });
-        return;
-      }
-      if (!msg || typeof msg !== "object" || typeof msg.type !== "string") {
-        this.#error("Message without a string `type`", { data: String(ev.data).slice(0, 200) });
-        return;
-      }
-      this.#emit(msg.type, msg.payload, false, msg);
-    };
-
-    // Browsers give no detail here on purpose; the close event that always
-    // follows carries the code.
-    ws.onerror = () => {
-      if (ws !== this.#ws) return;
-      this.#error("WebSocket error");
-    };
-
-    ws.onclose = (ev) => {
-      if (ws !== this.#ws) return;
-      this.#detach(ws);
-      this.#ws = null;
-      const code = ev?.code ?? 1006;
-      const reason = ev?.reason ?? "";
-      this.#setState(State.Disconnected);
-      this.#emit("disconnected", { code, reason }, true);
-
-      if (this.#manualClose) return;
-      if (isTerminalCloseCode(code)) {
-        this.#error(`Server closed with ${code}${reason ? ` (${reason})` : ""}; not reconnecting`);
-        return;
-      }
-      // Everything else — 1000 from the server, 1001 going away, 1006
-      // abnormal (incl. a rejected upgrade), 4000-4499 — is worth a retry.
-      this.#scheduleReconnect();
-    };
+    this.#opened = false;
+    ws.onopen = () => ws === this.#ws && this.#onOpen();
+    ws.onmessage = (ev) => ws === this.#ws && this.#onMessage(ev.data);
+    ws.onerror = () => ws === this.#ws && this.#opened && this.#error("WebSocket error", "socket");
+    ws.onclose = (ev) => ws === this.#ws && this.#onClose(ev?.code ?? 1006, ev?.reason ?? "");
   }
-
+  /** The first connect uses `token` when given; later ones (and a first one without it) ask `getToken`. */
+  async #nextToken() {
+    const first = this.#attemptsMade++ === 0;
+    if (this.#getToken && !(first && this.#token)) this.#token = String(await this.#getToken());
+    return this.#token;
+  }
+  #onOpen() {
+    this.#opened = true;
+    this.#attempt = 0;
+    this.#connectCount++;
+    this.#lastError = null;
+    this.#setState(State.Connected);
+    this.#timers.hello = setTimeout(() => {
+      this.#timers.hello = null;
+      this.#synthetic("connected", {});
+    }, this.#helloTimeoutMs);
+    this.#scheduleRefresh(jwtExp(this.#token));
+  }
+  #onMessage(data) {
+    let msg;
+    try {
+      msg = JSON.parse(String(data));
+    } catch {
+      this.#error("Invalid JSON from the server", "invalid_message", { data: String(data).slice(0, 200) });
+      return;
+    }
+    if (!msg || typeof msg !== "object" || typeof msg.type !== "string") {
+      this.#error("A message without a string `type`", "invalid_message", { data: String(data).slice(0, 200) });
+      return;
+    }
+    if (this.#timers.hello !== null) {
+      this.#clearTimer("hello");
+      if (msg.type !== "connected") this.#synthetic("connected", {});
+    }
+    this.#onRefreshAnswer(msg);
+    this.#debug("message", msg.type);
+    this.#listeners.emit(msg);
+  }
+  #onClose(code, reason) {
+    const wasOpen = this.#opened;
+    this.#drop(this.#ws);
+    this.#setState(State.Disconnected);
+    if (!wasOpen) {
+      this.#error(`Connection failed (close ${code}${reason ? `: ${reason}` : ""})`, "connect_failed");
+      this.#scheduleReconnect();
+      return;
+    }
+    this.#synthetic("disconnected", { code, reason });
+    if (this.#manualClose) return;
+    if (isTerminalCloseCode(code)) {
+      this.#error(`Server closed with ${code}${reason ? ` (${reason})` : ""}; not reconnecting`, "terminal_close");
+      return;
+    }
+    this.#scheduleReconnect();
+  }
   #scheduleReconnect() {
-    if (this.#manualClose || this.#timer !== null) return;
+    if (this.#manualClose || this.#timers.reconnect !== null) return;
     if (this.#attempt >= this.#maxAttempts) {
-      this.#error(`Giving up after ${this.#maxAttempts} reconnect attempts`);
+      this.#error(`Giving up after ${this.#maxAttempts} reconnect attempts`, "gave_up");
       return;
     }
     const attempt = this.#attempt;
     const delayMs = this.nextDelayMs(attempt);
     this.#attempt = attempt + 1;
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      if (!this.#manualClose && this.#state === State.Disconnected) this.#open();
+    this.#timers.reconnect = setTimeout(() => {
+      this.#timers.reconnect = null;
+      if (!this.#manualClose && this.#state === State.Disconnected) void this.#open();
     }, delayMs);
-    this.#emit("reconnecting", { attempt: attempt + 1, maxAttempts: this.#maxAttempts, delayMs }, true);
+    this.#synthetic("reconnecting", { attempt: attempt + 1, maxAttempts: this.#maxAttempts, delayMs });
   }
-
-  #clearTimer() {
-    if (this.#timer !== null) {
-      clearTimeout(this.#timer);
-      this.#timer = null;
+  // ---------------------------------------------------------- refresh
+  /** Plans the `refresh` of a token expiring at `exp` (Unix seconds). */
+  #scheduleRefresh(exp) {
+    this.#clearTimer("refresh");
+    if (!this.#getToken || !(this.#refreshBeforeMs > 0) || exp === null) return;
+    this.#refreshAt = Date.now() + refreshDelayMs(exp * 1e3 - Date.now(), this.#refreshBeforeMs);
+    this.#armRefresh();
+  }
+  #armRefresh() {
+    const delay = Math.max(0, this.#refreshAt - Date.now());
+    this.#timers.refresh = setTimeout(
+      () => {
+        this.#timers.refresh = null;
+        if (Date.now() < this.#refreshAt) this.#armRefresh();
+        else void this.#refresh();
+      },
+      Math.min(delay, MAX_TIMER_MS)
+    );
+  }
+  async #refresh() {
+    const ws = this.#ws;
+    if (!ws || !this.#getToken) return;
+    let token;
+    try {
+      token = String(await this.#getToken());
+    } catch (e) {
+      if (ws === this.#ws) this.#error(`getToken failed for the refresh: ${describe(e)}`, "token");
+      return;
+    }
+    if (ws !== this.#ws || this.#state !== State.Connected) return;
+    this.#pendingToken = token;
+    this.#debug("refreshing the token");
+    try {
+      ws.send(JSON.stringify({ type: "refresh", payload: { token } }));
+    } catch (e) {
+      this.#pendingToken = null;
+      this.#error(`Send failed: ${describe(e)}`, "socket");
     }
   }
-
-  #detach(ws) {
-    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  /** `refreshed` → the new token is current, plan the next refresh; a refused refresh is recorded. */
+  #onRefreshAnswer(msg) {
+    if (this.#pendingToken === null) return;
+    const payload = msg.payload ?? {};
+    if (msg.type === "refreshed") {
+      const previousExp = jwtExp(this.#token);
+      this.#token = this.#pendingToken;
+      this.#pendingToken = null;
+      const exp = typeof payload.expiresAt === "number" ? payload.expiresAt : jwtExp(this.#token);
+      if (exp !== null && (previousExp === null || exp > previousExp)) this.#scheduleRefresh(exp);
+      else this.#debug("the refreshed token does not expire later; no further refresh");
+    } else if (msg.type === "error" && payload.message === REFRESH_FAILED) {
+      this.#pendingToken = null;
+      this.#lastError = REFRESH_FAILED;
+    }
   }
-
+  // ---------------------------------------------------------- helpers
+  /** Forgets `ws`: its late events are ignored; no timer of this connection stays armed. */
+  #drop(ws) {
+    if (ws) ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    if (ws === this.#ws) this.#ws = null;
+    this.#opened = false;
+    this.#pendingToken = null;
+    this.#clearTimer("hello");
+    this.#clearTimer("refresh");
+  }
+  #clearTimer(which) {
+    const timer = this.#timers[which];
+    if (timer === null) return;
+    clearTimeout(timer);
+    this.#timers[which] = null;
+  }
   #setState(next) {
-    const prev = this.#state;
-    if (prev === next) return;
+    const previous = this.#state;
+    if (previous === next) return;
     this.#state = next;
+    this.#debug("state", previous, "→", next);
     for (const entry of [...this.#stateListeners]) {
       try {
-        entry.cb(next, prev);
+        entry.cb(next, previous);
       } catch (e) {
         console.error("RealtimeClient: state listener threw", e);
       }
     }
   }
-
-  #error(message, extra) {
+  #error(message, kind, extra) {
     this.#lastError = message;
-    this.#emit("error", extra ? { message, ...extra } : { message }, true);
+    this.#synthetic("error", { message, kind, ...extra });
   }
-
-  /** Deliver to `type` listeners, then to "*" listeners. */
-  #emit(type, payload, synthetic, message = { type, payload }) {
-    if (synthetic) message = { type, payload, synthetic: true };
-    const targets = [];
-    for (const key of type === "*" ? ["*"] : [type, "*"]) {
-      const set = this.#listeners.get(key);
-      if (set) targets.push(...set); // copy: callbacks may unsubscribe
-    }
-    for (const entry of targets) {
-      try {
-        entry.cb(payload, message);
-      } catch (e) {
-        // A faulty listener must not break the socket handlers or its peers.
-        console.error(`RealtimeClient: listener for "${type}" threw`, e);
-      }
-    }
+  /** A client-made event: `timestamp` added, `synthetic: true` on the message. */
+  #synthetic(type, payload) {
+    const full = { ...payload, timestamp: timestamp() };
+    this.#debug(type, full);
+    this.#listeners.emit({ type, payload: full, synthetic: true });
   }
-}
+  #debug(...args) {
+    this.#log?.(...args);
+  }
+};
 
-export default RealtimeClient;
+// packages/client/src/index.ts
+var index_default = RealtimeClient;
+export {
+  ANY,
+  Listeners,
+  RealtimeClient,
+  State,
+  backoffDelay,
+  index_default as default,
+  isTerminalCloseCode,
+  jwtExp,
+  refreshDelayMs
+};

@@ -23,34 +23,16 @@ import { existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, "../..");
 const ARTIFACTS = path.resolve(process.env.WSEDGE_ARTIFACTS || path.join(ROOT, "artifacts/browser"));
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 
 /** Upper bound of every single wait (page state, log entry, server start). */
 const WAIT_MS = 15_000;
 /** Upper bound of one whole test case. */
 const TEST_TIMEOUT_MS = 90_000;
-
-// Without the background-networking flags Chromium tries to reach Google
-// services and, on a closed network, its connections get refused. Playwright
-// itself gives every launch() a fresh temporary --user-data-dir (and refuses
-// one in `args`).
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  // Containers often have a 64 MB /dev/shm; Debian's launcher only adds this
-  // when it can measure that, which fails with several matching mounts.
-  "--disable-dev-shm-usage",
-];
 
 function wsedgeBin() {
   const fromEnv = process.env.WSEDGE_BIN;
