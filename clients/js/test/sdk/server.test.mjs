@@ -88,9 +88,10 @@ describe("the original helpers over the REST API", () => {
     const stats = await admin.getConnectionStats();
     assert.equal(stats.totalConnections, 2);
     assert.equal(stats.totalUsers, 2);
-    assert.deepEqual(stats.users, ["u1", "u2"]);
+    assert.deepEqual([...stats.users].sort(), ["u1", "u2"]);
     const capped = await admin.getConnectionStats({ limit: 1 });
-    assert.deepEqual(capped.users, ["u1"]);
+    assert.equal(capped.users.length, 1);
+    assert.ok(["u1", "u2"].includes(capped.users[0]), String(capped.users));
     assert.equal(capped.usersTruncated, true);
   });
 
