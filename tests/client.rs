@@ -719,3 +719,71 @@ fn without_the_refresh_a_short_token_ends_with_4001() {
     assert_eq!(closed.close_code(), Some(4001), "{closed:?}");
     assert!(refreshed.try_recv().is_err());
 }
+
+/// A token with a `channels` claim.
+fn channel_token(sub: &str, channels: &[&str]) -> String {
+    wsedge::mint_hs256(
+        common::SECRET,
+        &json!({"sub": sub, "exp": wsedge::now_secs() + 600, "channels": channels}),
+    )
+}
+
+#[test]
+fn subscriptions_are_restored_after_a_reconnect() {
+    let srv = start(|_| {});
+    let client =
+        Client::new(fast(srv.addr).token(channel_token("hana", &["news"]))).expect("client");
+    let (_s1, subscribed) = events(&client, "subscribed");
+    let (_s2, headlines) = events(&client, "headline");
+    let (_s3, errors) = events(&client, "error");
+    // Asked before the connection exists: sent once it does.
+    client.subscribe("news", false);
+    client.subscribe("forbidden", false);
+    client.connect();
+    let ack = recv(&subscribed, "subscribed");
+    assert_eq!(ack.payload["channel"], "news");
+    let err = recv(&errors, "error for a channel the token does not allow");
+    assert_eq!(err.payload["channel"], "forbidden");
+    client.unsubscribe("forbidden");
+
+    let publish = |n: u64| {
+        let (status, body) = rest(
+            srv.addr,
+            "POST",
+            "/v1/websocket/channels/news/publish",
+            Some(ADMIN_KEY),
+            Some(&json!({"type": "headline", "payload": {"n": n}})),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["sentToConnections"].as_u64()
+    };
+    assert_eq!(publish(1), Some(1));
+    let m = recv(&headlines, "headline 1");
+    assert_eq!(
+        (m.channel.as_deref(), &m.payload["n"]),
+        (Some("news"), &json!(1))
+    );
+
+    // The server drops the connection (4000: the client may reconnect).
+    let (status, _) = rest(
+        srv.addr,
+        "DELETE",
+        "/v1/websocket/user/hana/disconnect",
+        Some(ADMIN_KEY),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(client.wait_for_connects(2, WAIT), "reconnected");
+    let ack = recv(&subscribed, "subscribed again after the reconnect");
+    assert_eq!(ack.payload["channel"], "news");
+    assert_eq!(publish(2), Some(1));
+    assert_eq!(recv(&headlines, "headline 2").payload["n"], 2);
+    // `forbidden` was dropped: no second error after the reconnect.
+    quiet_for(&errors, Duration::from_millis(300), "error");
+
+    // Unsubscribed: not restored and not delivered.
+    let (_s4, unsubscribed) = events(&client, "unsubscribed");
+    client.unsubscribe("news");
+    let _ = recv(&unsubscribed, "unsubscribed");
+    assert_eq!(publish(3), Some(0));
+}

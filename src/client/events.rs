@@ -26,6 +26,8 @@ pub struct Event {
     pub payload: Value,
     /// `true` when the client made the event up.
     pub synthetic: bool,
+    /// The channel of a channel message (`join`/`leave` included).
+    pub channel: Option<String>,
 }
 
 impl Event {
@@ -197,6 +199,7 @@ mod tests {
             kind: kind.into(),
             payload: Value::Null,
             synthetic: false,
+            channel: None,
         }
     }
 
@@ -274,6 +277,7 @@ mod tests {
             kind: "disconnected".into(),
             payload: serde_json::json!({"code": 4000, "reason": "bye"}),
             synthetic: true,
+            channel: None,
         };
         assert_eq!(e.close_code(), Some(4000));
         assert_eq!(e.close_reason(), Some("bye"));

@@ -222,6 +222,36 @@ impl Client {
         result
     }
 
+    /// Subscribes to `channel` (with `presence`, also to its `join`/`leave`
+    /// events), now when connected and again after every reconnect until
+    /// [`unsubscribe`](Self::unsubscribe). The server answers `subscribed`,
+    /// or an `error` naming the channel (e.g. when the token's `channels`
+    /// claim does not allow it). Its messages arrive as events whose
+    /// [`Event::channel`] is the channel.
+    pub fn subscribe(&self, channel: &str, presence: bool) {
+        self.lock_channels().insert(channel.to_string(), presence);
+        if self.state() == State::Connected {
+            let text = worker::subscribe_message(channel, presence);
+            let _ = self.tx.send(Command::Send(text));
+        }
+    }
+
+    /// Unsubscribes from `channel`; it is no longer restored on reconnect.
+    pub fn unsubscribe(&self, channel: &str) {
+        self.lock_channels().remove(channel);
+        if self.state() == State::Connected {
+            let text = json!({"type": "unsubscribe", "payload": {"channel": channel}}).to_string();
+            let _ = self.tx.send(Command::Send(text));
+        }
+    }
+
+    fn lock_channels(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, bool>> {
+        self.shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Calls `callback` for every event of type `kind` (`"*"` for all) until
     /// the returned [`Subscription`] is dropped or unsubscribed (or
     /// `.detach()`ed: then until [`off`](Self::off) or the client's end).

@@ -2,6 +2,7 @@
 //! callback registry and the [`Status`] (state, last error, counts), with a
 //! condition variable so that callers can wait for a state.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,9 @@ use super::Status;
 /// State shared by the client and its thread.
 pub(crate) struct Shared {
     pub registry: Arc<Registry>,
+    /// The channels the application subscribed to, with whether it asked
+    /// for presence events: sent again on every (re)connect.
+    pub channels: Mutex<BTreeMap<String, bool>>,
     status: Mutex<Status>,
     changed: Condvar,
 }
@@ -19,6 +23,7 @@ impl Shared {
     pub fn new() -> Shared {
         Shared {
             registry: Arc::new(Registry::default()),
+            channels: Mutex::default(),
             status: Mutex::new(Status::default()),
             changed: Condvar::new(),
         }

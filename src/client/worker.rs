@@ -407,6 +407,10 @@ impl Worker {
             return self.error(ClientError::InvalidMessage(preview(data)));
         };
         let payload = obj.remove("payload").unwrap_or(Value::Null);
+        let channel = match obj.remove("channel") {
+            Some(Value::String(c)) => Some(c),
+            _ => None,
+        };
         let margin = self.refresh_margin().unwrap_or_default();
         match s.refresh.on_message(&kind, &payload, margin) {
             Answer::Accepted(token) => self.token = Some(token),
@@ -418,13 +422,38 @@ impl Worker {
             Answer::None => {}
         }
         if s.hello_due.take().is_some() {
+            self.resubscribe(s);
             if kind == "connected" {
                 // The server's hello *is* the connected event.
                 return self.emit("connected", payload, false);
             }
             self.emit("connected", Value::Null, true);
         }
-        self.emit(&kind, payload, false);
+        self.shared.registry.dispatch(&Event {
+            kind,
+            payload,
+            synthetic: false,
+            channel,
+        });
+    }
+
+    /// Subscribes the new connection to every channel the application
+    /// asked for: a reconnect restores them without the application's help.
+    fn resubscribe(&mut self, s: &mut Session) {
+        let channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (channel, presence) in channels {
+            let text = subscribe_message(&channel, presence);
+            if let Err(e) = s.ws.write(Message::text(text)) {
+                if !would_block(&e) {
+                    return self.error(ClientError::from(e));
+                }
+            }
+        }
     }
 
     /// Our close handshake (code 1000), bounded, then the `disconnected` event.
@@ -524,6 +553,7 @@ impl Worker {
             kind: kind.to_string(),
             payload,
             synthetic,
+            channel: None,
         });
     }
 
@@ -561,6 +591,11 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
+}
+
+/// `{"type":"subscribe","payload":{"channel","presence"}}`.
+pub(crate) fn subscribe_message(channel: &str, presence: bool) -> String {
+    json!({"type": "subscribe", "payload": {"channel": channel, "presence": presence}}).to_string()
 }
 
 fn would_block(e: &tungstenite::Error) -> bool {
