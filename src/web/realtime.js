@@ -166,6 +166,8 @@ var RealtimeClient = class {
   /** The token of the current connection (replaced by `getToken` and by each accepted refresh). */
   #token;
   #ws = null;
+  /** Channels to keep subscribed to, with their `presence`. */
+  #channels = /* @__PURE__ */ new Map();
   #opened = false;
   #state = State.Disconnected;
   #lastError = null;
@@ -320,6 +322,33 @@ var RealtimeClient = class {
     }
     return true;
   }
+  /**
+   * Subscribes to `channel` (with `presence`, also to its `join`/`leave`
+   * events): now when connected, and again after every reconnect until
+   * {@link unsubscribe}. The server answers `subscribed`, or an `error` whose
+   * payload names the `channel`. The channel's messages arrive as messages
+   * with a top-level `channel` field.
+   */
+  subscribe(channel, options = {}) {
+    const presence = options.presence === true;
+    this.#channels.set(channel, presence);
+    this.#sendIfOpen({ type: "subscribe", payload: { channel, presence } });
+  }
+  /** Unsubscribes from `channel`; it is no longer restored on reconnect. */
+  unsubscribe(channel) {
+    this.#channels.delete(channel);
+    this.#sendIfOpen({ type: "unsubscribe", payload: { channel } });
+  }
+  /** The channels this client keeps subscribed to, with their `presence`. */
+  get channels() {
+    return this.#channels;
+  }
+  #sendIfOpen(message) {
+    const ws = this.#ws;
+    if (ws && this.#state === State.Connected && ws.readyState === OPEN) {
+      ws.send(JSON.stringify(message));
+    }
+  }
   // ------------------------------------------------------- connecting
   async #open() {
     const gen = ++this.#generation;
@@ -363,6 +392,9 @@ var RealtimeClient = class {
     this.#connectCount++;
     this.#lastError = null;
     this.#setState(State.Connected);
+    for (const [channel, presence] of this.#channels) {
+      this.#sendIfOpen({ type: "subscribe", payload: { channel, presence } });
+    }
     this.#timers.hello = setTimeout(() => {
       this.#timers.hello = null;
       this.#synthetic("connected", {});

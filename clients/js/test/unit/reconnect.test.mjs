@@ -228,3 +228,25 @@ test("the first connect uses token; reconnects ask getToken each time", async ()
   );
   failing.disconnect();
 });
+
+test("subscriptions go out on open, again after a reconnect, and not after unsubscribe", async () => {
+  const client = make();
+  client.subscribe("news", { presence: true });
+  client.subscribe("room");
+  client.connect();
+  await flush();
+  FakeWebSocket.last.open();
+  const subs = (ws) => ws.sent.filter((m) => m.type === "subscribe").map((m) => m.payload);
+  assert.deepEqual(subs(FakeWebSocket.last), [
+    { channel: "news", presence: true },
+    { channel: "room", presence: false },
+  ]);
+  client.unsubscribe("room");
+  assert.deepEqual(FakeWebSocket.last.sent.at(-1), { type: "unsubscribe", payload: { channel: "room" } });
+  FakeWebSocket.last.serverClose(4000, "disconnected by server");
+  await advance(1500);
+  assert.equal(FakeWebSocket.all.length, 2, "reconnected");
+  FakeWebSocket.last.open();
+  assert.deepEqual(subs(FakeWebSocket.last), [{ channel: "news", presence: true }]);
+  assert.deepEqual([...client.channels.keys()], ["news"]);
+});

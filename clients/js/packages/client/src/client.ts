@@ -49,6 +49,8 @@ export class RealtimeClient {
   /** The token of the current connection (replaced by `getToken` and by each accepted refresh). */
   #token: string | null;
   #ws: WebSocketLike | null = null;
+  /** Channels to keep subscribed to, with their `presence`. */
+  #channels = new Map<string, boolean>();
   #opened = false;
   #state: State = State.Disconnected;
   #lastError: string | null = null;
@@ -216,6 +218,37 @@ export class RealtimeClient {
     return true;
   }
 
+  /**
+   * Subscribes to `channel` (with `presence`, also to its `join`/`leave`
+   * events): now when connected, and again after every reconnect until
+   * {@link unsubscribe}. The server answers `subscribed`, or an `error` whose
+   * payload names the `channel`. The channel's messages arrive as messages
+   * with a top-level `channel` field.
+   */
+  subscribe(channel: string, options: { presence?: boolean } = {}): void {
+    const presence = options.presence === true;
+    this.#channels.set(channel, presence);
+    this.#sendIfOpen({ type: "subscribe", payload: { channel, presence } });
+  }
+
+  /** Unsubscribes from `channel`; it is no longer restored on reconnect. */
+  unsubscribe(channel: string): void {
+    this.#channels.delete(channel);
+    this.#sendIfOpen({ type: "unsubscribe", payload: { channel } });
+  }
+
+  /** The channels this client keeps subscribed to, with their `presence`. */
+  get channels(): ReadonlyMap<string, boolean> {
+    return this.#channels;
+  }
+
+  #sendIfOpen(message: object): void {
+    const ws = this.#ws;
+    if (ws && this.#state === State.Connected && ws.readyState === OPEN) {
+      ws.send(JSON.stringify(message));
+    }
+  }
+
   // ------------------------------------------------------- connecting
 
   async #open(): Promise<void> {
@@ -264,6 +297,10 @@ export class RealtimeClient {
     this.#connectCount++;
     this.#lastError = null;
     this.#setState(State.Connected);
+    // A reconnect restores the subscriptions without the application's help.
+    for (const [channel, presence] of this.#channels) {
+      this.#sendIfOpen({ type: "subscribe", payload: { channel, presence } });
+    }
     this.#timers.hello = setTimeout(() => {
       this.#timers.hello = null;
       this.#synthetic("connected", {});

@@ -50,6 +50,8 @@ export class RealtimeSession {
   #options: UseRealtimeOptions = {};
   #token: string | null = null;
   #client: RealtimeClient | null = null;
+  /** Channels the component keeps subscribed to, with their `presence`. */
+  #channels = new Map<string, boolean>();
   /** Whether the component wants a connection: `autoConnect`, or `connect()` since the last `disconnect()`. */
   #wanted = false;
   #hookError: string | null = null;
@@ -112,6 +114,17 @@ export class RealtimeSession {
 
   off = (type?: string, callback?: Listener): void => this.#listeners.off(type, callback);
 
+  /** Keeps `channel` subscribed, across reconnects and token changes. */
+  subscribeChannel = (channel: string, options: { presence?: boolean } = {}): void => {
+    this.#channels.set(channel, options.presence === true);
+    this.#client?.subscribe(channel, options);
+  };
+
+  unsubscribeChannel = (channel: string): void => {
+    this.#channels.delete(channel);
+    this.#client?.unsubscribe(channel);
+  };
+
   // ---- the store React reads (useSyncExternalStore)
 
   subscribe = (onChange: () => void): (() => void) => {
@@ -135,6 +148,8 @@ export class RealtimeSession {
       WebSocket: o.WebSocket,
       debug: o.debug ? (...a: unknown[]) => console.debug("[useRealtime]", ...a) : false,
     });
+    // A new client (a new token) takes the hook's channels along.
+    for (const [channel, presence] of this.#channels) client.subscribe(channel, { presence });
     client.onStateChange((next) => {
       if (client !== this.#client) return;
       if (next === State.Connected) this.#connectionCount++;

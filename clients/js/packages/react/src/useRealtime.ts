@@ -19,6 +19,9 @@ export interface UseRealtimeResult extends RealtimeSnapshot {
   on<P = any>(type: string, callback: Listener<P>): Unsubscribe;
   /** `off(type, cb)`: that callback; `off(type)`: every callback of `type`. */
   off(type?: string, callback?: Listener): void;
+  /** Subscribes to a channel, kept across reconnects and token changes (docs/PROTOCOL.md §10). */
+  subscribe(channel: string, options?: { presence?: boolean }): void;
+  unsubscribe(channel: string): void;
 }
 
 /**
@@ -50,6 +53,8 @@ export function useRealtime(token: string | null | undefined, options: UseRealti
       send: session.send,
       on: session.on,
       off: session.off,
+      subscribe: session.subscribeChannel,
+      unsubscribe: session.unsubscribeChannel,
     }),
     [snapshot, session],
   );
