@@ -265,7 +265,7 @@ describe("test page with a configured secret", { timeout: TEST_TIMEOUT_MS * 4 },
   const secret = randomBytes(32).toString("hex");
   const adminKey = randomBytes(16).toString("hex");
   const userId = "browser-user";
-  const userToken = mintToken(secret, { sub: userId });
+  const userToken = mintToken(secret, { sub: userId, channels: ["news", "room:*"] });
   const adminToken = mintToken(secret, { sub: "browser-admin", role: "admin" });
 
   let browser;
@@ -367,6 +367,41 @@ describe("test page with a configured secret", { timeout: TEST_TIMEOUT_MS * 4 },
 
     await assertFitsWidth(page, 1024);
     await screenshot(page, "page.png");
+  });
+
+  it("channels section: subscribe, a publish arrives with its channel, refusals, unsubscribe", async () => {
+    await page.fill("#channel", "news");
+    await page.click("#subscribe");
+    await waitLog(page, "subscribed", '"channel":"news"');
+    assert.equal((await page.textContent("#channel-list")).trim(), "news");
+
+    const marker = unique("channel");
+    await page.fill("#admin-token", adminToken);
+    await page.fill("#bc-type", "headline");
+    await page.fill("#bc-payload", JSON.stringify({ title: marker }));
+    await page.click("#publish");
+    await waitLog(page, "headline #news", marker);
+    await bounded(page, "waiting for the publish result", () =>
+      page.waitForFunction(() => /^HTTP 200/.test(document.getElementById("admin-result").textContent), null, {
+        timeout: WAIT_MS,
+      }),
+    );
+    assert.match(await page.textContent("#admin-result"), /"sentToConnections": 1/);
+
+    // A channel the token's claim does not allow: an error naming it.
+    await page.fill("#channel", "secret");
+    await page.click("#subscribe");
+    await waitLog(page, "error", "not allowed to subscribe to secret");
+    await page.click("#unsubscribe");
+
+    await page.fill("#channel", "news");
+    await page.click("#unsubscribe");
+    await waitLog(page, "unsubscribed", '"channel":"news"');
+    assert.equal((await page.textContent("#channel-list")).trim(), "");
+    const res = await adminPost(server, adminKey, "/v1/websocket/channels/news/publish", { type: "t", payload: 1 });
+    assert.equal(res.body.sentToConnections, 0);
+    await assertFitsWidth(page, 1024);
+    await screenshot(page, "page-channels.png");
   });
 
   it("reconnects after the server restarts on the same port", async () => {
