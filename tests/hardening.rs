@@ -336,13 +336,7 @@ fn cors_preflight_and_answers_for_allowed_origins_only() {
 #[test]
 fn an_echo_flood_from_a_client_that_does_not_read_is_cut_at_the_outbound_cap() {
     let srv = start(|c| c.outbound_buffer_bytes = 64 * 1024);
-    let sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    sock.connect(&srv.addr.into()).expect("connect");
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    stream.set_write_timeout(Some(WAIT)).expect("timeout");
+    let stream = slow_reader(srv.addr);
     let url = format!("ws://{}/ws?token={}", srv.addr, token("flooder", 60));
     let (mut ws, _) = tungstenite::client(url, stream).expect("handshake");
     let msg = json!({"type": "flood", "payload": "p".repeat(1000)}).to_string();

@@ -308,12 +308,7 @@ fn slow_consumer_is_closed_with_1008_while_fast_clients_lose_nothing() {
     assert_eq!(handle_metric(&h, drops), 0.0);
 
     // The slow client: a small receive buffer, and it reads nothing until told.
-    let sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    sock.connect(&srv.addr.into()).expect("connect");
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let stream = slow_reader(srv.addr);
     let req = format!("ws://{}/ws?token={}", srv.addr, token("slow", 600))
         .into_client_request()
         .expect("request");
@@ -965,13 +960,7 @@ fn pipelining_without_reading_keeps_server_memory_bounded() {
             requests.extend_from_slice(b"GET /realtime.js HTTP/1.1\r\nHost: t\r\n\r\n");
         }
     }
-    let sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    sock.connect(&srv.addr.into()).expect("connect");
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    s.set_write_timeout(Some(WAIT)).expect("timeout");
+    let s = slow_reader(srv.addr);
     let rss0 = rss_kib();
     let served = || handle_metric(&h, "wsedge_http_requests_total") as usize;
     let served0 = served();
@@ -1052,13 +1041,7 @@ fn pipelining_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     let srv = start(|cfg| cfg.idle_timeout_secs = 1);
     let h = srv.handle();
     let requests = b"GET /realtime.js HTTP/1.1\r\nHost: t\r\n\r\n".repeat(REQUESTS);
-    let sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    sock.connect(&srv.addr.into()).expect("connect");
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    s.set_write_timeout(Some(WAIT)).expect("timeout");
+    let mut s = slow_reader(srv.addr);
     let mut writer = s.try_clone().expect("clone");
     let started = Instant::now();
     let writing = thread::spawn(move || {

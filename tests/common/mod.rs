@@ -72,6 +72,19 @@ pub fn rss_kib() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
+/// A connection to `addr` with a 4 KiB receive buffer (a client that reads
+/// slowly, or not at all, fills it at once), and the usual timeouts.
+pub fn slow_reader(addr: SocketAddr) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    sock.connect(&addr.into()).expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.set_write_timeout(Some(WAIT)).expect("timeout");
+    s
+}
+
 /// Starts a server with [`config`].
 pub fn start(f: impl FnOnce(&mut Config)) -> TestServer {
     let cfg = config(f);
