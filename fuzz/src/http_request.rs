@@ -36,7 +36,13 @@ fn exercise(req: &Request<'_>, answer: bool) {
     let resp = match testbed::route(req) {
         Ok(Route::WebSocket) => return,
         Ok(route) => {
-            assert_eq!(route.method(), req.method);
+            // HEAD is answered wherever GET is (docs/PROTOCOL.md §4.11).
+            let head_on_get = req.method == "HEAD" && route.method() == "GET";
+            assert!(
+                route.method() == req.method || head_on_get,
+                "{}",
+                req.method
+            );
             if !answer {
                 return;
             }
