@@ -231,7 +231,7 @@ impl Client {
     pub fn subscribe(&self, channel: &str, presence: bool) {
         self.lock_channels().insert(channel.to_string(), presence);
         if self.state() == State::Connected {
-            let text = worker::subscribe_message(channel, presence);
+            let text = subscribe_message(channel, presence);
             let _ = self.tx.send(Command::Send(text));
         }
     }
@@ -333,4 +333,9 @@ impl std::fmt::Debug for Client {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// `{"type":"subscribe","payload":{"channel","presence"}}`.
+fn subscribe_message(channel: &str, presence: bool) -> String {
+    json!({"type": "subscribe", "payload": {"channel": channel, "presence": presence}}).to_string()
 }

@@ -34,6 +34,12 @@ impl Shared {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The channels to keep subscribed to, with their `presence`.
+    pub fn channel_list(&self) -> Vec<(String, bool)> {
+        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.iter().map(|(c, p)| (c.clone(), *p)).collect()
+    }
+
     pub fn status(&self) -> Status {
         self.lock().clone()
     }

@@ -440,14 +440,8 @@ impl Worker {
     /// Subscribes the new connection to every channel the application
     /// asked for: a reconnect restores them without the application's help.
     fn resubscribe(&mut self, s: &mut Session) {
-        let channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (channel, presence) in channels {
-            let text = subscribe_message(&channel, presence);
+        for (channel, presence) in self.shared.channel_list() {
+            let text = super::subscribe_message(&channel, presence);
             if let Err(e) = s.ws.write(Message::text(text)) {
                 if !would_block(&e) {
                     return self.error(ClientError::from(e));
@@ -591,11 +585,6 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
-}
-
-/// `{"type":"subscribe","payload":{"channel","presence"}}`.
-pub(crate) fn subscribe_message(channel: &str, presence: bool) -> String {
-    json!({"type": "subscribe", "payload": {"channel": channel, "presence": presence}}).to_string()
 }
 
 fn would_block(e: &tungstenite::Error) -> bool {
