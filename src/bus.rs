@@ -164,6 +164,30 @@ impl Bus {
         self.shards.len()
     }
 
+    /// Sends a channel's `frame` to the shards holding its subscribers
+    /// (`shards`, with their counts, from the channel directory): to all of
+    /// them or, when one inbox is full, to none. Returns the connections
+    /// addressed.
+    pub fn publish(
+        &self,
+        shards: &[(usize, u32)],
+        channel: &str,
+        frame: SharedFrame,
+        presence_only: bool,
+    ) -> Result<usize, Busy> {
+        let mut room = self.reserve(shards.iter().map(|(s, _)| *s))?;
+        let channel: Arc<str> = Arc::from(channel);
+        for &(shard, _) in shards {
+            let cmd = Command::Publish {
+                channel: channel.clone(),
+                frame: frame.clone(),
+                presence_only,
+            };
+            room.send(shard, cmd);
+        }
+        Ok(shards.iter().map(|(_, n)| *n as usize).sum())
+    }
+
     /// Room for one command in each of `shards` (each named once), or
     /// [`Busy`] and nothing reserved when one inbox is full.
     pub fn reserve(&self, shards: impl IntoIterator<Item = usize>) -> Result<Reserved<'_>, Busy> {

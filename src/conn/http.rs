@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::{Conn, Env, Readable, State};
 use crate::config::Config;
 use crate::error::HttpError;
-use crate::http::{parse_head, BodyReader, Framing, Limits, Request, Response};
+use crate::http::{parse_head, BodyReader, Limits, Request, Response};
 use crate::router::Admitted;
 use crate::upgrade::Upgrade;
 
@@ -207,9 +207,7 @@ impl HttpState {
                 // Refused on its head: the body is never read. A request
                 // without one leaves the connection usable, unless the
                 // credentials were bad.
-                let close = has_body
-                    || head.framing == Framing::Chunked
-                    || matches!(e, HttpError::Unauthorized | HttpError::Forbidden);
+                let close = has_body || matches!(e, HttpError::Unauthorized | HttpError::Forbidden);
                 let mut resp = d.refusal(&head.req, &e).with_close(close);
                 resp.head = head.req.method == "HEAD";
                 let keep_alive = head.req.keep_alive && !close;

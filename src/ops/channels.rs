@@ -57,21 +57,14 @@ impl Handle {
         payload: Option<&RawValue>,
     ) -> Result<usize, Busy> {
         let shards = self.shared.channels.shards_of(channel);
-        let mut room = self.reserve(shards.iter().map(|(s, _)| *s))?;
         let frame = frame::channel_message(kind, channel, payload);
-        let name: Arc<str> = Arc::from(channel);
-        let mut total = 0;
-        for (shard, n) in shards {
-            total += n as usize;
-            room.send(
-                shard,
-                Command::Publish {
-                    channel: name.clone(),
-                    frame: frame.clone(),
-                    presence_only: false,
-                },
-            );
-        }
+        let total = self
+            .shared
+            .bus
+            .publish(&shards, channel, frame, false)
+            .inspect_err(|_| {
+                self.shared.metrics.commands_refused.fetch_add(1, Relaxed);
+            })?;
         self.shared.metrics.channel_publishes.fetch_add(1, Relaxed);
         Ok(total)
     }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Shard;
-use crate::bus::Command;
 use crate::conn::ChannelOp;
 use crate::frame;
 
@@ -139,23 +138,11 @@ impl Shard {
         if shards.is_empty() {
             return;
         }
-        let Ok(mut room) = self.ctx.bus.reserve(shards.iter().map(|(s, _)| *s)) else {
+        let frame = frame::presence_event(kind, channel, user);
+        if self.ctx.bus.publish(&shards, channel, frame, true).is_err() {
             let m = &self.ctx.metrics;
             m.commands_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return;
-        };
-        let frame = frame::presence_event(kind, channel, user);
-        let channel: Arc<str> = Arc::from(channel);
-        for (shard, _) in shards {
-            room.send(
-                shard,
-                Command::Publish {
-                    channel: channel.clone(),
-                    frame: frame.clone(),
-                    presence_only: true,
-                },
-            );
         }
     }
 
