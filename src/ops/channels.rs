@@ -78,34 +78,12 @@ impl Handle {
         users: &[String],
         subscribe: bool,
     ) -> Result<usize, Busy> {
-        let shards = self.shared.bus.shard_count();
-        let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
-        let mut total = 0;
-        for user in users {
-            for (shard, n) in self.shared.presence.shards_of(user) {
-                total += n as usize;
-                if let Some(list) = per_shard.get_mut(shard) {
-                    list.push(user.clone());
-                }
-            }
-        }
-        let targets = per_shard.iter().enumerate().filter(|(_, u)| !u.is_empty());
-        let mut room = self.reserve(targets.map(|(i, _)| i))?;
         let name: Arc<str> = Arc::from(channel);
-        for (shard, users) in per_shard.into_iter().enumerate() {
-            if !users.is_empty() {
-                let channel = name.clone();
-                room.send(
-                    shard,
-                    Command::SubscribeUsers {
-                        channel,
-                        users,
-                        subscribe,
-                    },
-                );
-            }
-        }
-        Ok(total)
+        self.to_shards_of(users, |users| Command::SubscribeUsers {
+            channel: name.clone(),
+            users,
+            subscribe,
+        })
     }
 
     /// `channel`'s subscribed connections and up to `limit` of its users.

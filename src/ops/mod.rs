@@ -196,6 +196,20 @@ impl Handle {
     /// Routes `frame` to the shards holding each user; returns the
     /// connections addressed.
     fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> Result<usize, Busy> {
+        self.to_shards_of(users.iter().copied(), |users| Command::SendUsers {
+            frame: frame.clone(),
+            users,
+        })
+    }
+
+    /// Sends one command, built by `make` from that shard's share of
+    /// `users`, to each shard holding any of them: to all such shards or,
+    /// when one inbox is full, to none. Returns the connections addressed.
+    fn to_shards_of<'u>(
+        &self,
+        users: impl IntoIterator<Item = &'u String>,
+        mut make: impl FnMut(Vec<String>) -> Command,
+    ) -> Result<usize, Busy> {
         let shards = self.shared.bus.shard_count();
         let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
         let mut total = 0usize;
@@ -203,7 +217,7 @@ impl Handle {
             for (shard, n) in self.shared.presence.shards_of(user) {
                 total += n as usize;
                 if let Some(list) = per_shard.get_mut(shard) {
-                    list.push((*user).clone());
+                    list.push(user.clone());
                 }
             }
         }
@@ -211,8 +225,7 @@ impl Handle {
         let mut room = self.reserve(targets.map(|(i, _)| i))?;
         for (shard, users) in per_shard.into_iter().enumerate() {
             if !users.is_empty() {
-                let frame = frame.clone();
-                room.send(shard, Command::SendUsers { frame, users });
+                room.send(shard, make(users));
             }
         }
         Ok(total)
