@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use crate::channels::Directory;
 use crate::error::CloseCode;
 use crate::frame::SharedFrame;
 
@@ -186,6 +187,24 @@ impl Bus {
             room.send(shard, cmd);
         }
         Ok(shards.iter().map(|(_, n)| *n as usize).sum())
+    }
+
+    /// Sends a `join`/`leave` of `user` to the presence subscribers of
+    /// `channel` on every shard that holds subscribers. Refused whole when
+    /// an inbox is full: a presence event never waits.
+    pub fn presence_event(
+        &self,
+        channels: &Directory,
+        kind: &str,
+        channel: &str,
+        user: &str,
+    ) -> Result<(), Busy> {
+        let shards = channels.shards_of(channel);
+        if shards.is_empty() {
+            return Ok(());
+        }
+        let frame = crate::frame::presence_event(kind, channel, user);
+        self.publish(&shards, channel, frame, true).map(drop)
     }
 
     /// Room for one command in each of `shards` (each named once), or

@@ -104,9 +104,9 @@ pub fn channel_ack(kind: &str, channel: &str) -> String {
     .to_string()
 }
 
-/// A message on a channel, `{"type","channel","payload"}`, encoded once for
-/// every subscriber.
-pub fn channel_message(kind: &str, channel: &str, payload: Option<&RawValue>) -> SharedFrame {
+/// A message on a channel, `{"type","channel","payload"}`, as JSON: encoded
+/// once, framed once per node for every subscriber there.
+pub fn channel_envelope(kind: &str, channel: &str, payload: Option<&RawValue>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Envelope<'a> {
         #[serde(rename = "type")]
@@ -114,13 +114,12 @@ pub fn channel_message(kind: &str, channel: &str, payload: Option<&RawValue>) ->
         channel: &'a str,
         payload: Option<&'a RawValue>,
     }
-    let json = serde_json::to_vec(&Envelope {
+    serde_json::to_vec(&Envelope {
         kind,
         channel,
         payload,
     })
-    .unwrap_or_default();
-    Arc::from(text_frame(&json))
+    .unwrap_or_default()
 }
 
 /// `{"type":"join"|"leave","channel","payload":{"userId"}}`: a presence event.

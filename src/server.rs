@@ -269,7 +269,7 @@ pub(crate) fn assemble(
     };
     let shared = Shared {
         presence: Arc::new(Presence::new(config.shards, cluster.is_some())),
-        channels: Arc::new(Directory::new(config.shards)),
+        channels: Arc::new(Directory::new(config.shards, config.redis_url.is_some())),
         cluster,
         verifier: Arc::new(verifier),
         metrics: Arc::new(Metrics::new(config.shards)),

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 pub use crate::auth::{bearer_token, extract_token, UserClaims, Verifier};
 pub use crate::bus::ConnRef;
-pub use crate::channels::{check_name as check_channel_name, Grants};
+pub use crate::channels::{check_name as check_channel_name, split_sub_key, Directory, Grants};
 pub use crate::cluster::view::{NodeCounters, View};
 pub use crate::cluster::wire::{decode as decode_cluster_packet, Body as ClusterBody};
 pub use crate::conn::{feed, Outbound, WsEnv, WsRead, WsState};

@@ -6,40 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use wsedge::{mint_hs256, now_secs};
-
-/// A user token carrying a `channels` claim.
-fn token_with(sub: &str, channels: &[&str]) -> String {
-    mint_hs256(
-        SECRET,
-        &json!({"sub": sub, "exp": now_secs() + 600, "channels": channels}),
-    )
-}
-
-fn subscribe(ws: &mut Ws, channel: &str, presence: bool) -> Value {
-    let payload = json!({"channel": channel, "presence": presence});
-    send_json(ws, &json!({"type": "subscribe", "payload": payload}));
-    next_json(ws)
-}
-
-fn admin(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    rest(addr, method, path, Some(ADMIN_KEY), body)
-}
-
-fn publish(addr: std::net::SocketAddr, channel: &str, kind: &str, payload: Value) -> (u16, Value) {
-    let path = format!("/v1/websocket/channels/{channel}/publish");
-    admin(
-        addr,
-        "POST",
-        &path,
-        Some(&json!({"type": kind, "payload": payload})),
-    )
-}
 
 #[test]
 fn a_subscriber_gets_channel_messages_with_their_channel() {

@@ -12,86 +12,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::process::spawn;
 use common::*;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tungstenite::Message;
-
-/// A `redis-server` child on a loopback port; killed on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut r = Redis { child: None, port };
-        r.restart();
-        r
-    }
-
-    /// Starts the server (again) on the same port and waits until it answers.
-    fn restart(&mut self) {
-        let bin = std::env::var("WSEDGE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {bin}: {e} (apt-get install redis-server; scripts/test does it)")
-            });
-        self.child = Some(child);
-        let url = self.url();
-        eventually("redis-server answers PING", || ping(&url));
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn ping(url: &str) -> bool {
-    redis::Client::open(url)
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
-        .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con))
-        .is_ok()
-}
-
-/// The shared Redis of the test run, or a private one.
-fn shared_redis() -> (String, Option<Redis>) {
-    match std::env::var("WSEDGE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => {
-            let r = Redis::start();
-            (r.url(), Some(r))
-        }
-    }
-}
 
 /// A TCP proxy in front of Redis for one node. Once frozen it stops
 /// forwarding what the node writes: it takes 256 KiB of it every 100 ms and
@@ -220,68 +150,10 @@ fn pump_to_redis(mut node: TcpStream, mut redis: TcpStream, frozen: &AtomicBool,
 }
 
 /// A cluster name no other test (or run) uses.
-fn cluster_name(test: &str) -> String {
-    format!("test-{}-{}-{}", std::process::id(), test, rand_suffix())
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64 % 1_000_000_007)
-}
-
-fn node(url: &str, cluster: &str, id: &str) -> TestServer {
-    start(|c| {
-        c.redis_url = Some(url.to_string());
-        c.cluster_name = cluster.to_string();
-        c.node_id = Some(id.to_string());
-    })
-}
-
-fn stats(addr: SocketAddr) -> Value {
-    let (status, body) = rest(addr, "GET", "/v1/websocket/stats", Some(ADMIN_KEY), None);
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn node_ids(stats: &Value) -> Vec<String> {
-    stats["nodes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|n| n["id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits until `addr` sees exactly `ids` as live nodes and `conns` connections.
-fn wait_cluster(addr: SocketAddr, ids: &[&str], conns: u64) {
-    eventually(
-        &format!("{addr} sees nodes {ids:?} with {conns} connections"),
-        || {
-            let s = stats(addr);
-            node_ids(&s) == ids && s["totalConnections"] == conns
-        },
-    );
-}
-
 fn connection_count(addr: SocketAddr, user: &str) -> u64 {
     user_status(addr, user)["connectionCount"]
         .as_u64()
         .unwrap_or(u64::MAX)
-}
-
-fn broadcast(addr: SocketAddr, body: Value) -> Value {
-    let (status, resp) = rest(
-        addr,
-        "POST",
-        "/v1/websocket/broadcast",
-        Some(ADMIN_KEY),
-        Some(&body),
-    );
-    assert_eq!(status, 200, "{resp}");
-    resp
 }
 
 fn healthz(addr: SocketAddr) -> String {
@@ -291,33 +163,6 @@ fn healthz(addr: SocketAddr) -> String {
     );
     assert_eq!(status, 200);
     String::from_utf8_lossy(&body).into_owned()
-}
-
-/// Three in-process nodes a, b, c of one cluster.
-struct Three {
-    _redis: Option<Redis>,
-    url: String,
-    name: String,
-    a: TestServer,
-    b: TestServer,
-    c: TestServer,
-}
-
-fn three(test: &str) -> Three {
-    let (url, redis) = shared_redis();
-    let name = cluster_name(test);
-    let t = Three {
-        a: node(&url, &name, "a"),
-        b: node(&url, &name, "b"),
-        c: node(&url, &name, "c"),
-        _redis: redis,
-        url,
-        name,
-    };
-    for n in [&t.a, &t.b, &t.c] {
-        wait_cluster(n.addr, &["a", "b", "c"], 0);
-    }
-    t
 }
 
 #[test]

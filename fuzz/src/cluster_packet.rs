@@ -1,17 +1,19 @@
 //! What arrives on the cluster's Redis channel: arbitrary bytes through
 //! `cluster::wire::decode`, and every packet that decodes applied to a
 //! `cluster::view::View` (presence changes, heartbeats, goodbyes, and a
-//! snapshot made of the same users), as the subscriber thread would. A
+//! snapshot made of the same users and subscriptions), as the subscriber
+//! thread would, and the subscription changes that yields applied to a
+//! channel directory. A
 //! broadcast's message is framed as the receiving node would frame it.
 //!
 //! Input: the packet bytes, as published.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wsedge::testbed::{decode_cluster_packet as decode, ClusterBody as Body};
-use wsedge::testbed::{NodeCounters, View};
+use wsedge::testbed::{split_sub_key, Directory, NodeCounters, View};
 
 pub fn run(data: &[u8]) {
     static VIEW: Mutex<Option<View>> = Mutex::new(None);
@@ -26,11 +28,16 @@ pub fn run(data: &[u8]) {
             let frame = wsedge::testbed::text_frame(message.get().as_bytes());
             assert!(frame.len() > message.get().len());
         }
-        Body::Disconnect { .. } => {}
-        Body::Presence { seq, users } => {
-            view.on_presence(&p.node, p.inc, seq, &users, now);
+        Body::Publish { message, .. } => {
+            let frame = wsedge::testbed::text_frame(message.get().as_bytes());
+            assert!(frame.len() > message.get().len());
+        }
+        Body::Disconnect { .. } | Body::Subscribe { .. } => {}
+        Body::Presence { seq, users, subs } => {
+            view.on_presence(&p.node, p.inc, seq, &users, &subs, now);
             let snapshot: HashMap<String, u32> = users.into_iter().collect();
-            view.on_snapshot(&p.node, p.inc, seq, snapshot);
+            let sub_snapshot: HashMap<String, u32> = subs.into_iter().collect();
+            view.on_snapshot(&p.node, p.inc, seq, snapshot, sub_snapshot);
         }
         Body::Heartbeat {
             seq, connections, ..
@@ -47,4 +54,22 @@ pub fn run(data: &[u8]) {
     let _ = view.nodes(now);
     view.take_resync();
     view.expire(now + Duration::from_secs(10));
+    // What the subscriber thread hands the channel directory: whatever the
+    // packets said, counts stay within bounds and every channel a node
+    // forgot is gone once all nodes are.
+    let directory = DIRECTORY.get_or_init(|| Directory::new(1, true));
+    for d in view.take_sub_deltas() {
+        if let Some((channel, user)) = split_sub_key(&d.key) {
+            let _ = directory.remote_change(channel, user, d.delta);
+        }
+    }
+    if view.nodes(now + Duration::from_secs(10)).is_empty() {
+        assert_eq!(
+            directory.counts().all_channels,
+            0,
+            "a forgotten node left channels behind"
+        );
+    }
 }
+
+static DIRECTORY: OnceLock<Directory> = OnceLock::new();

@@ -185,11 +185,19 @@ impl Publisher<'_> {
         let r = connect(self.c).and_then(|mut con| {
             self.seq += 1;
             let users = self.local.presence_snapshot();
-            let n = self.c.names.presence_key(&self.c.node_id);
+            let subs = self.local.subs_snapshot();
+            let names = &self.c.names;
+            let (n, s) = (
+                names.presence_key(&self.c.node_id),
+                names.subs_key(&self.c.node_id),
+            );
             let mut pipe = redis::pipe();
-            pipe.atomic().del(&n).ignore();
+            pipe.atomic().del(&n).ignore().del(&s).ignore();
             for chunk in users.chunks(SNAPSHOT_CHUNK) {
                 pipe.hset_multiple(&n, chunk).ignore();
+            }
+            for chunk in subs.chunks(SNAPSHOT_CHUNK) {
+                pipe.hset_multiple(&s, chunk).ignore();
             }
             self.write_seq(&mut pipe);
             pipe.exec(&mut con)?;
@@ -217,6 +225,8 @@ impl Publisher<'_> {
             .arg(KEY_TTL_MS)
             .ignore();
         pipe.pexpire(c.names.presence_key(&c.node_id), KEY_TTL_MS as i64)
+            .ignore();
+        pipe.pexpire(c.names.subs_key(&c.node_id), KEY_TTL_MS as i64)
             .ignore();
     }
 
@@ -267,31 +277,27 @@ impl Publisher<'_> {
     }
 
     fn flush_presence(&mut self, con: &mut Connection, channel: &str) -> RedisResult<()> {
-        let changes = self.local.presence_changes();
-        if changes.is_empty() {
-            return Ok(());
-        }
-        self.seq += 1;
-        let n = self.c.names.presence_key(&self.c.node_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let (present, gone): (Vec<_>, Vec<_>) = changes.iter().partition(|(_, n)| *n > 0);
-        for chunk in present.chunks(SNAPSHOT_CHUNK) {
-            let fields: Vec<(&str, usize)> = chunk.iter().map(|(u, n)| (u.as_str(), *n)).collect();
-            pipe.hset_multiple(&n, &fields).ignore();
-        }
-        for chunk in gone.chunks(SNAPSHOT_CHUNK) {
-            let fields: Vec<&str> = chunk.iter().map(|(u, _)| u.as_str()).collect();
-            pipe.hdel(&n, fields).ignore();
-        }
-        self.write_seq(&mut pipe);
-        let users = changes
+        let users: Vec<(String, u32)> = self
+            .local
+            .presence_changes()
             .into_iter()
             .map(|(u, n)| (u, u32::try_from(n).unwrap_or(u32::MAX)))
             .collect();
+        let subs = self.local.subs_changes();
+        if users.is_empty() && subs.is_empty() {
+            return Ok(());
+        }
+        self.seq += 1;
+        let names = &self.c.names;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        hash_changes(&mut pipe, &names.presence_key(&self.c.node_id), &users);
+        hash_changes(&mut pipe, &names.subs_key(&self.c.node_id), &subs);
+        self.write_seq(&mut pipe);
         let packet = self.packet(Body::Presence {
             seq: self.seq,
             users,
+            subs,
         });
         pipe.publish(channel, packet).ignore();
         pipe.exec(con)
@@ -353,11 +359,27 @@ impl Publisher<'_> {
             .ignore()
             .del(c.names.presence_key(&c.node_id))
             .ignore()
+            .del(c.names.subs_key(&c.node_id))
+            .ignore()
             .del(c.names.seq_key(&c.node_id))
             .ignore();
         if let Err(e) = pipe.exec(&mut con) {
             log::warn!("cluster: goodbye to redis failed: {e}");
         }
+    }
+}
+
+/// Writes absolute counts into a Redis hash: a count sets its field, 0
+/// deletes it.
+fn hash_changes(pipe: &mut redis::Pipeline, key: &str, changes: &[(String, u32)]) {
+    let (present, gone): (Vec<_>, Vec<_>) = changes.iter().partition(|(_, n)| *n > 0);
+    for chunk in present.chunks(SNAPSHOT_CHUNK) {
+        let fields: Vec<(&str, u32)> = chunk.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        pipe.hset_multiple(key, &fields).ignore();
+    }
+    for chunk in gone.chunks(SNAPSHOT_CHUNK) {
+        let fields: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        pipe.hdel(key, fields).ignore();
     }
 }
 
@@ -404,21 +426,29 @@ fn subscribe(c: &Cluster, local: &dyn LocalNode, reconnect: &mut Reconnect) -> R
         for node in pending {
             resync(c, &mut query, &node)?;
         }
+        // Outside the view's lock: the directory has locks of its own, and
+        // the shards get the presence events through the bus.
+        let deltas = c.view().take_sub_deltas();
+        if !deltas.is_empty() {
+            local.remote_subs(deltas);
+        }
     }
 }
 
 /// Reads `node`'s presence snapshot and its sequence number in one step.
 fn resync(c: &Cluster, con: &mut Connection, node: &str) -> RedisResult<()> {
-    let (users, seq): (HashMap<String, u32>, Option<String>) = redis::pipe()
+    type Snapshot = (HashMap<String, u32>, HashMap<String, u32>, Option<String>);
+    let (users, subs, seq): Snapshot = redis::pipe()
         .atomic()
         .hgetall(c.names.presence_key(node))
+        .hgetall(c.names.subs_key(node))
         .get(c.names.seq_key(node))
         .query(con)?;
     // Keys not written yet (or expired): the next heartbeat asks again.
     let Some((inc, seq)) = seq.as_deref().and_then(parse_seq) else {
         return Ok(());
     };
-    c.view().on_snapshot(node, inc, seq, users);
+    c.view().on_snapshot(node, inc, seq, users, subs);
     Ok(())
 }
 
@@ -456,11 +486,20 @@ fn on_packet(c: &Cluster, local: &dyn LocalNode, bytes: &[u8]) {
         } => {
             local.deliver(message.get().as_bytes(), users.as_deref(), &exclude);
         }
+        Body::Publish { channel, message } => local.publish(&channel, message.get().as_bytes()),
+        Body::Subscribe {
+            channel,
+            users,
+            subscribe,
+        } => local.subscribe_users(&channel, &users, subscribe),
         Body::Disconnect { user, code } => {
             let reconnect = code != CloseCode::DisconnectedNoReconnect.code();
             local.disconnect(&user, CloseCode::disconnect(reconnect));
         }
-        Body::Presence { seq, users } => c.view().on_presence(&p.node, p.inc, seq, &users, now),
+        Body::Presence { seq, users, subs } => {
+            c.view()
+                .on_presence(&p.node, p.inc, seq, &users, &subs, now);
+        }
         Body::Heartbeat {
             seq,
             connections,

@@ -6,9 +6,14 @@
 //! operation for the other nodes. The publisher thread (`link`) sends it on
 //! the cluster channel; every other node's subscriber thread hands it to its
 //! own shards with the single-node path, through [`LocalNode`]: the link
-//! sees only that small interface of this node, never the whole handle. Presence is cluster-wide through a
-//! [`view::View`] of the other nodes, fed by presence changes and heartbeats
-//! on the same channel.
+//! sees only that small interface of this node, never the whole handle.
+//! Channel publishes and subscribes of users travel the same way (every
+//! node gets every publish; one with no subscriber drops it). Presence is
+//! cluster-wide through a [`view::View`] of the other nodes, fed by
+//! presence changes and heartbeats on the same channel; the other nodes'
+//! channel subscriptions come with the presence changes, and the
+//! subscriber thread hands their changes ([`subs::SubDelta`]) to this
+//! node's channel directory.
 //!
 //! What it must never do: make a shard (or any REST call) wait on Redis.
 //! Publishing is a push into a queue bounded in packets and bytes
@@ -18,6 +23,7 @@
 
 mod link;
 mod outbox;
+pub(crate) mod subs;
 pub(crate) mod view;
 pub(crate) mod wire;
 
@@ -57,12 +63,24 @@ const OUTBOX_BYTES: usize = 64 << 20;
 pub(crate) trait LocalNode: Send + Sync + 'static {
     /// Fans a message another node published out to this node's connections.
     fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]);
+    /// Delivers a channel message another node published (`message` is the
+    /// encoded `{"type","channel","payload"}`) to this node's subscribers.
+    fn publish(&self, channel: &str, message: &[u8]);
+    /// Subscribes (or unsubscribes) `users`' connections here to `channel`.
+    fn subscribe_users(&self, channel: &str, users: &[String], subscribe: bool);
     /// Closes a user's connections on this node.
     fn disconnect(&self, user: &str, code: CloseCode);
     /// Every user connected here, with their connection count.
     fn presence_snapshot(&self) -> Vec<(String, usize)>;
     /// Users whose count changed since the last call, with the new count.
     fn presence_changes(&self) -> Vec<(String, usize)>;
+    /// Every channel subscription here, as `("<channel> <user>", connections)`.
+    fn subs_snapshot(&self) -> Vec<(String, u32)>;
+    /// Subscriptions whose count changed since the last call (0: gone).
+    fn subs_changes(&self) -> Vec<(String, u32)>;
+    /// The other nodes' subscriptions changed: count them in this node's
+    /// channels, and tell its presence subscribers who joined or left.
+    fn remote_subs(&self, deltas: Vec<subs::SubDelta>);
     /// This node's counters, for the heartbeat.
     fn counters(&self) -> NodeCounters;
 }

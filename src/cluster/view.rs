@@ -20,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::subs::{NodeSubs, SubDelta};
+
 /// The counters a node reports in its heartbeat. Read back from the view,
 /// `connections` is the sum of the node's per-user counts instead.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,8 @@ struct NodeCopy {
     total: u64,
     counters: NodeCounters,
     last_seen: Instant,
+    /// Its channel subscriptions.
+    subs: NodeSubs,
 }
 
 impl NodeCopy {
@@ -93,6 +97,7 @@ impl NodeCopy {
             total: 0,
             counters: NodeCounters::default(),
             last_seen: now,
+            subs: NodeSubs::default(),
         }
     }
 
@@ -116,12 +121,14 @@ impl NodeCopy {
         tally.change(&key, old, n);
     }
 
-    /// Empties the copy, taking its users out of the tally.
-    fn clear(&mut self, tally: &mut Tally) {
+    /// Empties the copy, taking its users out of the tally and its
+    /// subscriptions out of the directory (through `subs`).
+    fn clear(&mut self, tally: &mut Tally, subs: &mut Vec<SubDelta>) {
         for (u, n) in self.users.drain() {
             tally.change(&u, n, 0);
         }
         self.total = 0;
+        self.subs.clear(subs);
     }
 }
 
@@ -133,6 +140,8 @@ pub struct View {
     /// Nodes whose copy must be re-read from Redis.
     resync: HashSet<String>,
     tally: Tally,
+    /// Changes of the copies' subscriptions not yet taken by the link.
+    sub_deltas: Vec<SubDelta>,
 }
 
 impl View {
@@ -142,6 +151,7 @@ impl View {
             ttl,
             resync: HashSet::new(),
             tally: Tally::default(),
+            sub_deltas: Vec::new(),
         }
     }
 
@@ -151,7 +161,7 @@ impl View {
         let fresh = self.nodes.get(node).is_none_or(|c| c.inc != inc);
         if fresh {
             if let Some(mut old) = self.nodes.remove(node) {
-                old.clear(&mut self.tally);
+                old.clear(&mut self.tally, &mut self.sub_deltas);
             }
             self.nodes.insert(node.to_string(), NodeCopy::new(inc, now));
             self.resync.insert(node.to_string());
@@ -161,13 +171,15 @@ impl View {
         }
     }
 
-    /// Presence change `seq` of `node`.
+    /// Presence change `seq` of `node`: users' connection counts and
+    /// channel subscriptions (`"<channel> <user>"` → connections).
     pub fn on_presence(
         &mut self,
         node: &str,
         inc: u64,
         seq: u64,
         users: &[(String, u32)],
+        subs: &[(String, u32)],
         now: Instant,
     ) {
         self.touch(node, inc, now);
@@ -182,6 +194,9 @@ impl View {
         let gap = copy.synced && seq != copy.seq + 1;
         for (u, n) in users {
             copy.set(&mut self.tally, u, *n);
+        }
+        for (key, n) in subs {
+            copy.subs.set(key, *n, &mut self.sub_deltas);
         }
         copy.seq = copy.seq.max(seq);
         if gap {
@@ -210,9 +225,16 @@ impl View {
         }
     }
 
-    /// A snapshot read from Redis: the whole user table of `node` as of
-    /// change `seq`.
-    pub fn on_snapshot(&mut self, node: &str, inc: u64, seq: u64, users: HashMap<String, u32>) {
+    /// A snapshot read from Redis: the whole user and subscription tables
+    /// of `node` as of change `seq`.
+    pub fn on_snapshot(
+        &mut self,
+        node: &str,
+        inc: u64,
+        seq: u64,
+        users: HashMap<String, u32>,
+        subs: HashMap<String, u32>,
+    ) {
         let Some(copy) = self.nodes.get_mut(node) else {
             return; // gone (bye) while it was being read
         };
@@ -222,17 +244,21 @@ impl View {
             self.resync.insert(node.to_string());
             return;
         }
-        copy.clear(&mut self.tally);
+        for (u, n) in copy.users.drain() {
+            self.tally.change(&u, n, 0);
+        }
+        copy.total = 0;
         for (u, n) in &users {
             copy.set(&mut self.tally, u, *n);
         }
+        copy.subs.replace(subs, &mut self.sub_deltas);
         copy.seq = seq;
         copy.synced = true;
     }
 
     pub fn on_bye(&mut self, node: &str) {
         if let Some(mut copy) = self.nodes.remove(node) {
-            copy.clear(&mut self.tally);
+            copy.clear(&mut self.tally, &mut self.sub_deltas);
         }
         self.resync.remove(node);
     }
@@ -257,6 +283,12 @@ impl View {
         for node in dead {
             self.on_bye(&node);
         }
+    }
+
+    /// The changes of the other nodes' subscriptions since the last call,
+    /// for the channel directory.
+    pub fn take_sub_deltas(&mut self) -> Vec<SubDelta> {
+        std::mem::take(&mut self.sub_deltas)
     }
 
     /// Nodes whose snapshot should be read now (each asked once).
@@ -348,16 +380,16 @@ mod tests {
     fn first_sight_asks_for_a_snapshot_and_the_snapshot_wins() {
         let t = Instant::now();
         let mut v = View::new(Duration::from_secs(3));
-        v.on_presence("b", 1, 5, &users(&[("u", 2)]), t);
+        v.on_presence("b", 1, 5, &users(&[("u", 2)]), &[], t);
         assert_eq!(v.user_count("u", t), 2, "absolute counts apply at once");
         assert_eq!(v.take_resync(), vec!["b".to_string()]);
-        v.on_snapshot("b", 1, 5, map(&[("u", 2), ("w", 1)]));
+        v.on_snapshot("b", 1, 5, map(&[("u", 2), ("w", 1)]), HashMap::new());
         assert_eq!(v.user_count("w", t), 1);
-        v.on_presence("b", 1, 6, &users(&[("u", 0)]), t);
+        v.on_presence("b", 1, 6, &users(&[("u", 0)]), &[], t);
         assert_eq!(v.user_count("u", t), 0);
         assert!(v.take_resync().is_empty());
         // A duplicate (already in the copy) changes nothing.
-        v.on_presence("b", 1, 6, &users(&[("u", 9)]), t);
+        v.on_presence("b", 1, 6, &users(&[("u", 9)]), &[], t);
         assert_eq!(v.user_count("u", t), 0);
     }
 
@@ -367,10 +399,10 @@ mod tests {
         let mut v = View::new(Duration::from_secs(3));
         v.on_heartbeat("b", 1, 0, NodeCounters::default(), t);
         v.take_resync();
-        v.on_snapshot("b", 1, 0, HashMap::new());
-        v.on_presence("b", 1, 3, &users(&[("u", 1)]), t);
+        v.on_snapshot("b", 1, 0, HashMap::new(), HashMap::new());
+        v.on_presence("b", 1, 3, &users(&[("u", 1)]), &[], t);
         assert_eq!(v.take_resync(), vec!["b".to_string()], "seq 1-2 missed");
-        v.on_snapshot("b", 1, 3, map(&[("u", 1), ("x", 4)]));
+        v.on_snapshot("b", 1, 3, map(&[("u", 1), ("x", 4)]), HashMap::new());
         v.on_heartbeat("b", 1, 3, NodeCounters::default(), t);
         assert!(v.take_resync().is_empty(), "in step with the heartbeat");
         v.on_heartbeat("b", 1, 4, NodeCounters::default(), t);
@@ -381,12 +413,12 @@ mod tests {
     fn a_restarted_node_starts_a_fresh_copy() {
         let t = Instant::now();
         let mut v = View::new(Duration::from_secs(3));
-        v.on_snapshot("b", 1, 0, HashMap::new()); // unknown node: ignored
-        v.on_presence("b", 1, 1, &users(&[("u", 1)]), t);
-        v.on_snapshot("b", 1, 50, map(&[("u", 1)]));
+        v.on_snapshot("b", 1, 0, HashMap::new(), HashMap::new()); // unknown node: ignored
+        v.on_presence("b", 1, 1, &users(&[("u", 1)]), &[], t);
+        v.on_snapshot("b", 1, 50, map(&[("u", 1)]), HashMap::new());
         v.on_heartbeat("b", 2, 1, NodeCounters::default(), t);
         assert_eq!(v.user_count("u", t), 0, "the old run's users are gone");
-        v.on_snapshot("b", 1, 60, map(&[("u", 1)]));
+        v.on_snapshot("b", 1, 60, map(&[("u", 1)]), HashMap::new());
         assert_eq!(
             v.user_count("u", t),
             0,
@@ -398,14 +430,14 @@ mod tests {
     fn a_forgotten_user_counts_again_only_when_its_node_says_so() {
         let t = Instant::now();
         let mut v = View::new(Duration::from_secs(3));
-        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1)]), t);
-        v.on_presence("c", 1, 1, &users(&[("u", 1)]), t);
+        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1)]), &[], t);
+        v.on_presence("c", 1, 1, &users(&[("u", 1)]), &[], t);
         v.forget_user("u");
         assert_eq!((v.user_count("u", t), v.user_count("w", t)), (0, 1));
         // c's answer to the disconnect: u is gone there too.
-        v.on_presence("c", 1, 2, &users(&[("u", 0)]), t);
+        v.on_presence("c", 1, 2, &users(&[("u", 0)]), &[], t);
         // b's user opened a new connection after the disconnect.
-        v.on_presence("b", 1, 2, &users(&[("u", 1)]), t);
+        v.on_presence("b", 1, 2, &users(&[("u", 1)]), &[], t);
         assert_eq!(v.user_count("u", t), 1);
     }
 
@@ -420,8 +452,8 @@ mod tests {
         };
         v.on_heartbeat("b", 1, 0, beat, t);
         v.on_heartbeat("c", 1, 0, beat, t);
-        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1)]), t);
-        v.on_presence("c", 1, 1, &users(&[("u", 1), ("x", 3)]), t);
+        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1)]), &[], t);
+        v.on_presence("c", 1, 1, &users(&[("u", 1), ("x", 3)]), &[], t);
         let totals: Vec<(String, u64, u64)> = v
             .nodes(t)
             .into_iter()
@@ -434,8 +466,8 @@ mod tests {
         let none = HashSet::new();
         assert_eq!(v.count_all_except(&none, t), 7);
         assert_eq!(v.count_all_except(&HashSet::from(["u", "x"]), t), 1);
-        v.on_presence("b", 1, 2, &users(&[("u", 0)]), t);
-        v.on_snapshot("c", 1, 2, map(&[("x", 1)]));
+        v.on_presence("b", 1, 2, &users(&[("u", 0)]), &[], t);
+        v.on_snapshot("c", 1, 2, map(&[("x", 1)]), HashMap::new());
         assert_eq!(v.count_all_except(&none, t), 2);
         v.forget_user("x");
         assert_eq!(v.count_all_except(&none, t), 1);
@@ -452,7 +484,7 @@ mod tests {
         };
         v.on_heartbeat("b", 1, 0, c, t);
         v.on_heartbeat("c", 1, 0, c, t + Duration::from_secs(2));
-        v.on_presence("b", 1, 1, &users(&[("u", 1)]), t);
+        v.on_presence("b", 1, 1, &users(&[("u", 1)]), &[], t);
         let with_u = NodeCounters {
             connections: 1,
             ..c
@@ -484,8 +516,8 @@ mod tests {
     fn remote_users_are_counted_once_across_nodes_and_beside_local_ones() {
         let t = Instant::now();
         let mut v = View::new(Duration::from_secs(3));
-        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1), ("x", 1)]), t);
-        v.on_presence("c", 1, 1, &users(&[("u", 1), ("y", 1)]), t);
+        v.on_presence("b", 1, 1, &users(&[("u", 2), ("w", 1), ("x", 1)]), &[], t);
+        v.on_presence("c", 1, 1, &users(&[("u", 1), ("y", 1)]), &[], t);
         assert_eq!(v.user_count("u", t), 3);
         // Remote users u, w, x, y; x and z are also (or only) local.
         for local in [Local(HashSet::from(["x", "z"])), Local(HashSet::new())] {
@@ -515,7 +547,7 @@ mod tests {
         // A restart, a snapshot and a goodbye keep the tally exact.
         v.on_heartbeat("c", 2, 0, NodeCounters::default(), t);
         assert_eq!((v.user_count("u", t), v.user_count("y", t)), (2, 0));
-        v.on_snapshot("b", 1, 1, map(&[("w", 5)]));
+        v.on_snapshot("b", 1, 1, map(&[("w", 5)]), HashMap::new());
         assert_eq!((v.user_count("u", t), v.user_count("w", t)), (0, 5));
         v.on_bye("b");
         let none = Local(HashSet::new());

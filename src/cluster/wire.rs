@@ -35,11 +35,31 @@ pub enum Body<'a> {
         #[serde(default)]
         exclude: Vec<String>,
     },
+    /// Deliver `message` (an encoded `{"type","channel","payload"}`) to
+    /// this node's subscribers of `channel`.
+    Publish {
+        channel: String,
+        #[serde(borrow)]
+        message: &'a RawValue,
+    },
+    /// Subscribe (or unsubscribe) every connection of `users` on this node
+    /// to `channel`.
+    Subscribe {
+        channel: String,
+        users: Vec<String>,
+        subscribe: bool,
+    },
     /// Close every connection of `user` with `code`.
     Disconnect { user: String, code: u16 },
     /// Presence change number `seq`: each user's connection count on the
-    /// sending node now (0: gone).
-    Presence { seq: u64, users: Vec<(String, u32)> },
+    /// sending node now (0: gone), and each changed channel subscription as
+    /// `("<channel> <user>", connections)`.
+    Presence {
+        seq: u64,
+        users: Vec<(String, u32)>,
+        #[serde(default)]
+        subs: Vec<(String, u32)>,
+    },
     /// "I am alive", sent every second, with the sender's latest presence
     /// `seq` (a receiver whose copy is behind re-reads the snapshot) and its
     /// counters for the cluster-wide stats.
@@ -88,7 +108,11 @@ impl Names {
     pub fn presence_key(&self, node: &str) -> String {
         format!("{}:presence:{node}", self.prefix)
     }
-    /// `"<incarnation> <seq>"` of the presence hash, written with it.
+    /// Hash of `"<channel> <user>"` → subscribed connections on `node`.
+    pub fn subs_key(&self, node: &str) -> String {
+        format!("{}:subs:{node}", self.prefix)
+    }
+    /// `"<incarnation> <seq>"` of the presence hashes, written with them.
     pub fn seq_key(&self, node: &str) -> String {
         format!("{}:presence-seq:{node}", self.prefix)
     }
@@ -136,12 +160,19 @@ mod tests {
             body: Body::Presence {
                 seq: 3,
                 users: vec![("a".into(), 2), ("b".into(), 0)],
+                subs: vec![("news a".into(), 1)],
             },
         };
         let bytes = encode(&p);
         assert!(matches!(
             decode(&bytes).unwrap().body,
-            Body::Presence { seq: 3, ref users } if users.len() == 2
+            Body::Presence { seq: 3, ref users, ref subs } if users.len() == 2 && subs.len() == 1
+        ));
+        // A packet of a node from before channels has no `subs`.
+        let old = br#"{"node":"n","inc":1,"body":{"presence":{"seq":1,"users":[["a",1]]}}}"#;
+        assert!(matches!(
+            decode(old).unwrap().body,
+            Body::Presence { ref subs, .. } if subs.is_empty()
         ));
         let hb = encode(&Packet {
             node: "n".into(),

@@ -3,8 +3,15 @@
 //! every operation, a publish is encoded once, counted from the directory,
 //! sent only to the shards that hold subscribers, and never waits for them.
 //!
-//! Channels are node-local for now: in cluster mode a publish reaches this
-//! node's subscribers only.
+//! In cluster mode a publish and a subscribe of users also go to the other
+//! nodes through the cluster link, in the same queue as broadcasts (so one
+//! node's operations keep their order everywhere), and each node delivers
+//! to its own subscribers. Every node gets every publish and drops it at
+//! once when it holds no subscriber: a publish is never routed by another
+//! node's possibly stale subscriber list, so a connection gets every
+//! message published after its `subscribed`, wherever it was published.
+//! Counts and member lists include the other nodes' subscribers, which
+//! the link keeps in the directory.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -13,8 +20,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::Handle;
+use super::{distinct_targets, Handle};
 use crate::bus::{Busy, Command};
+use crate::channels::split_sub_key;
+use crate::cluster::subs::SubDelta;
+use crate::cluster::wire::Body;
 use crate::frame;
 
 /// A channel's subscribers (`GET /v1/websocket/channels/:channel`).
@@ -56,34 +66,99 @@ impl Handle {
         kind: &str,
         payload: Option<&RawValue>,
     ) -> Result<usize, Busy> {
+        let json = frame::channel_envelope(kind, channel, payload);
+        let local = self.publish_local(channel, &json)?;
+        self.shared.metrics.channel_publishes.fetch_add(1, Relaxed);
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(local);
+        };
+        let remote = self.shared.channels.remote_connections(channel);
+        // The envelope is JSON we just wrote.
+        let published = serde_json::from_slice::<&RawValue>(&json).is_ok_and(|message| {
+            cluster.publish(Body::Publish {
+                channel: channel.to_string(),
+                message,
+            })
+        });
+        Ok(if published { local + remote } else { local })
+    }
+
+    /// Delivers an encoded channel message to this node's subscribers
+    /// only; returns how many were addressed.
+    pub(crate) fn publish_local(&self, channel: &str, json: &[u8]) -> Result<usize, Busy> {
         let shards = self.shared.channels.shards_of(channel);
-        let frame = frame::channel_message(kind, channel, payload);
-        let total = self
-            .shared
+        if shards.is_empty() {
+            return Ok(0);
+        }
+        let frame = Arc::from(frame::text_frame(json));
+        self.shared
             .bus
             .publish(&shards, channel, frame, false)
             .inspect_err(|_| {
                 self.shared.metrics.commands_refused.fetch_add(1, Relaxed);
-            })?;
-        self.shared.metrics.channel_publishes.fetch_add(1, Relaxed);
-        Ok(total)
+            })
     }
 
     /// Subscribes (or unsubscribes) every connection of `users` to
-    /// `channel`, whatever their tokens allow; each gets `subscribed` (or
-    /// `unsubscribed`). Returns the connections addressed.
+    /// `channel`, on every node in cluster mode, whatever their tokens
+    /// allow; each gets `subscribed` (or `unsubscribed`). Returns the
+    /// connections addressed.
     pub(crate) fn try_subscribe_users(
         &self,
         channel: &str,
         users: &[String],
         subscribe: bool,
     ) -> Result<usize, Busy> {
-        let name: Arc<str> = Arc::from(channel);
-        self.to_shards_of(users, |users| Command::SubscribeUsers {
-            channel: name.clone(),
-            users,
+        let local = self.subscribe_local(channel, users, subscribe)?;
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(local);
+        };
+        let remote: usize = distinct_targets(users, &[])
+            .map(|u| cluster.remote_user_count(u))
+            .sum();
+        let published = cluster.publish(Body::Subscribe {
+            channel: channel.to_string(),
+            users: users.to_vec(),
             subscribe,
+        });
+        Ok(if published { local + remote } else { local })
+    }
+
+    /// [`Handle::try_subscribe_users`] on this node only.
+    pub(crate) fn subscribe_local(
+        &self,
+        channel: &str,
+        users: &[String],
+        subscribe: bool,
+    ) -> Result<usize, Busy> {
+        let name: Arc<str> = Arc::from(channel);
+        self.to_shards_of(distinct_targets(users, &[]), |users| {
+            Command::SubscribeUsers {
+                channel: name.clone(),
+                users,
+                subscribe,
+            }
         })
+    }
+
+    /// Counts the other nodes' subscription changes in the directory and
+    /// sends this node's presence subscribers the `join`s and `leave`s
+    /// they make (a user's first subscribed connection in the cluster, or
+    /// its last).
+    pub(crate) fn apply_remote_subs(&self, deltas: Vec<SubDelta>) {
+        let (channels, bus) = (&self.shared.channels, &self.shared.bus);
+        for d in deltas {
+            let Some((channel, user)) = split_sub_key(&d.key) else {
+                continue;
+            };
+            let Some(joined) = channels.remote_change(channel, user, d.delta) else {
+                continue;
+            };
+            let kind = if joined { "join" } else { "leave" };
+            if bus.presence_event(channels, kind, channel, user).is_err() {
+                self.shared.metrics.commands_refused.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     /// `channel`'s subscribed connections and up to `limit` of its users.

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::bus::{Busy, Command, ConnRef, Reserved};
+use crate::cluster::subs::SubDelta;
 use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, LocalNode, NodeCounters};
 use crate::error::CloseCode;
@@ -60,7 +61,7 @@ pub struct Stats {
     pub messages_out: u64,
     pub bytes_out: u64,
     pub uptime_seconds: u64,
-    /// Channels with a subscriber (on this node).
+    /// Channels with a subscriber (on every live node in cluster mode).
     pub total_channels: usize,
     /// Cluster mode only: every live node, this one included, sorted by id.
     /// The totals above are then cluster totals; `shards` stays this node's.
@@ -412,7 +413,7 @@ impl Handle {
             messages_out: m.sum(|s| &s.messages_out),
             bytes_out: m.sum(|s| &s.bytes_out),
             uptime_seconds: self.shared.started.elapsed().as_secs(),
-            total_channels: self.shared.channels.counts().0,
+            total_channels: self.shared.channels.counts().all_channels,
             nodes: None,
         }
     }
@@ -425,19 +426,19 @@ impl Handle {
             presence.user_count(),
             self.shared.started.elapsed().as_secs(),
         );
-        let (channels, subscriptions) = self.shared.channels.counts();
+        let counts = self.shared.channels.counts();
         let mut p = Prom::new(&mut text);
         p.single(
             "wsedge_channels",
             "Channels with a subscriber on this node.",
             "gauge",
-            channels as u64,
+            counts.channels as u64,
         );
         p.single(
             "wsedge_channel_subscriptions",
             "Channel subscriptions of this node's connections.",
             "gauge",
-            subscriptions as u64,
+            counts.subscriptions as u64,
         );
         p.single(
             "wsedge_channel_publishes_total",
@@ -461,6 +462,14 @@ impl LocalNode for Handle {
         let _ = self.deliver_local(envelope, users, exclude);
     }
 
+    fn publish(&self, channel: &str, message: &[u8]) {
+        let _ = self.publish_local(channel, message);
+    }
+
+    fn subscribe_users(&self, channel: &str, users: &[String], subscribe: bool) {
+        let _ = self.subscribe_local(channel, users, subscribe);
+    }
+
     fn disconnect(&self, user: &str, code: CloseCode) {
         let _ = self.disconnect_local(user, code);
     }
@@ -471,6 +480,18 @@ impl LocalNode for Handle {
 
     fn presence_changes(&self) -> Vec<(String, usize)> {
         self.shared.presence.take_changes()
+    }
+
+    fn subs_snapshot(&self) -> Vec<(String, u32)> {
+        self.shared.channels.snapshot()
+    }
+
+    fn subs_changes(&self) -> Vec<(String, u32)> {
+        self.shared.channels.take_changes()
+    }
+
+    fn remote_subs(&self, deltas: Vec<SubDelta>) {
+        self.apply_remote_subs(deltas);
     }
 
     fn counters(&self) -> NodeCounters {

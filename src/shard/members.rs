@@ -130,18 +130,17 @@ impl Shard {
     }
 
     /// Sends a `join`/`leave` of `user` to the presence subscribers of
-    /// `channel` on every shard that holds subscribers (this one included,
-    /// through its own inbox). Dropped, and counted, when an inbox is full:
-    /// a presence event never waits.
+    /// `channel` here (this shard too, through its own inbox); dropped, and
+    /// counted, when an inbox is full.
     fn presence_event(&self, kind: &str, channel: &str, user: &str) {
-        let shards = self.ctx.channels.shards_of(channel);
-        if shards.is_empty() {
-            return;
-        }
-        let frame = frame::presence_event(kind, channel, user);
-        if self.ctx.bus.publish(&shards, channel, frame, true).is_err() {
-            let m = &self.ctx.metrics;
-            m.commands_refused
+        let ctx = &self.ctx;
+        if ctx
+            .bus
+            .presence_event(&ctx.channels, kind, channel, user)
+            .is_err()
+        {
+            ctx.metrics
+                .commands_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -16,6 +16,7 @@ use tungstenite::Message;
 use wsedge::{mint_hs256, now_secs};
 use wsedge::{Config, Server};
 
+pub mod cluster;
 pub mod process;
 
 pub const SECRET: &str = "integration-test-secret";
@@ -260,4 +261,34 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("timed out waiting for: {what}");
+}
+
+// Channels (docs/PROTOCOL.md §10).
+
+/// A user token carrying a `channels` claim.
+pub fn token_with(sub: &str, channels: &[&str]) -> String {
+    mint_hs256(
+        SECRET,
+        &json!({"sub": sub, "exp": now_secs() + 600, "channels": channels}),
+    )
+}
+
+pub fn subscribe(ws: &mut Ws, channel: &str, presence: bool) -> Value {
+    let payload = json!({"channel": channel, "presence": presence});
+    send_json(ws, &json!({"type": "subscribe", "payload": payload}));
+    next_json(ws)
+}
+
+pub fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    rest(addr, method, path, Some(ADMIN_KEY), body)
+}
+
+pub fn publish(addr: SocketAddr, channel: &str, kind: &str, payload: Value) -> (u16, Value) {
+    let path = format!("/v1/websocket/channels/{channel}/publish");
+    admin(
+        addr,
+        "POST",
+        &path,
+        Some(&json!({"type": kind, "payload": payload})),
+    )
 }
