@@ -50,16 +50,16 @@ impl ConnRef {
 /// What a shard is asked to do.
 #[derive(Debug)]
 pub enum Command {
-    /// Queue `frame` to every open WebSocket connection whose user is not in `exclude`.
+    /// Queue `frame` (message `offset` of `@all`) to every open WebSocket
+    /// connection whose user is not in `exclude`.
     BroadcastAll {
         frame: SharedFrame,
+        offset: u64,
         exclude: Option<Arc<HashSet<String>>>,
     },
-    /// Queue `frame` to every open connection of these users on this shard.
-    SendUsers {
-        frame: SharedFrame,
-        users: Vec<String>,
-    },
+    /// Queue to every open connection of each user on this shard that
+    /// user's frame (message `offset` of its `@user` stream).
+    SendUsers { items: Vec<UserMessage> },
     /// Close these connections of this shard (each only if it is still
     /// that connection). Presence no longer counts them: the operation that
     /// sent this took them out.
@@ -67,11 +67,13 @@ pub enum Command {
         conns: Vec<ConnRef>,
         code: CloseCode,
     },
-    /// Queue `frame` to this shard's subscribers of `channel` (with
-    /// `presence_only`, to those that asked for `join`/`leave` events).
+    /// Queue `frame` (message `offset` of `channel`) to this shard's
+    /// subscribers of `channel`; with `presence_only`, a `join`/`leave`
+    /// (on no stream, offset 0) to those that asked for them.
     Publish {
         channel: Arc<str>,
         frame: SharedFrame,
+        offset: u64,
         presence_only: bool,
     },
     /// Subscribe (or unsubscribe) every connection of these users on this
@@ -83,6 +85,14 @@ pub enum Command {
     },
     /// Close every WebSocket with 1001, finish REST answers, then stop.
     Shutdown,
+}
+
+/// One user's message of a send: its frame and its `@user` offset.
+#[derive(Debug)]
+pub struct UserMessage {
+    pub user: String,
+    pub frame: SharedFrame,
+    pub offset: u64,
 }
 
 /// A shard's inbox was full: the operation was refused before anything
@@ -165,30 +175,6 @@ impl Bus {
         self.shards.len()
     }
 
-    /// Sends a channel's `frame` to the shards holding its subscribers
-    /// (`shards`, with their counts, from the channel directory): to all of
-    /// them or, when one inbox is full, to none. Returns the connections
-    /// addressed.
-    pub fn publish(
-        &self,
-        shards: &[(usize, u32)],
-        channel: &str,
-        frame: SharedFrame,
-        presence_only: bool,
-    ) -> Result<usize, Busy> {
-        let mut room = self.reserve(shards.iter().map(|(s, _)| *s))?;
-        let channel: Arc<str> = Arc::from(channel);
-        for &(shard, _) in shards {
-            let cmd = Command::Publish {
-                channel: channel.clone(),
-                frame: frame.clone(),
-                presence_only,
-            };
-            room.send(shard, cmd);
-        }
-        Ok(shards.iter().map(|(_, n)| *n as usize).sum())
-    }
-
     /// Sends a `join`/`leave` of `user` to the presence subscribers of
     /// `channel` on every shard that holds subscribers. Refused whole when
     /// an inbox is full: a presence event never waits.
@@ -203,8 +189,16 @@ impl Bus {
         if shards.is_empty() {
             return Ok(());
         }
+        let room = self.reserve(shards.iter().map(|(s, _)| *s))?;
         let frame = crate::frame::presence_event(kind, channel, user);
-        self.publish(&shards, channel, frame, true).map(drop)
+        let channel: Arc<str> = Arc::from(channel);
+        room.send_all(|| Command::Publish {
+            channel: channel.clone(),
+            frame: frame.clone(),
+            offset: 0,
+            presence_only: true,
+        });
+        Ok(())
     }
 
     /// Room for one command in each of `shards` (each named once), or

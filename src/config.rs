@@ -57,6 +57,15 @@ pub struct Config {
     /// Channels one connection may subscribe to
     /// (`--max-channels-per-connection`). Default 128.
     pub max_channels_per_connection: usize,
+    /// Messages kept per stream for recovery (`--history-size`). Default
+    /// 100; 0 keeps none (offsets still count).
+    pub history_size: usize,
+    /// Seconds a message is kept for recovery (`--history-ttl-secs`).
+    /// Default 300.
+    pub history_ttl_secs: u64,
+    /// Bytes of history kept in all, oldest first out
+    /// (`--history-max-bytes`). Default 64 MiB.
+    pub history_max_bytes: usize,
     /// Seconds between server pings (`--ping-interval-secs`). Default 25; 0 disables.
     pub ping_interval_secs: u64,
     /// Seconds to wait for a pong (`--pong-timeout-secs`). Default 20.
@@ -113,6 +122,9 @@ impl Default for Config {
             cors_origins: Vec::new(),
             max_http_connections: 10_000,
             max_channels_per_connection: 128,
+            history_size: 100,
+            history_ttl_secs: 300,
+            history_max_bytes: 64 << 20,
             ping_interval_secs: 25,
             pong_timeout_secs: 20,
             handshake_timeout_secs: 10,
@@ -198,6 +210,7 @@ impl Config {
             // connection the moment it goes quiet.
             ("--idle-timeout-secs", self.idle_timeout_secs as usize),
             ("--shard-inbox-capacity", self.shard_inbox_capacity),
+            ("--history-ttl-secs", self.history_ttl_secs as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

@@ -43,6 +43,20 @@ pub fn envelope(kind: &str, payload: Option<&RawValue>) -> Vec<u8> {
     serde_json::to_vec(&Envelope { kind, payload }).unwrap_or_default()
 }
 
+/// A `{"type","payload"}` envelope read back (from another node).
+#[derive(Debug, serde::Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub payload: Option<&'a RawValue>,
+}
+
+/// Reads an envelope [`envelope`] wrote; `None` when it is not one.
+pub fn parse_envelope(bytes: &[u8]) -> Option<Envelope<'_>> {
+    serde_json::from_slice(bytes).ok()
+}
+
 /// Envelope + frame, once, for a broadcast or a send.
 pub fn shared_message(kind: &str, payload: Option<&RawValue>) -> SharedFrame {
     Arc::from(text_frame(&envelope(kind, payload)))
@@ -53,11 +67,22 @@ pub fn raw_payload(payload: &serde_json::Value) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(payload).ok()
 }
 
+/// Where a new connection starts on its streams (docs/PROTOCOL.md §11).
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    pub epoch: &'a str,
+    /// The last offsets of `@all` and of the user's `@user` stream.
+    pub all: u64,
+    pub user: u64,
+    /// Whether what it asked to recover follows (`None`: it asked nothing).
+    pub recovered: Option<bool>,
+}
+
 /// `{"type":"connected",...}` sent when a connection opens, as a whole
 /// text frame. Written straight into one buffer (no `serde_json::Value`
 /// tree): it is built once per connect, on the connect-rate hot path.
-pub fn connected(user_id: &str, connection_id: &str) -> Vec<u8> {
-    let mut json = Vec::with_capacity(160 + user_id.len() + connection_id.len());
+pub fn connected(user_id: &str, connection_id: &str, start: &Start<'_>) -> Vec<u8> {
+    let mut json = Vec::with_capacity(220 + user_id.len() + connection_id.len());
     json.extend_from_slice(br#"{"type":"connected","payload":{"userId":"#);
     // Serializing a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut json, user_id);
@@ -65,7 +90,21 @@ pub fn connected(user_id: &str, connection_id: &str) -> Vec<u8> {
     let _ = serde_json::to_writer(&mut json, connection_id);
     json.extend_from_slice(br#","message":"Successfully connected to WebSocket","timestamp":""#);
     json.extend_from_slice(timestamp().as_bytes());
-    json.extend_from_slice(br#""}}"#);
+    json.extend_from_slice(br#"","epoch":"#);
+    let _ = serde_json::to_writer(&mut json, start.epoch);
+    let offsets = format!(
+        r#","offsets":{{"@all":{},"@user":{}}}"#,
+        start.all, start.user
+    );
+    json.extend_from_slice(offsets.as_bytes());
+    if let Some(r) = start.recovered {
+        json.extend_from_slice(if r {
+            br#","recovered":true"#.as_slice()
+        } else {
+            br#","recovered":false"#.as_slice()
+        });
+    }
+    json.extend_from_slice(b"}}");
     text_frame(&json)
 }
 
@@ -104,22 +143,46 @@ pub fn channel_ack(kind: &str, channel: &str) -> String {
     .to_string()
 }
 
-/// A message on a channel, `{"type","channel","payload"}`, as JSON: encoded
-/// once, framed once per node for every subscriber there.
-pub fn channel_envelope(kind: &str, channel: &str, payload: Option<&RawValue>) -> Vec<u8> {
+/// `{"type":"subscribed","payload":{"channel","timestamp","offset","epoch"}}`,
+/// with `"recovered"` when the subscribe asked to recover.
+pub fn subscribed(channel: &str, offset: u64, epoch: &str, recovered: Option<bool>) -> String {
+    let mut payload = serde_json::json!({
+        "channel": channel,
+        "timestamp": timestamp(),
+        "offset": offset,
+        "epoch": epoch,
+    });
+    if let Some(r) = recovered {
+        payload["recovered"] = r.into();
+    }
+    serde_json::json!({ "type": "subscribed", "payload": payload }).to_string()
+}
+
+/// A message on a stream, `{"type","channel","offset","payload"}`
+/// (`channel` is `@all`, `@user` or a channel's name), as one text frame
+/// shared by every connection it goes to and by the history.
+pub fn stream_message(
+    kind: &str,
+    stream: &str,
+    offset: u64,
+    payload: Option<&RawValue>,
+) -> SharedFrame {
     #[derive(Serialize)]
     struct Envelope<'a> {
         #[serde(rename = "type")]
         kind: &'a str,
         channel: &'a str,
+        offset: u64,
         payload: Option<&'a RawValue>,
     }
-    serde_json::to_vec(&Envelope {
+    let json = serde_json::to_vec(&Envelope {
         kind,
-        channel,
+        channel: stream,
+        offset,
         payload,
     })
-    .unwrap_or_default()
+    .unwrap_or_default();
+    Arc::from(text_frame(&json))
 }
 
 /// `{"type":"join"|"leave","channel","payload":{"userId"}}`: a presence event.
@@ -160,7 +223,13 @@ mod tests {
 
     #[test]
     fn connected_is_one_text_frame_of_valid_json() {
-        let f = connected("u\"1", "0-1-2");
+        let start = Start {
+            epoch: "e\"1",
+            all: 7,
+            user: 0,
+            recovered: Some(true),
+        };
+        let f = connected("u\"1", "0-1-2", &start);
         assert_eq!(f[0], 0x81);
         let (len, body) = match f[1] {
             126 => (usize::from(u16::from_be_bytes([f[2], f[3]])), &f[4..]),
@@ -176,6 +245,36 @@ mod tests {
             "Successfully connected to WebSocket"
         );
         assert!(v["payload"]["timestamp"].is_string());
+        assert_eq!(v["payload"]["epoch"], "e\"1");
+        assert_eq!(
+            v["payload"]["offsets"],
+            serde_json::json!({"@all": 7, "@user": 0})
+        );
+        assert_eq!(v["payload"]["recovered"], true);
+        let fresh = Start {
+            recovered: None,
+            ..start
+        };
+        let f = connected("u", "0-1-2", &fresh);
+        let v: serde_json::Value = serde_json::from_slice(&f[4..]).expect("json");
+        assert!(v["payload"].get("recovered").is_none(), "{v}");
+    }
+
+    #[test]
+    fn stream_messages_carry_their_stream_and_offset() {
+        let raw = RawValue::from_string(r#"{"a":1}"#.into()).expect("raw");
+        let f = stream_message("t", "@all", 42, Some(&raw));
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"t","channel":"@all","offset":42,"payload":{"a":1}}"#
+        );
+        let bytes = envelope("t\"x", Some(&raw));
+        let back = parse_envelope(&bytes).expect("envelope");
+        assert_eq!(
+            (&*back.kind, back.payload.map(RawValue::get)),
+            ("t\"x", Some(r#"{"a":1}"#))
+        );
+        assert!(parse_envelope(b"[1]").is_none());
     }
 
     #[test]

@@ -75,6 +75,7 @@ mod conn;
 mod error;
 mod frame;
 mod handler;
+mod history;
 mod http;
 mod metrics;
 mod ops;

@@ -97,6 +97,15 @@ struct Cli {
     /// Channels one WebSocket may subscribe to; one more gets an error message [default: 128]
     #[arg(long, env = "WSEDGE_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
     max_channels_per_connection: Option<usize>,
+    /// Messages kept per stream (@all, each user, each channel) for clients that reconnect; 0 keeps none [default: 100]
+    #[arg(long, env = "WSEDGE_HISTORY_SIZE", value_name = "N")]
+    history_size: Option<usize>,
+    /// Seconds a message is kept for clients that reconnect [default: 300]
+    #[arg(long, env = "WSEDGE_HISTORY_TTL_SECS", value_name = "SECS")]
+    history_ttl_secs: Option<u64>,
+    /// Bytes of history kept in all; the oldest messages go first [default: 67108864]
+    #[arg(long, env = "WSEDGE_HISTORY_MAX_BYTES", value_name = "BYTES")]
+    history_max_bytes: Option<usize>,
     /// Seconds between server pings; 0 turns pings off [default: 25]
     #[arg(long, env = "WSEDGE_PING_INTERVAL_SECS", value_name = "SECS")]
     ping_interval_secs: Option<u64>,
@@ -165,6 +174,9 @@ impl Cli {
             cors_origins,
             max_http_connections,
             max_channels_per_connection,
+            history_size,
+            history_ttl_secs,
+            history_max_bytes,
             ping_interval_secs,
             pong_timeout_secs,
             handshake_timeout_secs,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Poll, Waker};
 use rand::Rng;
@@ -21,6 +21,7 @@ use crate::channels::Directory;
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::handler::{EchoHandler, MessageHandler};
+use crate::history::{self, History};
 use crate::metrics::Metrics;
 use crate::ops::Handle;
 use crate::presence::Presence;
@@ -270,6 +271,11 @@ pub(crate) fn assemble(
     let shared = Shared {
         presence: Arc::new(Presence::new(config.shards, cluster.is_some())),
         channels: Arc::new(Directory::new(config.shards, config.redis_url.is_some())),
+        history: Arc::new(History::new(history::Limits {
+            size: config.history_size,
+            ttl: Duration::from_secs(config.history_ttl_secs),
+            max_bytes: config.history_max_bytes,
+        })),
         cluster,
         verifier: Arc::new(verifier),
         metrics: Arc::new(Metrics::new(config.shards)),

@@ -18,6 +18,7 @@ use crate::channels::Directory;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::handler::MessageHandler;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     pub presence: Arc<Presence>,
     /// Who is subscribed to which channel, node-wide.
     pub channels: Arc<Directory>,
+    /// Stream offsets and the recent messages clients recover from.
+    pub history: Arc<History>,
     pub metrics: Arc<Metrics>,
     pub bus: Bus,
     pub started: Instant,

@@ -9,6 +9,7 @@
 use crate::auth::{extract_token, UserClaims, Verifier};
 use crate::config::Config;
 use crate::error::HttpError;
+use crate::history::Resume;
 use crate::http::Request;
 use crate::ratelog::refusal;
 
@@ -16,6 +17,9 @@ use crate::ratelog::refusal;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
     pub claims: UserClaims,
+    /// What the client asks to recover (`epoch`, `since_all`, `since_user`
+    /// in the query).
+    pub resume: Option<Resume>,
     /// `Sec-WebSocket-Accept` value for the 101 answer.
     pub accept_key: String,
 }
@@ -60,10 +64,39 @@ pub fn check(req: &Request<'_>, cfg: &Config, verifier: &Verifier) -> Result<Upg
         refusal!("upgrade refused: {e}");
         HttpError::Unauthorized
     })?;
+    let resume = resume_request(req.query)?;
     Ok(Upgrade {
         claims,
+        resume,
         accept_key: tungstenite::handshake::derive_accept_key(key),
     })
+}
+
+/// The recovery a connecting client asks for (docs/PROTOCOL.md §11): any of
+/// `epoch`, `since_all`, `since_user` asks; a missing offset is 0.
+fn resume_request(query: Option<&str>) -> Result<Option<Resume>, HttpError> {
+    let mut resume: Option<Resume> = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !matches!(k, "epoch" | "since_all" | "since_user") {
+            continue;
+        }
+        let r = resume.get_or_insert_with(|| Resume {
+            epoch: String::new(),
+            all: 0,
+            user: 0,
+        });
+        let offset = || {
+            v.parse::<u64>()
+                .map_err(|_| HttpError::BadRequest(format!("{k} must be a non-negative integer")))
+        };
+        match k {
+            "epoch" => r.epoch = crate::http::percent_decode(v),
+            "since_all" => r.all = offset()?,
+            _ => r.user = offset()?,
+        }
+    }
+    Ok(resume)
 }
 
 /// A key is 16 bytes in base64: 24 characters ending in `==`.

@@ -28,7 +28,7 @@ fn a_subscriber_gets_channel_messages_with_their_channel() {
         let m = next_json(ws);
         assert_eq!(
             m,
-            json!({"type": "headline", "channel": "news", "payload": {"n": 1}})
+            json!({"type": "headline", "channel": "news", "offset": 1, "payload": {"n": 1}})
         );
     }
     let (_, body) = publish(srv.addr, "room:7", "t", json!(null));

@@ -180,7 +180,7 @@ fn the_management_api_on_a_subscribes_and_unsubscribes_users_on_every_node() {
     assert_eq!(r["sentToConnections"], 2, "{r}");
     for ws in [&mut v_b, &mut v_c] {
         assert_eq!(
-            next_json(ws),
+            next_api(ws),
             json!({"type":"alert","channel":"ops","payload":{"level":3}})
         );
     }

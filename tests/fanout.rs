@@ -75,14 +75,14 @@ fn assert_only_targets(h: &Handle, clients: &mut [Client], targets: &[&str], exp
     let targets: HashSet<&str> = targets.iter().copied().collect();
     for c in clients.iter_mut() {
         if targets.contains(c.user.as_str()) {
-            let m = next_json(&mut c.ws);
+            let m = next_api(&mut c.ws);
             assert_eq!(
                 &m, expected,
                 "target {} ({}) first reads the targeted message",
                 c.user, c.id
             );
         }
-        let m = next_json(&mut c.ws);
+        let m = next_api(&mut c.ws);
         assert_eq!(
             m, sentinel,
             "connection {} of {} reads the sentinel next (nothing else was delivered)",
@@ -263,7 +263,7 @@ fn read_sequences(clients: &mut [Client], kind: &str, n: u64, threads: usize) {
             s.spawn(move || {
                 for c in chunk.iter_mut() {
                     for seq in 0..n {
-                        let m = next_json(&mut c.ws);
+                        let m = next_api(&mut c.ws);
                         assert_eq!(
                             m,
                             json!({"type": kind, "payload": {"seq": seq}}),
@@ -272,7 +272,7 @@ fn read_sequences(clients: &mut [Client], kind: &str, n: u64, threads: usize) {
                             c.user
                         );
                     }
-                    let m = next_json(&mut c.ws);
+                    let m = next_api(&mut c.ws);
                     assert_eq!(
                         m,
                         json!({"type": "end", "payload": null}),
@@ -581,7 +581,7 @@ fn stale_connection_ids_do_not_close_a_slot_reuser() {
     );
     assert_eq!(h.broadcast("after-stale", json!({"x": 1}), None), 1);
     assert_eq!(
-        next_json(&mut b),
+        next_api(&mut b),
         json!({"type": "after-stale", "payload": {"x": 1}})
     );
     echo_round_trip(&mut b, "b");

@@ -208,7 +208,7 @@ fn assert_next_is_marker(addr: SocketAddr, clients: &mut [&mut Ws], tag: &str) {
     let expected = json!({"type":"marker","payload":tag});
     for (i, ws) in clients.iter_mut().enumerate() {
         assert_eq!(
-            next_json(ws),
+            next_api(ws),
             expected,
             "client #{i} got something else first"
         );
@@ -406,7 +406,7 @@ fn assert_admin_on_all_routes(addr: SocketAddr, auth: &str, user: &str) {
         match path.as_str() {
             "/v1/websocket/broadcast" => {
                 assert_eq!(r.json["sentToConnections"], 1);
-                assert_eq!(next_json(&mut ws), json!({"type":"auth-probe","payload":1}));
+                assert_eq!(next_api(&mut ws), json!({"type":"auth-probe","payload":1}));
             }
             "/v1/websocket/stats" => assert_eq!(r.json["totalConnections"], 1),
             "/v1/websocket/test/notification" => {
@@ -415,7 +415,7 @@ fn assert_admin_on_all_routes(addr: SocketAddr, auth: &str, user: &str) {
             }
             p if p.starts_with("/v1/websocket/send/") => {
                 assert_eq!(r.json["sentToConnections"], 1);
-                assert_eq!(next_json(&mut ws), json!({"type":"auth-probe","payload":2}));
+                assert_eq!(next_api(&mut ws), json!({"type":"auth-probe","payload":2}));
             }
             p if p.ends_with("/status") => assert_eq!(r.json["connectionCount"], 1),
             _ => {
@@ -561,7 +561,8 @@ fn broadcast_to_all_reaches_every_connection_with_payload_verbatim() {
         let text = next_text(ws);
         let v: Value = serde_json::from_str(&text).expect("json");
         let keys: Vec<&String> = v.as_object().expect("object").keys().collect();
-        assert_eq!(keys.len(), 2, "only type and payload: {text}");
+        assert_eq!(keys.len(), 4, "type, stream, offset, payload: {text}");
+        assert_eq!((&v["channel"], &v["offset"]), (&json!("@all"), &json!(1)));
         assert_eq!(v["type"], "news");
         assert!(
             text.contains(payload),
@@ -591,13 +592,17 @@ fn broadcast_payload_of_any_json_type_and_null_when_omitted() {
         let kind = format!("kind-{i}");
         let r = broadcast(srv.addr, &json!({"type": kind, "payload": p}));
         assert_eq!(r.json["sentToConnections"], 1);
-        assert_eq!(next_json(&mut a), json!({"type": kind, "payload": p}));
+        assert_eq!(next_api(&mut a), json!({"type": kind, "payload": p}));
     }
     let r = broadcast(srv.addr, &json!({"type": "bare"}));
     assert_eq!(r.json["sentToConnections"], 1);
     let text = next_text(&mut a);
     let v: Value = serde_json::from_str(&text).expect("json");
-    assert_eq!(v, json!({"type":"bare","payload":null}), "{text}");
+    assert_eq!(
+        api_view(v.clone()),
+        json!({"type":"bare","payload":null}),
+        "{text}"
+    );
     assert!(
         v.as_object().is_some_and(|o| o.contains_key("payload")),
         "payload must be present as null: {text}"
@@ -605,7 +610,7 @@ fn broadcast_payload_of_any_json_type_and_null_when_omitted() {
     // The type is any non-empty string, carried as is.
     let odd = "ünïcode \"quoted\" type";
     broadcast(srv.addr, &json!({"type": odd, "payload": 1}));
-    assert_eq!(next_json(&mut a), json!({"type": odd, "payload": 1}));
+    assert_eq!(next_api(&mut a), json!({"type": odd, "payload": 1}));
 }
 
 #[test]
@@ -623,7 +628,7 @@ fn broadcast_to_user_ids_reaches_only_them() {
     assert_eq!(r.json["targetUsers"], 3);
     assert_eq!(r.json["sentToConnections"], 3);
     for ws in [&mut a1, &mut a2, &mut b] {
-        assert_eq!(next_json(ws), json!({"type":"dm","payload":{"k":1}}));
+        assert_eq!(next_api(ws), json!({"type":"dm","payload":{"k":1}}));
     }
     // A repeated id counts as given but delivers once.
     let r = broadcast(
@@ -632,7 +637,7 @@ fn broadcast_to_user_ids_reaches_only_them() {
     );
     assert_eq!(r.json["targetUsers"], 2);
     assert_eq!(r.json["sentToConnections"], 1);
-    assert_eq!(next_json(&mut b), json!({"type":"twice","payload":2}));
+    assert_eq!(next_api(&mut b), json!({"type":"twice","payload":2}));
     assert_next_is_marker(srv.addr, &mut [&mut a1, &mut a2, &mut b, &mut c], "m1");
 }
 
@@ -669,7 +674,7 @@ fn broadcast_exclusions_win() {
     assert_eq!(r.json["targetUsers"], "all");
     assert_eq!(r.json["sentToConnections"], 2);
     for ws in [&mut a, &mut c] {
-        assert_eq!(next_json(ws), json!({"type":"ex","payload":1}));
+        assert_eq!(next_api(ws), json!({"type":"ex","payload":1}));
     }
 
     // bob is in both lists: excluded.
@@ -679,7 +684,7 @@ fn broadcast_exclusions_win() {
     );
     assert_eq!(r.json["targetUsers"], 2);
     assert_eq!(r.json["sentToConnections"], 1);
-    assert_eq!(next_json(&mut a), json!({"type":"both","payload":2}));
+    assert_eq!(next_api(&mut a), json!({"type":"both","payload":2}));
 
     // Everyone excluded from a list: nobody.
     let r = broadcast(
@@ -790,7 +795,7 @@ fn send_reaches_every_connection_of_that_user_only() {
     assert_eq!(r.json["sentToConnections"], 3);
     for ws in [&mut a1, &mut a2, &mut a3] {
         assert_eq!(
-            next_json(ws),
+            next_api(ws),
             json!({"type":"personal","payload":{"n":[1,2]}})
         );
     }
@@ -802,7 +807,7 @@ fn send_reaches_every_connection_of_that_user_only() {
         Some(&json!({"type":"ping-ish"})),
     );
     assert_eq!(r.json["sentToConnections"], 1);
-    assert_eq!(next_json(&mut b), json!({"type":"ping-ish","payload":null}));
+    assert_eq!(next_api(&mut b), json!({"type":"ping-ish","payload":null}));
     assert_next_is_marker(srv.addr, &mut [&mut a1, &mut a2, &mut a3, &mut b], "m");
 }
 
@@ -857,7 +862,7 @@ fn user_ids_in_paths_are_percent_decoded() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json["message"], format!("Message sent to user {user}"));
     assert_eq!(r.json["sentToConnections"], 1);
-    assert_eq!(next_json(&mut ws), json!({"type":"enc","payload":1}));
+    assert_eq!(next_api(&mut ws), json!({"type":"enc","payload":1}));
 
     // Lower-case hex works too.
     let st = status_of(srv.addr, "a%20b%2f%c3%a9");
@@ -941,7 +946,7 @@ fn stats_report_connections_users_shards_and_counters() {
     assert_eq!(next_json(&mut a1)["type"], "echo");
     broadcast(srv.addr, &json!({"type":"count-me","payload":1}));
     for ws in [&mut a1, &mut a2, &mut b] {
-        assert_eq!(next_json(ws)["type"], "count-me");
+        assert_eq!(next_api(ws)["type"], "count-me");
     }
     eventually("counters move", || {
         let s = stats(srv.addr, "");
@@ -1208,7 +1213,7 @@ fn counts_drop_as_soon_as_a_disconnect_answers() {
     );
     assert_eq!(r.json["sentToConnections"], 2, "{}", r.text());
     for ws in [&mut a3, &mut a4] {
-        assert_eq!(next_json(ws)["type"], "after");
+        assert_eq!(next_api(ws)["type"], "after");
     }
     next_is_close(&mut a1, 4000);
     next_is_close(&mut a2, 4000);
@@ -1268,7 +1273,7 @@ fn a_full_shard_inbox_answers_503_and_sends_nothing() {
     // Exactly the two accepted broadcasts arrived; the refused disconnect
     // took nothing out.
     for i in 0..2 {
-        assert_eq!(next_json(&mut ws), json!({"type":"flood","payload":i}));
+        assert_eq!(next_api(&mut ws), json!({"type":"flood","payload":i}));
     }
     assert_eq!(status_of(srv.addr, "alice")["connectionCount"], 1);
     assert_next_is_marker(srv.addr, &mut [&mut ws], "after");
@@ -1287,7 +1292,7 @@ fn test_notification_reaches_every_client() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json["sentToConnections"], 2);
     for ws in [&mut a, &mut b] {
-        let m = next_json(ws);
+        let m = next_api(ws);
         assert_eq!(m["type"], "notification", "{m}");
         assert_eq!(m["payload"]["title"], "Test Notification", "{m}");
         assert_eq!(m.as_object().map(|o| o.len()), Some(2), "{m}");
@@ -1368,7 +1373,7 @@ fn metrics_are_prometheus_text_named_wsedge_and_move() {
     assert_eq!(metric(&text, "wsedge_connections"), 1.0);
     let out0 = metric(&text, "wsedge_messages_out_total");
     broadcast(srv.addr, &json!({"type":"m","payload":1}));
-    assert_eq!(next_json(&mut ws)["type"], "m");
+    assert_eq!(next_api(&mut ws)["type"], "m");
     eventually("messages_out moves", || {
         metric(&metrics_text(srv.addr), "wsedge_messages_out_total") > out0
     });
@@ -1472,7 +1477,7 @@ fn body_over_limit_is_413() {
         "a body of exactly the limit is fine: {}",
         r.text()
     );
-    assert_eq!(next_json(&mut ws)["type"], "big");
+    assert_eq!(next_api(&mut ws)["type"], "big");
 
     let over = body_of(limit + 1);
     let r = call(
@@ -1575,10 +1580,7 @@ fn chunked_request_body_works() {
     let r = c.response();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json["sentToConnections"], 1);
-    assert_eq!(
-        next_json(&mut ws),
-        json!({"type":"chunked","payload":[1,2]})
-    );
+    assert_eq!(next_api(&mut ws), json!({"type":"chunked","payload":[1,2]}));
     // The connection is still usable afterwards.
     c.send(get_req("/healthz", false).as_bytes());
     assert_eq!(c.response().text(), "ok");
@@ -1641,7 +1643,7 @@ fn pipelined_requests_are_answered_in_order() {
     let r3 = c.response();
     assert_eq!(r3.status, 200, "{}", r3.text());
     assert_eq!(r3.json["userId"], "alice");
-    assert_eq!(next_json(&mut ws), json!({"type":"piped","payload":2}));
+    assert_eq!(next_api(&mut ws), json!({"type":"piped","payload":2}));
 }
 
 #[test]

@@ -20,5 +20,8 @@ fn connect_echo_broadcast() {
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["sentToConnections"], 1);
     let m = next_json(&mut ws);
-    assert_eq!(m, json!({"type":"n","payload":{"a":1}}));
+    assert_eq!(
+        m,
+        json!({"type":"n","channel":"@all","offset":1,"payload":{"a":1}})
+    );
 }

@@ -766,9 +766,18 @@ fn connected_message_is_exact() {
     let p = &hello["payload"];
     assert_eq!(
         keys(p),
-        ["connectionId", "message", "timestamp", "userId"],
+        [
+            "connectionId",
+            "epoch",
+            "message",
+            "offsets",
+            "timestamp",
+            "userId"
+        ],
         "{hello}"
     );
+    assert_eq!(p["offsets"], json!({"@all": 0, "@user": 0}), "{hello}");
+    assert!(p["epoch"].as_str().is_some_and(|e| !e.is_empty()));
     assert_eq!(p["userId"], "hello-user");
     assert_eq!(p["message"], "Successfully connected to WebSocket");
     let id1 = p["connectionId"]

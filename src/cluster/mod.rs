@@ -63,9 +63,9 @@ const OUTBOX_BYTES: usize = 64 << 20;
 pub(crate) trait LocalNode: Send + Sync + 'static {
     /// Fans a message another node published out to this node's connections.
     fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]);
-    /// Delivers a channel message another node published (`message` is the
-    /// encoded `{"type","channel","payload"}`) to this node's subscribers.
-    fn publish(&self, channel: &str, message: &[u8]);
+    /// Delivers a channel message another node published (`envelope` is
+    /// the encoded `{"type","payload"}`) to this node's subscribers.
+    fn publish(&self, channel: &str, envelope: &[u8]);
     /// Subscribes (or unsubscribes) `users`' connections here to `channel`.
     fn subscribe_users(&self, channel: &str, users: &[String], subscribe: bool);
     /// Closes a user's connections on this node.

@@ -25,8 +25,9 @@ pub struct Packet<'a> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Body<'a> {
-    /// Deliver `message` (an encoded envelope) to this node's connections:
-    /// all of them but `exclude`'s, or only `users`' when given.
+    /// Deliver `message` (an encoded `{"type","payload"}`) to this node's
+    /// connections: all of them but `exclude`'s, or only `users`' when
+    /// given. Each node puts it on its own streams (`@all`, `@user`).
     Broadcast {
         #[serde(borrow)]
         message: &'a RawValue,
@@ -35,8 +36,8 @@ pub enum Body<'a> {
         #[serde(default)]
         exclude: Vec<String>,
     },
-    /// Deliver `message` (an encoded `{"type","channel","payload"}`) to
-    /// this node's subscribers of `channel`.
+    /// Deliver `message` (an encoded `{"type","payload"}`) to this node's
+    /// subscribers of `channel`, on this node's stream of it.
     Publish {
         channel: String,
         #[serde(borrow)]

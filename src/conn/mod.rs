@@ -23,6 +23,7 @@ pub(crate) use http::{Dispatch, Dispatcher};
 pub use outbound::{Flushed, Outbound};
 pub use session::feed;
 pub(crate) use sock::{Sink, Sock};
+pub(crate) use ws::Own;
 use ws::Subscriptions;
 pub use ws::{ChannelOp, WsEnv, WsRead, WsState};
 

@@ -16,7 +16,9 @@ use tungstenite::Message;
 
 use std::sync::Arc;
 
-use super::ws::{expiry_instant, ChannelOp, Io, Subscriptions, WsEnv, WsPhase, WsRead, WsState};
+use super::ws::{
+    expiry_instant, ChannelOp, Io, Recover, Subscriptions, WsEnv, WsPhase, WsRead, WsState,
+};
 use super::Outbound;
 use crate::channels;
 use crate::error::CloseCode;
@@ -188,8 +190,21 @@ fn channel_request(
             .push(ChannelOp::Unsubscribe { channel });
         return None;
     }
+    let recover = match recover_request(payload) {
+        Ok(r) => r,
+        Err(why) => return Some(frame::channel_error(why, name)),
+    };
+    let channel = Arc::from(name);
     if already {
-        return Some(frame::channel_ack("subscribed", name));
+        // The shard answers, with the channel's offset (and what it
+        // missed, if it asks again to recover).
+        let op = ChannelOp::Subscribe {
+            channel,
+            presence: false,
+            recover,
+        };
+        env.ops.borrow_mut().push(op);
+        return None;
     }
     if !subs.is_some_and(|s| s.grants.allows(name)) {
         let message = format!("not allowed to subscribe to {name}");
@@ -206,11 +221,29 @@ fn channel_request(
         .and_then(|p| p.get("presence"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let channel = Arc::from(name);
-    env.ops
-        .borrow_mut()
-        .push(ChannelOp::Subscribe { channel, presence });
+    env.ops.borrow_mut().push(ChannelOp::Subscribe {
+        channel,
+        presence,
+        recover,
+    });
     None
+}
+
+/// The recovery a subscribe asks for: `"since"` (the last offset the
+/// client got) with the `"epoch"` it saw. No `since`: none.
+fn recover_request(payload: Option<&Value>) -> Result<Option<Recover>, &'static str> {
+    let Some(since) = payload.and_then(|p| p.get("since")) else {
+        return Ok(None);
+    };
+    let since = since
+        .as_u64()
+        .ok_or("since must be a non-negative integer")?;
+    let epoch = payload
+        .and_then(|p| p.get("epoch"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    Ok(Some(Recover { epoch, since }))
 }
 
 /// A text message from the client: `subscribe`, `unsubscribe`, `ping`,

@@ -58,6 +58,25 @@ pub struct WsState {
     last_ping: Instant,
     /// Set when a ping is out and nothing has been heard since.
     pub(super) awaiting_pong: Option<Instant>,
+    /// The last offsets of `@all` and `@user` when it opened (told in
+    /// `connected`): a message queued to its shard before that, at or
+    /// below them, is not delivered live (it was replayed, or predates
+    /// the connection).
+    pub(super) floors: Floors,
+}
+
+/// Offsets at or below which a connection takes no live message.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Floors {
+    pub all: u64,
+    pub user: u64,
+}
+
+/// Which of a connection's own streams a live message is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Own {
+    All,
+    User,
 }
 
 /// A connection's channels.
@@ -138,8 +157,22 @@ pub struct WsEnv<'a> {
 /// A change of a connection's channels, applied by its shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelOp {
-    Subscribe { channel: Arc<str>, presence: bool },
-    Unsubscribe { channel: Arc<str> },
+    Subscribe {
+        channel: Arc<str>,
+        presence: bool,
+        recover: Option<Recover>,
+    },
+    Unsubscribe {
+        channel: Arc<str>,
+    },
+}
+
+/// What a client asks to recover on a stream: the epoch it saw and the
+/// last offset it got (docs/PROTOCOL.md §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recover {
+    pub epoch: String,
+    pub since: u64,
 }
 
 /// tungstenite settings: bounded read buffer and message size; writes go
@@ -192,6 +225,7 @@ impl WsState {
             expires_at: expiry_instant(exp, leeway, now),
             last_ping: now,
             awaiting_pong: None,
+            floors: Floors::default(),
         }
     }
 
@@ -231,6 +265,10 @@ impl Conn {
     /// `connected` message. Returns true when frames may already wait (with
     /// the request, or in the socket) that no readiness event will
     /// announce: the caller reads then.
+    /// Turns the connection into a WebSocket starting on its streams at
+    /// `start`, greeted with `connected` (when `greet`) followed by the
+    /// messages it recovers (`replay`).
+    #[allow(clippy::too_many_arguments)]
     pub fn open_ws(
         &mut self,
         exp: u64,
@@ -238,6 +276,8 @@ impl Conn {
         id: String,
         grants: Grants,
         greet: bool,
+        start: &frame::Start<'_>,
+        replay: Vec<SharedFrame>,
         env: &Env<'_>,
     ) -> bool {
         let pending = self.http_socket_pending();
@@ -246,11 +286,16 @@ impl Conn {
         if greet {
             // Queued as a ready frame, like broadcasts: tungstenite has
             // nothing buffered for a connection that just opened.
-            self.out.push_owned(frame::connected(&user, &id));
+            self.out.push_owned(frame::connected(&user, &id, start));
             env.ws.metrics.messages_out.fetch_add(1, Relaxed);
         }
+        let replayed = replay.len() as u64;
+        for f in replay {
+            self.out.push_shared(f);
+        }
+        env.ws.metrics.messages_out.fetch_add(replayed, Relaxed);
         let leeway = env.ws.verifier.leeway();
-        let ws = WsState::new(
+        let mut ws = WsState::new(
             user.clone(),
             exp,
             id,
@@ -259,6 +304,10 @@ impl Conn {
             leeway,
             env.ws.now,
         );
+        ws.floors = Floors {
+            all: start.all,
+            user: start.user,
+        };
         if grants != Grants::default() {
             self.channels = Some(Box::new(Subscriptions {
                 grants,
@@ -334,6 +383,34 @@ impl Conn {
         if !self.is_open_ws() {
             return true;
         }
+        self.push_open(frame, cap, now)
+    }
+
+    /// Queues a live message on one of the connection's own streams,
+    /// unless its offset is at or below where the connection started on
+    /// that stream. Returns false as [`Conn::push_frame`] does.
+    pub fn push_own(
+        &mut self,
+        own: Own,
+        offset: u64,
+        frame: &SharedFrame,
+        cap: usize,
+        now: Instant,
+    ) -> bool {
+        let State::Ws(ws) = &self.state else {
+            return true;
+        };
+        let floor = match own {
+            Own::All => ws.floors.all,
+            Own::User => ws.floors.user,
+        };
+        if !ws.is_open() || offset <= floor {
+            return true;
+        }
+        self.push_open(frame, cap, now)
+    }
+
+    fn push_open(&mut self, frame: &SharedFrame, cap: usize, now: Instant) -> bool {
         self.out.push_shared(frame.clone());
         if self.out.len() > cap {
             self.slow_consumer(now);

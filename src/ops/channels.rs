@@ -15,6 +15,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -26,6 +27,7 @@ use crate::channels::split_sub_key;
 use crate::cluster::subs::SubDelta;
 use crate::cluster::wire::Body;
 use crate::frame;
+use crate::history::Stream;
 
 /// A channel's subscribers (`GET /v1/websocket/channels/:channel`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -66,15 +68,15 @@ impl Handle {
         kind: &str,
         payload: Option<&RawValue>,
     ) -> Result<usize, Busy> {
-        let json = frame::channel_envelope(kind, channel, payload);
-        let local = self.publish_local(channel, &json)?;
+        let local = self.publish_local(channel, kind, payload)?;
         self.shared.metrics.channel_publishes.fetch_add(1, Relaxed);
         let Some(cluster) = &self.shared.cluster else {
             return Ok(local);
         };
         let remote = self.shared.channels.remote_connections(channel);
+        let envelope = frame::envelope(kind, payload);
         // The envelope is JSON we just wrote.
-        let published = serde_json::from_slice::<&RawValue>(&json).is_ok_and(|message| {
+        let published = serde_json::from_slice::<&RawValue>(&envelope).is_ok_and(|message| {
             cluster.publish(Body::Publish {
                 channel: channel.to_string(),
                 message,
@@ -83,20 +85,37 @@ impl Handle {
         Ok(if published { local + remote } else { local })
     }
 
-    /// Delivers an encoded channel message to this node's subscribers
-    /// only; returns how many were addressed.
-    pub(crate) fn publish_local(&self, channel: &str, json: &[u8]) -> Result<usize, Busy> {
-        let shards = self.shared.channels.shards_of(channel);
-        if shards.is_empty() {
-            return Ok(0);
-        }
-        let frame = Arc::from(frame::text_frame(json));
-        self.shared
+    /// Appends a message to `channel`'s stream and queues it to this
+    /// node's subscribers only; returns how many were addressed.
+    pub(crate) fn publish_local(
+        &self,
+        channel: &str,
+        kind: &str,
+        payload: Option<&RawValue>,
+    ) -> Result<usize, Busy> {
+        let shared = &self.shared;
+        // Routing and appending under one lock, as for sends: a
+        // subscription made meanwhile is routed to or starts after it.
+        let mut history = shared.history.lock();
+        let shards = shared.channels.shards_of(channel);
+        let room = shared
             .bus
-            .publish(&shards, channel, frame, false)
+            .reserve(shards.iter().map(|(s, _)| *s))
             .inspect_err(|_| {
-                self.shared.metrics.commands_refused.fetch_add(1, Relaxed);
-            })
+                shared.metrics.commands_refused.fetch_add(1, Relaxed);
+            })?;
+        let now = Instant::now();
+        let (offset, frame) = history.append(Stream::Channel(channel), now, None, |offset| {
+            frame::stream_message(kind, channel, offset, payload)
+        });
+        let name: Arc<str> = Arc::from(channel);
+        room.send_all(|| Command::Publish {
+            channel: name.clone(),
+            frame: frame.clone(),
+            offset,
+            presence_only: false,
+        });
+        Ok(shards.iter().map(|(_, n)| *n as usize).sum())
     }
 
     /// Subscribes (or unsubscribes) every connection of `users` to

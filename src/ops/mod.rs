@@ -16,17 +16,19 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::bus::{Busy, Command, ConnRef, Reserved};
+use crate::bus::{Busy, Command, ConnRef, Reserved, UserMessage};
 use crate::cluster::subs::SubDelta;
 use crate::cluster::wire::Body;
 use crate::cluster::{Cluster, LocalNode, NodeCounters};
 use crate::error::CloseCode;
 use crate::frame;
+use crate::history::Stream;
 use crate::metrics::Prom;
 use crate::shared::Shared;
 
@@ -127,11 +129,11 @@ impl Handle {
         user_ids: Option<&[String]>,
         exclude: &[String],
     ) -> Result<usize, Busy> {
-        let envelope = frame::envelope(kind, payload);
-        let local = self.deliver_local(&envelope, user_ids, exclude)?;
+        let local = self.deliver_local(kind, payload, user_ids, exclude)?;
         let Some(cluster) = &self.shared.cluster else {
             return Ok(local);
         };
+        let envelope = frame::envelope(kind, payload);
         let remote = match user_ids {
             Some(ids) => distinct_targets(ids, exclude)
                 .map(|u| cluster.remote_user_count(u))
@@ -161,30 +163,38 @@ impl Handle {
         })
     }
 
-    /// Fans an encoded envelope out to this node's connections only (the
-    /// single-node path, also taken by broadcasts from other nodes).
-    /// Returns the connections addressed here.
+    /// Fans a message out to this node's connections only (the
+    /// single-node path, also taken by broadcasts from other nodes), on
+    /// `@all` or on each target's `@user` stream. Returns the connections
+    /// addressed here.
     pub(crate) fn deliver_local(
         &self,
-        envelope: &[u8],
+        kind: &str,
+        payload: Option<&RawValue>,
         user_ids: Option<&[String]>,
         exclude: &[String],
     ) -> Result<usize, Busy> {
         let shared = &self.shared;
-        let frame: frame::SharedFrame = Arc::from(frame::text_frame(envelope));
+        let now = Instant::now();
         let total = match user_ids {
             Some(ids) => {
                 let targets: Vec<&String> = distinct_targets(ids, exclude).collect();
-                self.send_to_users(&frame, &targets)?
+                self.send_to_users(kind, payload, &targets, now)?
             }
             None => {
-                let room = self.reserve(0..shared.bus.shard_count())?;
                 let exclude: HashSet<String> = exclude.iter().cloned().collect();
                 let excluded: usize = exclude.iter().map(|u| shared.presence.count(u)).sum();
-                let total = shared.presence.total().saturating_sub(excluded);
                 let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
+                // Held until every shard has it: offsets arrive in order.
+                let mut history = shared.history.lock();
+                let room = self.reserve(0..shared.bus.shard_count())?;
+                let total = shared.presence.total().saturating_sub(excluded);
+                let (offset, frame) = history.append(Stream::All, now, exclude.clone(), |offset| {
+                    frame::stream_message(kind, "@all", offset, payload)
+                });
                 room.send_all(|| Command::BroadcastAll {
                     frame: frame.clone(),
+                    offset,
                     exclude: exclude.clone(),
                 });
                 total
@@ -194,13 +204,53 @@ impl Handle {
         Ok(total)
     }
 
-    /// Routes `frame` to the shards holding each user; returns the
-    /// connections addressed.
-    fn send_to_users(&self, frame: &frame::SharedFrame, users: &[&String]) -> Result<usize, Busy> {
-        self.to_shards_of(users.iter().copied(), |users| Command::SendUsers {
-            frame: frame.clone(),
-            users,
-        })
+    /// Appends a message to each user's `@user` stream (connected or not:
+    /// one away for a moment recovers it) and routes each user's frame to
+    /// the shards holding the user. Returns the connections addressed.
+    fn send_to_users(
+        &self,
+        kind: &str,
+        payload: Option<&RawValue>,
+        users: &[&String],
+        now: Instant,
+    ) -> Result<usize, Busy> {
+        let shared = &self.shared;
+        // Routing and appending under one lock: a connection that opens
+        // meanwhile either is routed to or starts after the offset.
+        let mut history = shared.history.lock();
+        let routes: Vec<Vec<(usize, u32)>> =
+            users.iter().map(|u| shared.presence.shards_of(u)).collect();
+        let mut room = self.reserve(
+            routes
+                .iter()
+                .flatten()
+                .map(|(s, _)| *s)
+                .collect::<HashSet<_>>(),
+        )?;
+        let mut per_shard: Vec<Vec<UserMessage>> = Vec::new();
+        per_shard.resize_with(shared.bus.shard_count(), Vec::new);
+        let mut total = 0usize;
+        for (user, shards) in users.iter().zip(routes) {
+            let (offset, frame) = history.append(Stream::User(user), now, None, |offset| {
+                frame::stream_message(kind, "@user", offset, payload)
+            });
+            for (shard, n) in shards {
+                total += n as usize;
+                if let Some(list) = per_shard.get_mut(shard) {
+                    list.push(UserMessage {
+                        user: user.to_string(),
+                        frame: frame.clone(),
+                        offset,
+                    });
+                }
+            }
+        }
+        for (shard, items) in per_shard.into_iter().enumerate() {
+            if !items.is_empty() {
+                room.send(shard, Command::SendUsers { items });
+            }
+        }
+        Ok(total)
     }
 
     /// Sends one command, built by `make` from that shard's share of
@@ -446,6 +496,20 @@ impl Handle {
             "counter",
             self.shared.metrics.channel_publishes.load(Relaxed),
         );
+        let (entries, bytes) = self.shared.history.usage();
+        let mut p = Prom::new(&mut text);
+        p.single(
+            "wsedge_history_entries",
+            "Messages kept for recovery, all streams.",
+            "gauge",
+            entries as u64,
+        );
+        p.single(
+            "wsedge_history_bytes",
+            "Bytes of the messages kept for recovery (frames plus bookkeeping), bounded by --history-max-bytes.",
+            "gauge",
+            bytes as u64,
+        );
         if let Some(c) = &self.shared.cluster {
             c.render_metrics(&mut text);
         }
@@ -459,11 +523,15 @@ impl LocalNode for Handle {
     // A refusal (a full inbox) is counted in wsedge_commands_refused_total;
     // no caller is waiting on this node to tell.
     fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]) {
-        let _ = self.deliver_local(envelope, users, exclude);
+        if let Some(m) = frame::parse_envelope(envelope) {
+            let _ = self.deliver_local(&m.kind, m.payload, users, exclude);
+        }
     }
 
-    fn publish(&self, channel: &str, message: &[u8]) {
-        let _ = self.publish_local(channel, message);
+    fn publish(&self, channel: &str, envelope: &[u8]) {
+        if let Some(m) = frame::parse_envelope(envelope) {
+            let _ = self.publish_local(channel, &m.kind, m.payload);
+        }
     }
 
     fn subscribe_users(&self, channel: &str, users: &[String], subscribe: bool) {

@@ -14,7 +14,7 @@ use crossbeam_channel::TryRecvError;
 
 use super::Shard;
 use crate::bus::Command;
-use crate::conn::Conn;
+use crate::conn::{Conn, Own};
 use crate::error::CloseCode;
 use crate::frame::SharedFrame;
 use crate::metrics::ShardMetrics;
@@ -45,25 +45,29 @@ impl Shard {
 
     pub(super) fn on_command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::BroadcastAll { frame, exclude } => {
-                let mut d = Delivery::new(frame, self.ctx.config.outbound_buffer_bytes, now);
+            Command::BroadcastAll {
+                frame,
+                offset,
+                exclude,
+            } => {
+                let mut d = Delivery::new(self.ctx.config.outbound_buffer_bytes, now);
                 for (key, conn) in self.conns.iter_mut() {
                     let excluded = match (&exclude, conn.user()) {
                         (Some(ex), Some(user)) => ex.contains(&**user),
                         _ => false,
                     };
                     if !excluded {
-                        d.to(&mut self.dirty, key, conn);
+                        d.to(&mut self.dirty, key, conn, Own::All, offset, &frame);
                     }
                 }
                 d.count(&self.ctx.metrics.shards[self.id]);
             }
-            Command::SendUsers { frame, users } => {
-                let mut d = Delivery::new(frame, self.ctx.config.outbound_buffer_bytes, now);
-                for user in &users {
-                    for &key in self.registry.connections_of(user) {
+            Command::SendUsers { items } => {
+                let mut d = Delivery::new(self.ctx.config.outbound_buffer_bytes, now);
+                for m in &items {
+                    for &key in self.registry.connections_of(&m.user) {
                         if let Some(conn) = self.conns.get_mut(key) {
-                            d.to(&mut self.dirty, key, conn);
+                            d.to(&mut self.dirty, key, conn, Own::User, m.offset, &m.frame);
                         }
                     }
                 }
@@ -82,9 +86,11 @@ impl Shard {
             Command::Publish {
                 channel,
                 frame,
+                offset,
                 presence_only,
             } => {
-                let (sent, dropped) = self.publish_here(&channel, &frame, presence_only, now);
+                let (sent, dropped) =
+                    self.publish_here(&channel, &frame, offset, presence_only, now);
                 let m = &self.ctx.metrics.shards[self.id];
                 m.messages_out.fetch_add(sent, Relaxed);
                 if dropped > 0 {
@@ -99,7 +105,7 @@ impl Shard {
                 for user in &users {
                     for key in self.registry.connections_of(user).to_vec() {
                         if subscribe {
-                            self.join(key, &channel, false);
+                            self.join(key, &channel, false, None);
                         } else {
                             self.part(key, &channel);
                         }
@@ -133,7 +139,6 @@ impl Shard {
 /// One frame on its way to this shard's target connections, with the
 /// counts of deliveries and slow-consumer drops it caused.
 struct Delivery {
-    frame: SharedFrame,
     cap: usize,
     now: Instant,
     sent: u64,
@@ -141,9 +146,8 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn new(frame: SharedFrame, cap: usize, now: Instant) -> Delivery {
+    fn new(cap: usize, now: Instant) -> Delivery {
         Delivery {
-            frame,
             cap,
             now,
             sent: 0,
@@ -151,12 +155,21 @@ impl Delivery {
         }
     }
 
-    /// Queues the frame to one open WebSocket (others are skipped).
-    fn to(&mut self, dirty: &mut Vec<usize>, key: usize, conn: &mut Conn) {
+    /// Queues message `offset` of one of the connection's own streams to
+    /// an open WebSocket that started before it (others are skipped).
+    fn to(
+        &mut self,
+        dirty: &mut Vec<usize>,
+        key: usize,
+        conn: &mut Conn,
+        own: Own,
+        offset: u64,
+        frame: &SharedFrame,
+    ) {
         if !conn.is_open_ws() {
             return;
         }
-        if conn.push_frame(&self.frame, self.cap, self.now) {
+        if conn.push_own(own, offset, frame, self.cap, self.now) {
             self.sent += 1;
         } else {
             self.dropped += 1;

@@ -20,10 +20,13 @@ use crate::frame;
 /// One subscribed connection of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Member {
-    /// Its slab key.
-    pub key: usize,
+    /// Its slab key (a shard's slab never reaches 2^32 connections).
+    pub key: u32,
     /// It asked for `join`/`leave` events.
     pub presence: bool,
+    /// The channel's offset when it subscribed: a message at or below it
+    /// was replayed or predates the subscription, and is not delivered.
+    pub floor: u64,
 }
 
 /// This shard's subscribers, per channel.
@@ -39,7 +42,7 @@ impl Members {
 
     fn remove(&mut self, channel: &str, key: usize) {
         if let Some(list) = self.map.get_mut(channel) {
-            list.retain(|m| m.key != key);
+            list.retain(|m| m.key as usize != key);
             if list.is_empty() {
                 self.map.remove(channel);
             }
@@ -56,8 +59,13 @@ impl Shard {
     /// Applies what a session accepted.
     pub(super) fn apply_channel_op(&mut self, key: usize, op: ChannelOp) {
         match op {
-            ChannelOp::Subscribe { channel, presence } => {
-                self.join(key, &channel, presence);
+            ChannelOp::Subscribe {
+                channel,
+                presence,
+                recover,
+            } => {
+                let ask = recover.as_ref().map(|r| (r.epoch.as_str(), r.since));
+                self.join(key, &channel, presence, ask);
             }
             ChannelOp::Unsubscribe { channel } => {
                 self.part(key, &channel);
@@ -66,10 +74,19 @@ impl Shard {
     }
 
     /// Subscribes connection `key` to `channel` and answers `subscribed`
-    /// (or an `error` over the per-connection limit). True when it was
-    /// not subscribed before.
-    pub(super) fn join(&mut self, key: usize, channel: &Arc<str>, presence: bool) -> bool {
+    /// with the channel's offset (or an `error` over the per-connection
+    /// limit), followed by what it missed when it asks to recover
+    /// (`ask`: the epoch it saw and its last offset). True when it was not
+    /// subscribed before.
+    pub(super) fn join(
+        &mut self,
+        key: usize,
+        channel: &Arc<str>,
+        presence: bool,
+        ask: Option<(&str, u64)>,
+    ) -> bool {
         let max = self.ctx.config.max_channels_per_connection;
+        let cap = self.ctx.config.outbound_buffer_bytes;
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
@@ -78,20 +95,35 @@ impl Shard {
         };
         let added = conn.add_subscription(channel, max);
         // Subscribing twice is not an error: `subscribed` again.
-        let answer = if added || conn.is_subscribed(channel) {
-            frame::channel_ack("subscribed", channel)
-        } else {
+        if !added && !conn.is_subscribed(channel) {
             let message =
                 format!("too many channels on this connection (at most {max}): {channel}");
-            frame::channel_error(&message, channel)
-        };
-        conn.send_text(answer);
+            conn.send_text(frame::channel_error(&message, channel));
+            Self::mark_dirty(&mut self.dirty, key, conn);
+            return false;
+        }
+        // Into the directory first, then the offset: a publish routed
+        // without this subscription is at or below it.
+        let first = added && self.ctx.channels.join(channel, &user, self.id);
+        let now = Instant::now();
+        let history = &self.ctx.history;
+        let start = history.start_subscription(channel, &user, ask, now);
+        let ack = frame::subscribed(channel, start.offset, history.epoch(), start.recovered);
+        conn.send_text(ack);
+        for f in &start.replay {
+            conn.push_frame(f, cap, now);
+        }
         Self::mark_dirty(&mut self.dirty, key, conn);
         if !added {
             return false;
         }
-        self.members.add(channel, Member { key, presence });
-        if self.ctx.channels.join(channel, &user, self.id) {
+        let member = Member {
+            key: key as u32,
+            presence,
+            floor: start.offset,
+        };
+        self.members.add(channel, member);
+        if first {
             self.presence_event("join", channel, &user);
         }
         true
@@ -151,16 +183,18 @@ impl Shard {
         &mut self,
         channel: &str,
         frame: &frame::SharedFrame,
+        offset: u64,
         presence_only: bool,
         now: Instant,
     ) -> (u64, u64) {
         let cap = self.ctx.config.outbound_buffer_bytes;
         let (mut sent, mut dropped) = (0, 0);
         for m in self.members.of(channel) {
-            if presence_only && !m.presence {
+            if (presence_only && !m.presence) || (!presence_only && offset <= m.floor) {
                 continue;
             }
-            let Some(conn) = self.conns.get_mut(m.key) else {
+            let key = m.key as usize;
+            let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
             if !conn.is_open_ws() {
@@ -171,7 +205,7 @@ impl Shard {
             } else {
                 dropped += 1;
             }
-            Self::mark_dirty(&mut self.dirty, m.key, conn);
+            Self::mark_dirty(&mut self.dirty, key, conn);
         }
         (sent, dropped)
     }

@@ -38,7 +38,9 @@ use crate::bus::{ConnRef, Inbox};
 use crate::channels::{Directory, Grants};
 use crate::config::Config;
 use crate::conn::{Conn, Env, Readable, Sock, WsEnv};
+use crate::frame;
 use crate::handler::MessageHandler;
+use crate::history::{History, Resume};
 use crate::http::{switching_protocols, Response};
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::ops::Handle;
@@ -71,6 +73,18 @@ enum Read {
 /// counters (its own are `metrics.shards[id]`), what WebSocket sessions
 /// need (verifier, message handler), and the router its connections hand
 /// their requests to.
+/// What a connection becomes a WebSocket with.
+pub(crate) struct Opening {
+    /// When its token expires (unix seconds).
+    pub exp: u64,
+    pub user: Arc<str>,
+    pub grants: Grants,
+    /// Send `connected` (the handler's choice).
+    pub greet: bool,
+    /// What it asks to recover.
+    pub resume: Option<Resume>,
+}
+
 pub(crate) struct ShardCtx {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
@@ -81,6 +95,9 @@ pub(crate) struct ShardCtx {
     /// events to the shards holding a channel's subscribers.
     pub channels: Arc<Directory>,
     pub bus: Bus,
+    /// Stream offsets and recent messages: read when a connection opens or
+    /// subscribes, for its starting offsets and what it missed.
+    pub history: Arc<History>,
 }
 
 impl ShardCtx {
@@ -94,6 +111,7 @@ impl ShardCtx {
             router: Router::new(handle.clone()),
             channels: s.channels.clone(),
             bus: s.bus.clone(),
+            history: s.history.clone(),
         }
     }
 }
@@ -307,24 +325,23 @@ impl Shard {
         // Frames may have arrived with the request: with edge-triggered
         // readiness no new event will announce them. Otherwise a read here
         // would only return WouldBlock (one syscall per connect saved).
-        let grants = Grants::new(std::mem::take(&mut up.claims.channels));
-        if self.become_ws(key, up.claims.exp, user, grants, greet, now) {
+        let opening = Opening {
+            exp: up.claims.exp,
+            user,
+            grants: Grants::new(std::mem::take(&mut up.claims.channels)),
+            greet,
+            resume: up.resume.take(),
+        };
+        if self.become_ws(key, opening, now) {
             self.on_ready(key, Read::ToEnd, now);
         }
     }
 
-    /// Turns the connection `key`, registered under `user`, into a
-    /// WebSocket whose token expires at `exp`. True when frames may already
-    /// wait that no readiness event will announce.
-    fn become_ws(
-        &mut self,
-        key: usize,
-        exp: u64,
-        user: Arc<str>,
-        grants: Grants,
-        greet: bool,
-        now: Instant,
-    ) -> bool {
+    /// Turns the connection `key`, registered under `o.user`, into a
+    /// WebSocket, starting on its streams where the history is now (and
+    /// replaying what it missed when it asks to recover). True when frames
+    /// may already wait that no readiness event will announce.
+    fn become_ws(&mut self, key: usize, o: Opening, now: Instant) -> bool {
         let env = Self::env(&self.ctx, self.id, self.drain_deadline.is_some(), now);
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
@@ -335,8 +352,18 @@ impl Shard {
             gen: conn.gen,
         }
         .to_id();
-        log::debug!("shard {}: websocket {id} open for user {user}", self.id);
-        conn.open_ws(exp, user, id, grants, greet, &env)
+        log::debug!("shard {}: websocket {id} open for user {}", self.id, o.user);
+        // Registered (in presence) before its offsets are read: a send
+        // routed without it is at or below them.
+        let history = &self.ctx.history;
+        let s = history.start_connection(&o.user, o.resume.as_ref(), now);
+        let start = frame::Start {
+            epoch: history.epoch(),
+            all: s.all,
+            user: s.user,
+            recovered: s.recovered,
+        };
+        conn.open_ws(o.exp, o.user, id, o.grants, o.greet, &start, s.replay, &env)
     }
 
     /// Accepts what this shard's listener has queued (up to its budget).

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use mio::Events;
 
-use super::{Registry, Shard, ShardCtx};
+use super::{Opening, Registry, Shard, ShardCtx};
 use crate::bus::Command;
 use crate::config::Config;
 use crate::conn::{Sink, Sock};
@@ -88,7 +88,14 @@ impl SinkShard {
         let user: Arc<str> = Arc::from(user);
         let gen = sh.conns[key].gen;
         if sh.registry.register(key, gen, &user).is_ok() {
-            sh.become_ws(key, u64::MAX, user, Default::default(), false, now);
+            let opening = Opening {
+                exp: u64::MAX,
+                user,
+                grants: Default::default(),
+                greet: false,
+                resume: None,
+            };
+            sh.become_ws(key, opening, now);
         }
     }
 
@@ -100,6 +107,7 @@ impl SinkShard {
         self.shard.on_command(
             Command::BroadcastAll {
                 frame,
+                offset: u64::MAX,
                 exclude: None,
             },
             now,
@@ -170,6 +178,12 @@ mod tests {
         frame::shared_message("notification", Some(&payload))
     }
 
+    /// The bytes of message `offset` of `stream`, as a sink gets it.
+    fn stream_len(kind: &str, stream: &str, offset: u64, payload: &serde_json::Value) -> u64 {
+        let raw = frame::raw_payload(payload);
+        frame::stream_message(kind, stream, offset, raw.as_deref()).len() as u64
+    }
+
     #[test]
     fn broadcast_writes_each_frame_once_to_every_sink() {
         let (handle, mut shards) = sink_shards(config(1 << 20), PER_SHARD).expect("test bed");
@@ -188,8 +202,7 @@ mod tests {
         let kind = "notification";
         let payload = serde_json::json!({"s": 2});
         assert_eq!(handle.broadcast(kind, payload.clone(), None), 2 * PER_SHARD);
-        let raw = frame::raw_payload(&payload);
-        let len2 = frame::shared_message(kind, raw.as_deref()).len() as u64;
+        let len2 = stream_len(kind, "@all", 1, &payload);
         for s in &mut shards {
             let turn = s.turn().expect("poll").expect("bus open");
             assert_eq!(turn, (1, PER_SHARD as u64 * len2));
@@ -223,8 +236,7 @@ mod tests {
         // The new one is open: the broadcast reaches it, and only it.
         let payload = serde_json::json!({"s": 7});
         assert_eq!(handle.broadcast("notification", payload.clone(), None), 1);
-        let raw = frame::raw_payload(&payload);
-        let len = frame::shared_message("notification", raw.as_deref()).len() as u64;
+        let len = stream_len("notification", "@all", 1, &payload);
         let turn = shards[0].turn().expect("poll").expect("bus open");
         assert_eq!(turn, (1, len));
         assert_eq!(handle.stats().total_connections, 1);
@@ -264,17 +276,14 @@ mod tests {
         );
         assert_eq!(refused(), 4);
         // Each shard got exactly what was accepted for it.
-        let frame_len = {
-            let raw = frame::raw_payload(&one);
-            frame::shared_message("t", raw.as_deref()).len() as u64
-        };
+        let frame_len = stream_len("t", "@all", 1, &one);
         assert_eq!(
             shards[1].turn().expect("poll").expect("open"),
             (2, 2 * frame_len)
         );
         assert_eq!(
             shards[0].turn().expect("poll").expect("open"),
-            (1, frame_len)
+            (1, stream_len("t", "@user", 1, &one))
         );
         assert_eq!(handle.broadcast("t", one, None), 2);
     }
@@ -295,6 +304,7 @@ mod tests {
                     shard,
                     Command::BroadcastAll {
                         frame: frame.clone(),
+                        offset: u64::MAX,
                         exclude: None,
                     },
                 );

@@ -292,3 +292,28 @@ pub fn publish(addr: SocketAddr, channel: &str, kind: &str, payload: Value) -> (
         Some(&json!({"type": kind, "payload": payload})),
     )
 }
+
+// History (docs/PROTOCOL.md §11).
+
+/// The next message, which must be one sent on behalf of the API: it
+/// carries a stream (`channel`) and an offset of at least 1. Returned as
+/// the original service sent it, without `offset` and without an `@all` or
+/// `@user` channel (a channel's name stays).
+pub fn next_api(ws: &mut Ws) -> Value {
+    api_view(next_json(ws))
+}
+
+/// [`next_api`] on a message already read.
+pub fn api_view(mut v: Value) -> Value {
+    let offset = v.get("offset").and_then(Value::as_u64);
+    assert!(offset.is_some_and(|o| o >= 1), "no stream offset: {v}");
+    let stream = v.get("channel").and_then(Value::as_str).map(str::to_string);
+    assert!(stream.is_some(), "no stream: {v}");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("offset");
+        if matches!(stream.as_deref(), Some("@all" | "@user")) {
+            o.remove("channel");
+        }
+    }
+    v
+}

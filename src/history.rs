@@ -1,0 +1,659 @@
+//! Streams, offsets and the history a reconnecting client recovers from
+//! (docs/PROTOCOL.md §11).
+//!
+//! Every message sent on behalf of the API travels on a stream: `@all`,
+//! one `@user` stream per user, or a channel. Appending gives it the next
+//! offset of its stream and keeps its encoded frame (the very bytes the
+//! live delivery shares, so a replay copies nothing) in a bounded log:
+//! the last `--history-size` entries per stream, none older than
+//! `--history-ttl-secs`, and at most `--history-max-bytes` in all, the
+//! oldest entry of the whole node going first. An append is O(1) in the
+//! number of connections: a broadcast to everyone is one entry.
+//!
+//! The offset of a stream only grows within an epoch, which is drawn at
+//! random when the history starts: a client that recovers with another
+//! epoch missed messages this node cannot know about.
+//!
+//! Order: offsets must reach every connection in increasing order, so the
+//! caller holds the [`Writer`] (a mutex guard) from the append until the
+//! message is in every target shard's inbox; the shards' inboxes are FIFO.
+//! A shard opening a connection or a subscription reads the offsets under
+//! the same lock, so nothing published before it is counted after it.
+//! Nothing here does I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::frame::SharedFrame;
+
+/// Bytes an entry costs beyond its frame (its bookkeeping here), so that a
+/// flood of tiny messages is bounded by `--history-max-bytes` too.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// A stream, as named in a message's `channel` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream<'a> {
+    All,
+    User(&'a str),
+    Channel(&'a str),
+}
+
+/// History limits (`--history-size`, `--history-ttl-secs`,
+/// `--history-max-bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Entries kept per stream; 0 keeps none (offsets still count).
+    pub size: usize,
+    pub ttl: Duration,
+    pub max_bytes: usize,
+}
+
+/// The streams of a node and their recent messages.
+#[derive(Debug)]
+pub struct History {
+    epoch: String,
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    all: Log,
+    users: HashMap<Arc<str>, Log>,
+    channels: HashMap<Arc<str>, Log>,
+    /// The oldest entry of every stream that holds one, by its sequence
+    /// number: the node-wide eviction order (oldest first).
+    heads: BTreeMap<u64, Key>,
+    /// Sequence numbers of entries, node-wide, in append order.
+    next_seq: u64,
+    bytes: usize,
+}
+
+/// An owned stream name, for the eviction index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    All,
+    User(Arc<str>),
+    Channel(Arc<str>),
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// The offset of the last message appended (0: none yet).
+    last: u64,
+    entries: VecDeque<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    offset: u64,
+    seq: u64,
+    at: Instant,
+    frame: SharedFrame,
+    /// Users a broadcast to everyone left out: not replayed to them.
+    exclude: Option<Arc<HashSet<String>>>,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.frame.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// The last offset a client got on a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Since<'a> {
+    pub stream: Stream<'a>,
+    pub offset: u64,
+}
+
+fn since(stream: Stream<'_>, offset: u64) -> Since<'_> {
+    Since { stream, offset }
+}
+
+/// What a connecting client asks to recover: the epoch it saw and the last
+/// offsets it got on `@all` and `@user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub epoch: String,
+    pub all: u64,
+    pub user: u64,
+}
+
+/// Where a connection starts on its streams.
+#[derive(Debug)]
+pub struct ConnectionStart {
+    pub all: u64,
+    pub user: u64,
+    /// `None` when nothing was asked.
+    pub recovered: Option<bool>,
+    /// What it missed, oldest first (empty unless recovered).
+    pub replay: Vec<SharedFrame>,
+}
+
+/// Where a subscription starts on its channel's stream.
+#[derive(Debug)]
+pub struct SubscriptionStart {
+    pub offset: u64,
+    pub recovered: Option<bool>,
+    pub replay: Vec<SharedFrame>,
+}
+
+impl History {
+    pub fn new(limits: Limits) -> History {
+        History {
+            epoch: new_epoch(),
+            limits,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Takes the history for appending or reading; hold it until the
+    /// message is queued to every target shard.
+    pub fn lock(&self) -> Writer<'_> {
+        Writer {
+            limits: self.limits,
+            // A poisoned lock still holds consistent logs: every mutation
+            // below completes before anything that can panic.
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Where a new connection of `user` starts on `@all` and `@user`, and
+    /// (when it asks, with the epoch and offsets it saw) whether it
+    /// recovers and what it missed, both streams merged oldest first. Read
+    /// under the lock after the connection joined presence: anything
+    /// routed without it is at or below the offsets returned.
+    pub fn start_connection(
+        &self,
+        user: &str,
+        ask: Option<&Resume>,
+        now: Instant,
+    ) -> ConnectionStart {
+        let mut w = self.lock();
+        let all = w.last(Stream::All);
+        let own = w.last(Stream::User(user));
+        let mut start = ConnectionStart {
+            all,
+            user: own,
+            recovered: None,
+            replay: Vec::new(),
+        };
+        let Some(ask) = ask else {
+            return start;
+        };
+        let missed = (ask.epoch == self.epoch)
+            .then(|| {
+                let a = w.missed(since(Stream::All, ask.all), user, now)?;
+                let u = w.missed(since(Stream::User(user), ask.user), user, now)?;
+                Some((a, u))
+            })
+            .flatten();
+        start.recovered = Some(missed.is_some());
+        if let Some((mut a, u)) = missed {
+            a.extend(u);
+            a.sort_by_key(|(seq, _)| *seq);
+            start.replay = a.into_iter().map(|(_, f)| f).collect();
+        }
+        start
+    }
+
+    /// Where a subscription to `channel` starts, and (when it asks) whether
+    /// it recovers and what it missed. Read under the lock after the
+    /// subscription joined the channel directory.
+    pub fn start_subscription(
+        &self,
+        channel: &str,
+        user: &str,
+        ask: Option<(&str, u64)>,
+        now: Instant,
+    ) -> SubscriptionStart {
+        let mut w = self.lock();
+        let stream = Stream::Channel(channel);
+        let mut start = SubscriptionStart {
+            offset: w.last(stream),
+            recovered: None,
+            replay: Vec::new(),
+        };
+        if let Some((epoch, offset)) = ask {
+            let missed = (epoch == self.epoch)
+                .then(|| w.missed(since(stream, offset), user, now))
+                .flatten();
+            start.recovered = Some(missed.is_some());
+            start.replay = missed
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect();
+        }
+        start
+    }
+
+    /// Entries kept and their bytes (frames plus bookkeeping).
+    pub fn usage(&self) -> (usize, usize) {
+        let s = self.lock();
+        let entries = s.state.all.entries.len()
+            + s.state
+                .users
+                .values()
+                .map(|l| l.entries.len())
+                .sum::<usize>()
+            + s.state
+                .channels
+                .values()
+                .map(|l| l.entries.len())
+                .sum::<usize>();
+        (entries, s.state.bytes)
+    }
+}
+
+/// The history, locked.
+pub struct Writer<'a> {
+    limits: Limits,
+    state: MutexGuard<'a, State>,
+}
+
+impl Writer<'_> {
+    /// The offset of the last message on `stream` (0: none yet).
+    pub fn last(&self, stream: Stream<'_>) -> u64 {
+        self.state.log(stream).map_or(0, |l| l.last)
+    }
+
+    /// Appends a message to `stream`: `build` makes its frame from its
+    /// offset. Returns the offset and the frame.
+    pub fn append(
+        &mut self,
+        stream: Stream<'_>,
+        now: Instant,
+        exclude: Option<Arc<HashSet<String>>>,
+        build: impl FnOnce(u64) -> SharedFrame,
+    ) -> (u64, SharedFrame) {
+        let limits = self.limits;
+        let s = &mut *self.state;
+        s.expire(now, limits.ttl);
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let log = s.log_mut(stream);
+        log.last += 1;
+        let offset = log.last;
+        let frame = build(offset);
+        if limits.size == 0 {
+            return (offset, frame);
+        }
+        let entry = Entry {
+            offset,
+            seq,
+            at: now,
+            frame: frame.clone(),
+            exclude,
+        };
+        let cost = entry.cost();
+        let was_empty = log.entries.is_empty();
+        log.entries.push_back(entry);
+        let over = log.entries.len() > limits.size;
+        s.bytes += cost;
+        if was_empty {
+            s.heads.insert(seq, Key::of(stream));
+        }
+        if over {
+            s.pop_front(&Key::of(stream));
+        }
+        while s.bytes > limits.max_bytes {
+            if !s.evict_oldest() {
+                break;
+            }
+        }
+        (offset, frame)
+    }
+
+    /// The frames a client missed on `since.stream` after `since.offset`,
+    /// oldest first, with their node-wide sequence numbers (to merge
+    /// streams); `None` when the history no longer holds all of them (or
+    /// the offset is ahead of the stream). Entries that left `user` out
+    /// are skipped.
+    pub fn missed(
+        &mut self,
+        since: Since<'_>,
+        user: &str,
+        now: Instant,
+    ) -> Option<Vec<(u64, SharedFrame)>> {
+        let ttl = self.limits.ttl;
+        let s = &mut *self.state;
+        s.expire(now, ttl);
+        let (last, entries) = match s.log(since.stream) {
+            Some(l) => (l.last, &l.entries),
+            None => return (since.offset == 0).then(Vec::new),
+        };
+        if since.offset > last {
+            return None;
+        }
+        if since.offset == last {
+            return Some(Vec::new());
+        }
+        // Every offset after `since` must still be here.
+        let first = entries.front()?.offset;
+        if first > since.offset + 1 {
+            return None;
+        }
+        let skip = (since.offset + 1 - first) as usize;
+        Some(
+            entries
+                .iter()
+                .skip(skip)
+                .filter(|e| e.exclude.as_ref().is_none_or(|x| !x.contains(user)))
+                .map(|e| (e.seq, e.frame.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Key {
+    fn of(stream: Stream<'_>) -> Key {
+        match stream {
+            Stream::All => Key::All,
+            Stream::User(u) => Key::User(Arc::from(u)),
+            Stream::Channel(c) => Key::Channel(Arc::from(c)),
+        }
+    }
+
+    fn stream(&self) -> Stream<'_> {
+        match self {
+            Key::All => Stream::All,
+            Key::User(u) => Stream::User(u),
+            Key::Channel(c) => Stream::Channel(c),
+        }
+    }
+}
+
+impl State {
+    fn log(&self, stream: Stream<'_>) -> Option<&Log> {
+        match stream {
+            Stream::All => Some(&self.all),
+            Stream::User(u) => self.users.get(u),
+            Stream::Channel(c) => self.channels.get(c),
+        }
+    }
+
+    fn log_mut(&mut self, stream: Stream<'_>) -> &mut Log {
+        // The counter of a stream lives as long as the epoch: dropping it
+        // would restart its offsets under the same epoch.
+        match stream {
+            Stream::All => &mut self.all,
+            Stream::User(u) => self.users.entry(Arc::from(u)).or_default(),
+            Stream::Channel(c) => self.channels.entry(Arc::from(c)).or_default(),
+        }
+    }
+
+    /// Drops the oldest entry of `key`'s stream, keeping the byte count
+    /// and the eviction index.
+    fn pop_front(&mut self, key: &Key) {
+        let stream = key.stream();
+        let log = match stream {
+            Stream::All => Some(&mut self.all),
+            Stream::User(u) => self.users.get_mut(u),
+            Stream::Channel(c) => self.channels.get_mut(c),
+        };
+        let Some(log) = log else {
+            return;
+        };
+        let Some(old) = log.entries.pop_front() else {
+            return;
+        };
+        let next = log.entries.front().map(|e| e.seq);
+        self.bytes = self.bytes.saturating_sub(old.cost());
+        self.heads.remove(&old.seq);
+        if let Some(seq) = next {
+            self.heads.insert(seq, key.clone());
+        }
+    }
+
+    /// Drops the oldest entry of the node; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, key)) = self.heads.first_key_value().map(|(s, k)| (*s, k.clone())) else {
+            return false;
+        };
+        self.pop_front(&key);
+        true
+    }
+
+    /// Drops entries older than `ttl`, oldest first.
+    fn expire(&mut self, now: Instant, ttl: Duration) {
+        loop {
+            let Some(key) = self.heads.first_key_value().map(|(_, k)| k.clone()) else {
+                return;
+            };
+            let old = self
+                .log(key.stream())
+                .and_then(|l| l.entries.front())
+                .is_some_and(|e| now.saturating_duration_since(e.at) >= ttl);
+            if !old {
+                return;
+            }
+            self.pop_front(&key);
+        }
+    }
+}
+
+/// A fresh epoch: 16 hex digits, random per start.
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(size: usize, max_bytes: usize) -> Limits {
+        Limits {
+            size,
+            ttl: Duration::from_secs(300),
+            max_bytes,
+        }
+    }
+
+    fn frame(text: &str) -> impl FnOnce(u64) -> SharedFrame + '_ {
+        move |offset| Arc::from(format!("{text}#{offset}").into_bytes())
+    }
+
+    fn texts(frames: Option<Vec<(u64, SharedFrame)>>) -> Option<Vec<String>> {
+        frames.map(|v| {
+            v.into_iter()
+                .map(|(_, f)| String::from_utf8_lossy(&f).into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn offsets_grow_per_stream_from_one() {
+        let h = History::new(limits(10, 1 << 20));
+        let now = Instant::now();
+        let mut w = h.lock();
+        assert_eq!(w.append(Stream::All, now, None, frame("a")).0, 1);
+        assert_eq!(w.append(Stream::All, now, None, frame("b")).0, 2);
+        assert_eq!(w.append(Stream::User("u"), now, None, frame("c")).0, 1);
+        assert_eq!(w.append(Stream::User("v"), now, None, frame("d")).0, 1);
+        assert_eq!(
+            w.append(Stream::Channel("news"), now, None, frame("e")).0,
+            1
+        );
+        assert_eq!(w.last(Stream::All), 2);
+        assert_eq!(w.last(Stream::User("u")), 1);
+        assert_eq!(w.last(Stream::User("nobody")), 0);
+        assert_eq!(h.epoch().len(), 16);
+    }
+
+    #[test]
+    fn missed_messages_are_those_after_the_offset_unless_some_are_gone() {
+        let h = History::new(limits(3, 1 << 20));
+        let now = Instant::now();
+        let mut w = h.lock();
+        for t in ["a", "b", "c", "d"] {
+            w.append(Stream::All, now, None, frame(t));
+        }
+        // Offsets 2..4 are kept (size 3).
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 2), "u", now)),
+            Some(vec!["c#3".into(), "d#4".into()])
+        );
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 1), "u", now)),
+            Some(vec!["b#2".into(), "c#3".into(), "d#4".into()])
+        );
+        assert_eq!(texts(w.missed(since(Stream::All, 0), "u", now)), None);
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 4), "u", now)),
+            Some(vec![])
+        );
+        assert_eq!(texts(w.missed(since(Stream::All, 5), "u", now)), None);
+        // A stream never written: only "nothing seen" is recoverable.
+        assert_eq!(
+            texts(w.missed(since(Stream::User("u"), 0), "u", now)),
+            Some(vec![])
+        );
+        assert_eq!(texts(w.missed(since(Stream::User("u"), 1), "u", now)), None);
+    }
+
+    #[test]
+    fn excluded_users_do_not_get_the_entries_they_were_left_out_of() {
+        let h = History::new(limits(10, 1 << 20));
+        let now = Instant::now();
+        let mut w = h.lock();
+        let ex = Some(Arc::new(HashSet::from(["u".to_string()])));
+        w.append(Stream::All, now, ex, frame("secret"));
+        w.append(Stream::All, now, None, frame("open"));
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 0), "u", now)),
+            Some(vec!["open#2".into()])
+        );
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 0), "v", now)).map(|v| v.len()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn old_entries_expire_and_size_zero_keeps_offsets_only() {
+        let h = History::new(Limits {
+            size: 10,
+            ttl: Duration::from_secs(5),
+            max_bytes: 1 << 20,
+        });
+        let t = Instant::now();
+        let mut w = h.lock();
+        w.append(Stream::All, t, None, frame("a"));
+        w.append(Stream::All, t + Duration::from_secs(3), None, frame("b"));
+        let later = t + Duration::from_secs(6);
+        assert_eq!(texts(w.missed(since(Stream::All, 0), "u", later)), None);
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 1), "u", later)),
+            Some(vec!["b#2".into()])
+        );
+        drop(w);
+        assert_eq!(h.usage().0, 1);
+
+        let off = History::new(limits(0, 1 << 20));
+        let mut w = off.lock();
+        assert_eq!(w.append(Stream::All, t, None, frame("a")).0, 1);
+        assert_eq!(w.append(Stream::All, t, None, frame("b")).0, 2);
+        assert_eq!(texts(w.missed(since(Stream::All, 1), "u", t)), None);
+        assert_eq!(texts(w.missed(since(Stream::All, 2), "u", t)), Some(vec![]));
+        drop(w);
+        assert_eq!(off.usage(), (0, 0));
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_entries_of_the_whole_node() {
+        // Each entry: 4-5 bytes of frame + 64 of bookkeeping; room for 4.
+        let h = History::new(limits(100, 4 * 70));
+        let now = Instant::now();
+        let mut w = h.lock();
+        w.append(Stream::User("u"), now, None, frame("u1"));
+        w.append(Stream::All, now, None, frame("a1"));
+        w.append(Stream::Channel("c"), now, None, frame("c1"));
+        w.append(Stream::User("u"), now, None, frame("u2"));
+        w.append(Stream::All, now, None, frame("a2"));
+        // The oldest of the node (u's first) went.
+        assert_eq!(texts(w.missed(since(Stream::User("u"), 0), "u", now)), None);
+        assert_eq!(
+            texts(w.missed(since(Stream::User("u"), 1), "u", now)),
+            Some(vec!["u2#2".into()])
+        );
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 0), "u", now)).map(|v| v.len()),
+            Some(2)
+        );
+        w.append(Stream::Channel("c"), now, None, frame("c2"));
+        assert_eq!(texts(w.missed(since(Stream::All, 0), "u", now)), None);
+        drop(w);
+        let (entries, bytes) = h.usage();
+        assert_eq!(entries, 4);
+        assert!(bytes <= 4 * 70, "{bytes}");
+    }
+
+    #[test]
+    fn a_connection_recovers_both_streams_or_neither() {
+        let h = History::new(limits(2, 1 << 20));
+        let now = Instant::now();
+        {
+            let mut w = h.lock();
+            w.append(Stream::All, now, None, frame("a"));
+            w.append(Stream::User("u"), now, None, frame("u"));
+            w.append(Stream::All, now, None, frame("b"));
+        }
+        let fresh = h.start_connection("u", None, now);
+        assert_eq!((fresh.all, fresh.user, fresh.recovered), (2, 1, None));
+        let ask = |all, user| Resume {
+            epoch: h.epoch().to_string(),
+            all,
+            user,
+        };
+        let back = h.start_connection("u", Some(&ask(0, 0)), now);
+        assert_eq!(back.recovered, Some(true));
+        let order: Vec<String> = back
+            .replay
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        assert_eq!(order, ["a#1", "u#1", "b#2"]);
+        h.lock().append(Stream::All, now, None, frame("c"));
+        // @all offset 1 is gone (size 2): not recoverable, nothing replayed.
+        let lost = h.start_connection("u", Some(&ask(0, 1)), now);
+        assert_eq!((lost.recovered, lost.replay.len()), (Some(false), 0));
+        let other_epoch = Resume {
+            epoch: "elsewhere".into(),
+            ..ask(3, 1)
+        };
+        let other = h.start_connection("u", Some(&other_epoch), now);
+        assert_eq!(other.recovered, Some(false));
+        let sub = h.start_subscription("news", "u", Some((h.epoch(), 0)), now);
+        assert_eq!((sub.offset, sub.recovered), (0, Some(true)));
+    }
+
+    #[test]
+    fn streams_merge_in_append_order() {
+        let h = History::new(limits(10, 1 << 20));
+        let now = Instant::now();
+        let mut w = h.lock();
+        w.append(Stream::All, now, None, frame("a1"));
+        w.append(Stream::User("u"), now, None, frame("u1"));
+        w.append(Stream::All, now, None, frame("a2"));
+        let mut all = w
+            .missed(since(Stream::All, 0), "u", now)
+            .unwrap_or_default();
+        all.extend(
+            w.missed(since(Stream::User("u"), 0), "u", now)
+                .unwrap_or_default(),
+        );
+        all.sort_by_key(|(seq, _)| *seq);
+        let order: Vec<String> = all
+            .into_iter()
+            .map(|(_, f)| String::from_utf8_lossy(&f).into_owned())
+            .collect();
+        assert_eq!(order, ["a1#1", "u1#1", "a2#2"]);
+    }
+}
