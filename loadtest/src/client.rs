@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,9 +58,10 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// When the latest connection opened, unix micros.
     pub last_open_us: AtomicU64,
-    /// `--mode channel`: every open connection subscribes to its channels
-    /// (and one that opens later does so at once).
-    pub subscribe: AtomicBool,
+    /// `--mode channel`: how many of its channels every open connection
+    /// subscribes to, in steps (the first, then the rest); one that opens
+    /// later subscribes to as many at once.
+    pub subscribe: AtomicU32,
     /// `subscribed` answers for a connection's own channels, all workers.
     pub acks: AtomicU64,
     /// `error` answers to subscribes, all workers.
@@ -84,7 +85,7 @@ impl Shared {
             stop_connecting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             last_open_us: AtomicU64::new(0),
-            subscribe: AtomicBool::new(false),
+            subscribe: AtomicU32::new(0),
             acks: AtomicU64::new(0),
             sub_errors: AtomicU64::new(0),
             collect_upto: AtomicUsize::new(0),
@@ -410,8 +411,9 @@ struct Worker {
     closes: BTreeMap<String, u64>,
     handed: usize,
     collected: crossbeam_channel::Sender<(usize, PhaseRecv)>,
-    /// `--mode channel`: the open connections were told to subscribe.
-    subscribing: bool,
+    /// `--mode channel`: channels each open connection was told to
+    /// subscribe to so far.
+    subscribing: u32,
 }
 
 /// Starts a worker thread for `specs`; it runs until `shared.stop`.
@@ -456,7 +458,7 @@ pub fn spawn(
         closes: BTreeMap::new(),
         handed: 0,
         collected,
-        subscribing: false,
+        subscribing: 0,
         cfg,
     };
     std::thread::Builder::new()
@@ -473,9 +475,10 @@ impl Worker {
                 break;
             }
             self.start_connects();
-            if !self.subscribing && shared.subscribe.load(Ordering::Acquire) {
-                self.subscribing = true;
-                self.subscribe_all();
+            let upto = shared.subscribe.load(Ordering::Acquire);
+            if upto > self.subscribing {
+                self.subscribe_all(self.subscribing, upto);
+                self.subscribing = upto;
             }
             let timeout = if self.again.is_empty() {
                 Duration::from_millis(if self.pending > 0 { 10 } else { 50 })
@@ -523,24 +526,26 @@ impl Worker {
         }
     }
 
-    /// `--mode channel`: every open connection subscribes.
-    fn subscribe_all(&mut self) {
+    /// `--mode channel`: every open connection subscribes to its channels
+    /// `from..upto`.
+    fn subscribe_all(&mut self, from: u32, upto: u32) {
         for idx in 0..self.conns.len() {
             if matches!(&self.conns[idx], Some(c) if c.state == State::Open) {
-                self.subscribe(idx);
+                self.subscribe(idx, from, upto);
             }
         }
     }
 
-    /// Connection `idx` subscribes to its channels: K frames in one write.
-    fn subscribe(&mut self, idx: usize) {
+    /// Connection `idx` subscribes to its channels `from..upto`, the
+    /// frames in one write.
+    fn subscribe(&mut self, idx: usize, from: u32, upto: u32) {
         let Some(layout) = self.cfg.channels else {
             return;
         };
         let first = self.specs[idx].first_channel;
         let mut text = Vec::with_capacity(64);
-        let mut frames = Vec::with_capacity(80 * layout.per_conn as usize);
-        for j in 0..layout.per_conn {
+        let mut frames = Vec::with_capacity(80 * upto.saturating_sub(from) as usize);
+        for j in from..upto.min(layout.per_conn) {
             text.clear();
             channels::subscribe_text(layout.nth(first, j), &mut text);
             let mask = self.acct.mask();
@@ -752,9 +757,9 @@ impl Worker {
                     };
                     tail.drain(..used);
                     conn.buf = tail;
-                    if self.subscribing {
+                    if self.subscribing > 0 {
                         // Opened after the others subscribed.
-                        self.subscribe(idx);
+                        self.subscribe(idx, 0, self.subscribing);
                     }
                     if n < MAX_HEAD && !to_end {
                         return; // drained; the next bytes raise an event

@@ -109,6 +109,17 @@ fn channel_mode_delivers_each_publish_to_its_channels_subscribers_only() {
     assert_eq!(c["misrouted"], 0, "{c}");
     assert_eq!(c["stray_acks"], 0, "{c}");
     assert!(c["server_bytes_per_subscription"].as_f64().is_some(), "{c}");
+    // Three channels each: the first, then the other two, measured apart.
+    assert!(
+        c["server_rss_first_subscribed_bytes"].as_u64().is_some(),
+        "{c}"
+    );
+    assert!(
+        c["server_bytes_per_further_subscription"]
+            .as_f64()
+            .is_some(),
+        "{c}"
+    );
     for phase in r["phases"].as_array().expect("phases") {
         let requests = phase["requests_ok"].as_u64().unwrap_or(0);
         assert!(requests > 0, "{phase}");

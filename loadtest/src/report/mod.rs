@@ -141,6 +141,13 @@ pub struct ChannelInfo {
     /// (subscribed − connected) / acknowledged subscriptions: what a
     /// subscription costs beyond the connection.
     pub server_bytes_per_subscription: Option<f64>,
+    /// With more than one channel per connection: RSS once each
+    /// connection's first subscription was answered…
+    pub server_rss_first_subscribed_bytes: Option<u64>,
+    /// …and (subscribed − that) / the further subscriptions: a
+    /// subscription's own cost, without the connection's first-message
+    /// costs (its read buffer, its list of channels).
+    pub server_bytes_per_further_subscription: Option<f64>,
     pub server_subscribe_cpu_s: Option<f64>,
     pub tool_subscribe_cpu_s: Option<f64>,
 }

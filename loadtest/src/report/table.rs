@@ -104,7 +104,7 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "channels      {} channels, {} per connection: {} of {} subscriptions acknowledged in {:.2} s = {}/s, {} refused{}; server RSS {} connected → {} subscribed = {} per subscription beyond the connection; server cpu {} s; {} misrouted, {} stray acks",
+            "channels      {} channels, {} per connection: {} of {} subscriptions acknowledged in {:.2} s = {}/s, {} refused{}; server RSS {} connected → {} subscribed = {} per subscription beyond the connection{}; server cpu {} s; {} misrouted, {} stray acks",
             c.channels,
             c.subs_per_conn,
             c.subscriptions_acknowledged,
@@ -119,6 +119,13 @@ impl Report {
             opt(c.server_rss_connected_bytes, |b| bytes(b as f64)),
             opt(c.server_rss_subscribed_bytes, |b| bytes(b as f64)),
             opt(c.server_bytes_per_subscription, |b| format!("{b:.0} B")),
+            match (c.server_rss_first_subscribed_bytes, c.server_bytes_per_further_subscription) {
+                (Some(f), Some(b)) => format!(
+                    " ({} with one each, then {b:.0} B per further subscription)",
+                    bytes(f as f64)
+                ),
+                _ => String::new(),
+            },
             opt(c.server_subscribe_cpu_s, |v| format!("{v:.2}")),
             c.misrouted,
             c.stray_acks,

@@ -270,6 +270,7 @@ impl Run {
         let acked = sub.map_or(0, |x| x.acked);
         let cpu = sub.map(|x| x.sample.cpu.since(s.connected.cpu));
         let seconds = sub.map_or(0.0, |x| x.seconds);
+        let first = sub.and_then(|x| x.first);
         Some(ChannelInfo {
             channels: layout.channels,
             subs_per_conn: layout.per_conn,
@@ -285,6 +286,13 @@ impl Run {
             server_rss_subscribed_bytes: rss_subscribed,
             server_bytes_per_subscription: match (s.connected.server_rss, rss_subscribed) {
                 (Some(a), Some(b)) if acked > 0 => Some((b as f64 - a as f64) / acked as f64),
+                _ => None,
+            },
+            server_rss_first_subscribed_bytes: first.and_then(|(f, _)| f.server_rss),
+            server_bytes_per_further_subscription: match (first, rss_subscribed) {
+                (Some((f, n)), Some(b)) if acked > n => f
+                    .server_rss
+                    .map(|a| (b as f64 - a as f64) / (acked - n) as f64),
                 _ => None,
             },
             server_subscribe_cpu_s: cpu.and_then(|c| c.server),
