@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::channels::{self, Layout, Seen};
 use crate::sys;
 use crate::ws::{self, Parsed, Scanner};
 
@@ -57,6 +58,14 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// When the latest connection opened, unix micros.
     pub last_open_us: AtomicU64,
+    /// `--mode channel`: how many of its channels every open connection
+    /// subscribes to, in steps (the first, then the rest); one that opens
+    /// later subscribes to as many at once.
+    pub subscribe: AtomicU32,
+    /// `subscribed` answers for a connection's own channels, all workers.
+    pub acks: AtomicU64,
+    /// `error` answers to subscribes, all workers.
+    pub sub_errors: AtomicU64,
     /// Phases below this number are handed to the main thread (see
     /// [`Shared::collect`]).
     collect_upto: AtomicUsize,
@@ -76,6 +85,9 @@ impl Shared {
             stop_connecting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             last_open_us: AtomicU64::new(0),
+            subscribe: AtomicU32::new(0),
+            acks: AtomicU64::new(0),
+            sub_errors: AtomicU64::new(0),
             collect_upto: AtomicUsize::new(0),
             phase_starts: std::array::from_fn(|_| AtomicU64::new(0)),
             phase_count: AtomicUsize::new(0),
@@ -126,6 +138,8 @@ pub struct ConnSpec {
     pub target: u16,
     pub user: u32,
     pub source: Ipv4Addr,
+    /// `--mode channel`: the first of its channels ([`Layout::first`]).
+    pub first_channel: u32,
 }
 
 /// How to reach the server, same for every worker.
@@ -142,6 +156,8 @@ pub struct ClientConfig {
     /// Handshakes in flight per worker.
     pub max_pending: usize,
     pub handshake_timeout: Duration,
+    /// `--mode channel`: how the connections subscribe.
+    pub channels: Option<Layout>,
 }
 
 /// What one worker saw in one phase.
@@ -194,6 +210,8 @@ pub struct WorkerResult {
     pub other_messages: u64,
     pub pings_answered: u64,
     pub open_at_end: usize,
+    /// `--mode channel`: what the worker saw of the channels.
+    pub channels: Option<Seen>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +249,8 @@ struct Acct {
     other: u64,
     pings: u64,
     rng: u64,
+    /// `--mode channel`.
+    chan: Option<Seen>,
 }
 
 enum Stop {
@@ -242,9 +262,12 @@ enum Stop {
 impl Acct {
     fn message(&mut self, idx: usize, payload: &[u8], now_us: u64) {
         let Some(sample) = self.scanner.scan(payload) else {
-            self.other += 1;
+            self.not_ours(idx, payload);
             return;
         };
+        if let Some(chan) = self.chan.as_mut() {
+            chan.sample(idx, payload);
+        }
         let Some(p) = self.shared.phase_of(sample.seq) else {
             self.other += 1;
             return;
@@ -274,6 +297,25 @@ impl Acct {
             self.buckets[b] += 1;
         }
         self.received += 1;
+    }
+
+    /// A message without a sample: an acknowledgement or error of a
+    /// subscribe (counted for the main thread at once), or another.
+    fn not_ours(&mut self, idx: usize, payload: &[u8]) {
+        let Some(chan) = self.chan.as_mut() else {
+            self.other += 1;
+            return;
+        };
+        let (acks, errors) = (chan.acks, chan.errors);
+        if !chan.other(idx, payload) {
+            self.other += 1;
+            return;
+        }
+        let shared = &self.shared;
+        shared.acks.fetch_add(chan.acks - acks, Ordering::Relaxed);
+        shared
+            .sub_errors
+            .fetch_add(chan.errors - errors, Ordering::Relaxed);
     }
 
     fn mask(&mut self) -> [u8; 4] {
@@ -369,6 +411,9 @@ struct Worker {
     closes: BTreeMap<String, u64>,
     handed: usize,
     collected: crossbeam_channel::Sender<(usize, PhaseRecv)>,
+    /// `--mode channel`: channels each open connection was told to
+    /// subscribe to so far.
+    subscribing: u32,
 }
 
 /// Starts a worker thread for `specs`; it runs until `shared.stop`.
@@ -382,6 +427,9 @@ pub fn spawn(
     let poll = Poll::new()?;
     let n = specs.len();
     let lanes = cfg.lanes.max(1);
+    let chan = cfg
+        .channels
+        .map(|l| Seen::new(l, specs.iter().map(|s| s.first_channel).collect()));
     let worker = Worker {
         id,
         specs,
@@ -403,12 +451,14 @@ pub fn spawn(
             other: 0,
             pings: 0,
             rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            chan,
         },
         handshake: new_histogram(),
         failures: BTreeMap::new(),
         closes: BTreeMap::new(),
         handed: 0,
         collected,
+        subscribing: 0,
         cfg,
     };
     std::thread::Builder::new()
@@ -425,6 +475,11 @@ impl Worker {
                 break;
             }
             self.start_connects();
+            let upto = shared.subscribe.load(Ordering::Acquire);
+            if upto > self.subscribing {
+                self.subscribe_all(self.subscribing, upto);
+                self.subscribing = upto;
+            }
             let timeout = if self.again.is_empty() {
                 Duration::from_millis(if self.pending > 0 { 10 } else { 50 })
             } else {
@@ -467,6 +522,41 @@ impl Worker {
             other_messages: self.acct.other,
             pings_answered: self.acct.pings,
             open_at_end,
+            channels: self.acct.chan,
+        }
+    }
+
+    /// `--mode channel`: every open connection subscribes to its channels
+    /// `from..upto`.
+    fn subscribe_all(&mut self, from: u32, upto: u32) {
+        for idx in 0..self.conns.len() {
+            if matches!(&self.conns[idx], Some(c) if c.state == State::Open) {
+                self.subscribe(idx, from, upto);
+            }
+        }
+    }
+
+    /// Connection `idx` subscribes to its channels `from..upto`, the
+    /// frames in one write.
+    fn subscribe(&mut self, idx: usize, from: u32, upto: u32) {
+        let Some(layout) = self.cfg.channels else {
+            return;
+        };
+        let first = self.specs[idx].first_channel;
+        let mut text = Vec::with_capacity(64);
+        let mut frames = Vec::with_capacity(80 * upto.saturating_sub(from) as usize);
+        for j in from..upto.min(layout.per_conn) {
+            text.clear();
+            channels::subscribe_text(layout.nth(first, j), &mut text);
+            let mask = self.acct.mask();
+            ws::client_frame(ws::OP_TEXT, &text, mask, &mut frames);
+        }
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        conn.out.extend_from_slice(&frames);
+        if let Err(e) = flush(conn) {
+            self.finish(idx, format!("write: {e}"));
         }
     }
 
@@ -667,6 +757,10 @@ impl Worker {
                     };
                     tail.drain(..used);
                     conn.buf = tail;
+                    if self.subscribing > 0 {
+                        // Opened after the others subscribed.
+                        self.subscribe(idx, 0, self.subscribing);
+                    }
                     if n < MAX_HEAD && !to_end {
                         return; // drained; the next bytes raise an event
                     }

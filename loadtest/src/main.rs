@@ -12,12 +12,14 @@
 //! server.rs  the server under test: child process, in-process, binary, target
 //! client.rs  WebSocket clients: a few mio worker threads, frames by hand
 //! rest.rs    REST load: pipelined keep-alive requests, window or fixed rate
+//! channels.rs  --mode channel: which channels each connection joins, byte scans
 //! hostile/   --hostile: misbehaving connections beside the measured ones
 //! ws.rs      handshake, frame parser, masked frames, payload byte scan
 //! report/    the figures: the human table, the JSON line, the HTML page
 //! sys.rs     rlimit, /proc (RSS, CPU, listener pid), socket options
 //! ```
 
+mod channels;
 mod client;
 mod hostile;
 mod report;
@@ -67,12 +69,21 @@ struct Cli {
     /// Size of the message payload object {"s":…,"t":…,"p":"xxx…"} in bytes
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
-    /// broadcast: everyone; send: POST /v1/websocket/send/:userId, users in turn; users: broadcast with userIds
+    /// broadcast: everyone; send: POST /v1/websocket/send/:userId, users in turn; users: broadcast with userIds; channel: every connection subscribes to channels lt:…, publishes go to them in turn
     #[arg(long, value_enum, default_value_t = Mode::Broadcast)]
     mode: Mode,
     /// Users per request in --mode users
     #[arg(long, default_value_t = 10)]
     targets: usize,
+    /// --mode channel: channels lt:0 … lt:{C-1} the connections are dealt over in turn [default: 1]
+    #[arg(long, value_name = "C")]
+    channels: Option<usize>,
+    /// --mode channel: channels each connection subscribes to (connection i: lt:{(i·K + j) mod C}, j < K) [default: 1]
+    #[arg(long, value_name = "K")]
+    subs_per_conn: Option<usize>,
+    /// --mode channel: wait at most this long for every subscription to be acknowledged
+    #[arg(long, default_value_t = 60)]
+    subscribe_timeout_secs: u64,
     /// REST requests in flight (pipelined over the REST connections)
     #[arg(long, default_value_t = 16)]
     window: usize,

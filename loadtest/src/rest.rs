@@ -23,6 +23,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 use memchr::memmem;
 
+use crate::channels;
 use crate::client::new_histogram;
 use crate::sys::unix_micros;
 use crate::ws::sample_payload;
@@ -37,6 +38,8 @@ pub enum Mode {
     Send,
     /// `POST /v1/websocket/broadcast` with `userIds` (`--targets` users each).
     Users,
+    /// `POST /v1/websocket/channels/lt:{c}/publish`, channels in turn.
+    Channel,
 }
 
 pub struct RestConfig {
@@ -47,6 +50,8 @@ pub struct RestConfig {
     pub mode: Mode,
     pub user_ids: Arc<Vec<String>>,
     pub targets: usize,
+    /// `--mode channel`: channels `lt:0 … lt:{channels-1}`.
+    pub channels: u32,
     pub lanes: usize,
     pub window: usize,
     /// The most deliveries one answer can promise to the measured clients,
@@ -127,7 +132,8 @@ pub struct RestDriver {
     tally: Arc<Mutex<Tally>>,
     live: Arc<Live>,
     sent_total: u64,
-    /// Requests issued per user so far (send / users modes).
+    /// Requests issued per user (send / users modes) or per channel
+    /// (channel mode) so far.
     cursor: u64,
 }
 
@@ -431,6 +437,12 @@ impl RestDriver {
                 path_user = format!("/v1/websocket/send/{u}");
                 &path_user
             }
+            Mode::Channel => {
+                let c = (self.cursor % u64::from(self.cfg.channels.max(1))) as u32;
+                self.cursor += 1;
+                path_user = format!("/v1/websocket/channels/{}/publish", channels::name(c));
+                &path_user
+            }
         };
         body.push(b'}');
         let _ = write!(
@@ -732,6 +744,7 @@ mod tests {
                 mode,
                 user_ids: users.clone(),
                 targets: 2,
+                channels: 3,
                 lanes: 1,
                 window: 1,
                 audience: None,
@@ -746,6 +759,7 @@ mod tests {
             (Mode::Broadcast, "/v1/websocket/broadcast"),
             (Mode::Users, "/v1/websocket/broadcast"),
             (Mode::Send, "/v1/websocket/send/u0"),
+            (Mode::Channel, "/v1/websocket/channels/lt:0/publish"),
         ] {
             let mut d = mk(mode);
             let (mut body, mut out) = (Vec::new(), Vec::new());
@@ -766,5 +780,49 @@ mod tests {
                 assert_eq!(v["userIds"], serde_json::json!(["u0", "u1"]));
             }
         }
+    }
+
+    #[test]
+    fn publishes_go_to_the_channels_in_turn() {
+        let mut d = RestDriver {
+            cfg: RestConfig {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                host_header: "127.0.0.1:1".into(),
+                bearer: "tok".into(),
+                payload_bytes: 64,
+                mode: Mode::Channel,
+                user_ids: Arc::new(vec!["u0".into()]),
+                targets: 1,
+                channels: 3,
+                lanes: 1,
+                window: 1,
+                audience: None,
+            },
+            lanes: Vec::new(),
+            tally: Arc::new(Mutex::new(Tally::new())),
+            live: Arc::new(Live::default()),
+            sent_total: 0,
+            cursor: 0,
+        };
+        let mut paths = Vec::new();
+        for seq in 0..4 {
+            let (mut body, mut out) = (Vec::new(), Vec::new());
+            d.request(seq, 1, &mut body, &mut out);
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut req = httparse::Request::new(&mut headers);
+            let head = match req.parse(&out).unwrap() {
+                httparse::Status::Complete(n) => n,
+                _ => panic!(),
+            };
+            paths.push(req.path.unwrap().to_string());
+            let v: serde_json::Value = serde_json::from_slice(&out[head..]).unwrap();
+            assert_eq!(v["type"], "lt");
+            assert_eq!(v["payload"]["s"], seq);
+        }
+        let want: Vec<String> = [0, 1, 2, 0]
+            .iter()
+            .map(|c| format!("/v1/websocket/channels/lt:{c}/publish"))
+            .collect();
+        assert_eq!(paths, want);
     }
 }

@@ -82,6 +82,58 @@ fn one_node_delivers_every_broadcast_to_every_connection() {
 }
 
 #[test]
+fn channel_mode_delivers_each_publish_to_its_channels_subscribers_only() {
+    // 301 connections over 7 channels, 3 each: 903 subscriptions, 129 per
+    // channel; the JSON line has no channel section in the other modes.
+    let r = run(&[
+        "-n",
+        "301",
+        "--mode",
+        "channel",
+        "--channels",
+        "7",
+        "--subs-per-conn",
+        "3",
+        "--duration",
+        "1",
+        "--rate",
+        "70",
+        "--rate-secs",
+        "1",
+    ]);
+    assert_eq!(r["config"]["mode"], "channel");
+    let c = &r["channels"];
+    assert_eq!(c["subscriptions_requested"], 903, "{c}");
+    assert_eq!(c["subscriptions_acknowledged"], 903, "{c}");
+    assert_eq!(c["subscriptions_refused"], 0, "{c}");
+    assert_eq!(c["misrouted"], 0, "{c}");
+    assert_eq!(c["stray_acks"], 0, "{c}");
+    assert!(c["server_bytes_per_subscription"].as_f64().is_some(), "{c}");
+    // Three channels each: the first, then the other two, measured apart.
+    assert!(
+        c["server_rss_first_subscribed_bytes"].as_u64().is_some(),
+        "{c}"
+    );
+    assert!(
+        c["server_bytes_per_further_subscription"]
+            .as_f64()
+            .is_some(),
+        "{c}"
+    );
+    for phase in r["phases"].as_array().expect("phases") {
+        let requests = phase["requests_ok"].as_u64().unwrap_or(0);
+        assert!(requests > 0, "{phase}");
+        assert_eq!(phase["expected"], requests * 129, "{phase}");
+        assert_eq!(phase["received"], phase["expected"], "{phase}");
+        assert_eq!(phase["lost"], 0, "{phase}");
+        assert_eq!(phase["out_of_order"], 0, "{phase}");
+        assert_eq!(phase["extra"], 0, "{phase}");
+    }
+    let plain = run(&["-n", "50", "--duration", "0.2"]);
+    assert!(plain.get("channels").is_none(), "{plain}");
+}
+
+#[test]
 fn a_three_node_cluster_delivers_every_broadcast_sent_to_node_0_everywhere() {
     // The tool starts redis-server itself (scripts/test installs it).
     let r = run(&["--cluster", "3", "-n", "300", "--duration", "1"]);

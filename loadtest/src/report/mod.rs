@@ -117,6 +117,41 @@ pub struct MemInfo {
     pub combined: bool,
 }
 
+/// `--mode channel`: the subscriptions and what they cost the server.
+#[derive(Debug, Serialize)]
+pub struct ChannelInfo {
+    pub channels: u32,
+    pub subs_per_conn: u32,
+    /// Open connections × `subs_per_conn`.
+    pub subscriptions_requested: u64,
+    pub subscriptions_acknowledged: u64,
+    /// `error` answers to subscribes.
+    pub subscriptions_refused: u64,
+    pub first_refusal: Option<String>,
+    /// `subscribed` for a channel the connection did not ask for.
+    pub stray_acks: u64,
+    /// Messages of ours on a channel the connection is not in.
+    pub misrouted: u64,
+    /// From the first subscribe to the last answer.
+    pub subscribe_seconds: f64,
+    pub subscribes_per_second: f64,
+    pub server_rss_connected_bytes: Option<u64>,
+    /// Once every subscription was answered.
+    pub server_rss_subscribed_bytes: Option<u64>,
+    /// (subscribed − connected) / acknowledged subscriptions: what a
+    /// subscription costs beyond the connection.
+    pub server_bytes_per_subscription: Option<f64>,
+    /// With more than one channel per connection: RSS once each
+    /// connection's first subscription was answered…
+    pub server_rss_first_subscribed_bytes: Option<u64>,
+    /// …and (subscribed − that) / the further subscriptions: a
+    /// subscription's own cost, without the connection's first-message
+    /// costs (its read buffer, its list of channels).
+    pub server_bytes_per_further_subscription: Option<f64>,
+    pub server_subscribe_cpu_s: Option<f64>,
+    pub tool_subscribe_cpu_s: Option<f64>,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct CpuInfo {
     pub server_connect_s: Option<f64>,
@@ -198,6 +233,9 @@ pub struct Report {
     pub fd_limit: FdInfo,
     pub connect: ConnectInfo,
     pub memory: MemInfo,
+    /// `--mode channel` (absent in the other modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<ChannelInfo>,
     pub cpu: CpuInfo,
     pub phases: Vec<PhaseInfo>,
     /// Open connections that closed during the run, by how.

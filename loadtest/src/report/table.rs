@@ -85,6 +85,7 @@ impl Report {
             opt(m.server_rss_after_load_bytes, |b| bytes(b as f64)),
             opt(m.tool_bytes_per_connection, bytes),
         );
+        self.channel_line(o);
         let u = &self.cpu;
         let _ = writeln!(
             o,
@@ -93,6 +94,41 @@ impl Report {
             opt(u.server_load_s, |v| format!("{v:.2}")),
             u.tool_connect_s,
             u.tool_load_s
+        );
+    }
+
+    /// `--mode channel`: subscriptions, what they cost, what went astray.
+    fn channel_line(&self, o: &mut String) {
+        let Some(c) = &self.channels else {
+            return;
+        };
+        let _ = writeln!(
+            o,
+            "channels      {} channels, {} per connection: {} of {} subscriptions acknowledged in {:.2} s = {}/s, {} refused{}; server RSS {} connected → {} subscribed = {} per subscription beyond the connection{}; server cpu {} s; {} misrouted, {} stray acks",
+            c.channels,
+            c.subs_per_conn,
+            c.subscriptions_acknowledged,
+            c.subscriptions_requested,
+            c.subscribe_seconds,
+            si(c.subscribes_per_second),
+            c.subscriptions_refused,
+            c.first_refusal
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            opt(c.server_rss_connected_bytes, |b| bytes(b as f64)),
+            opt(c.server_rss_subscribed_bytes, |b| bytes(b as f64)),
+            opt(c.server_bytes_per_subscription, |b| format!("{b:.0} B")),
+            match (c.server_rss_first_subscribed_bytes, c.server_bytes_per_further_subscription) {
+                (Some(f), Some(b)) => format!(
+                    " ({} with one each, then {b:.0} B per further subscription)",
+                    bytes(f as f64)
+                ),
+                _ => String::new(),
+            },
+            opt(c.server_subscribe_cpu_s, |v| format!("{v:.2}")),
+            c.misrouted,
+            c.stray_acks,
         );
     }
 

@@ -95,6 +95,7 @@ fn spawn_workers(
         lanes: sizes.rest_conns as u64,
         max_pending: cli.connect_concurrency.div_ceil(threads).max(1),
         handshake_timeout: Duration::from_secs(cli.handshake_timeout_secs.max(1)),
+        channels: sizes.channels,
     });
     let mut per_worker: Vec<Vec<ConnSpec>> = vec![Vec::new(); threads];
     for i in 0..sizes.n {
@@ -102,6 +103,7 @@ fn spawn_workers(
             target: (i % endpoints.len()) as u16,
             user: (i % sizes.users) as u32,
             source: sys::source_addr(i, sizes.source_addrs),
+            first_channel: sizes.channels.map_or(0, |l| l.first(i)),
         });
     }
     let mut workers = Vec::new();

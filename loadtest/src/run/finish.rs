@@ -7,20 +7,23 @@ use std::sync::atomic::Ordering;
 use hdrhistogram::Histogram;
 
 use super::phases::{merge_into, Ran};
+use super::subscribe::Subscribed;
 use super::{say, Run, Sample};
 use crate::client::{self, WorkerResult};
 use crate::report::{
-    self, Capacity, ConfigEcho, ConnectInfo, CpuInfo, FdInfo, MemInfo, Pct, PhaseInfo, Report,
-    ServerInfo,
+    self, Capacity, ChannelInfo, ConfigEcho, ConnectInfo, CpuInfo, FdInfo, MemInfo, Pct, PhaseInfo,
+    Report, ServerInfo,
 };
 use crate::rest::{Mode, Pace};
 use crate::server::Kind;
 use crate::sys;
 
-/// Memory and CPU before connecting, once connected, and after the load.
+/// Memory and CPU before connecting, once connected, once subscribed
+/// (`--mode channel`), and after the load.
 pub struct Samples {
     pub idle: Sample,
     pub connected: Sample,
+    pub subscribed: Option<Subscribed>,
     pub loaded: Sample,
 }
 
@@ -33,6 +36,11 @@ struct Merged {
     other_messages: u64,
     pings_answered: u64,
     open_at_end: usize,
+    /// `--mode channel`: stray acknowledgements, misrouted messages, the
+    /// first refusal.
+    stray_acks: u64,
+    misrouted: u64,
+    first_error: Option<String>,
 }
 
 fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
@@ -52,6 +60,9 @@ fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
         other_messages: 0,
         pings_answered: 0,
         open_at_end: 0,
+        stray_acks: 0,
+        misrouted: 0,
+        first_error: None,
     };
     for r in workers {
         let _ = m.handshake.add(&r.handshake);
@@ -66,6 +77,13 @@ fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
         m.other_messages += r.other_messages;
         m.pings_answered += r.pings_answered;
         m.open_at_end += r.open_at_end;
+        if let Some(c) = &r.channels {
+            m.stray_acks += c.stray_acks;
+            m.misrouted += c.misrouted;
+            if m.first_error.is_none() {
+                m.first_error.clone_from(&c.first_error);
+            }
+        }
         for (q, ph) in r.phases.iter().enumerate() {
             merge_into(ran, q, ph);
         }
@@ -98,6 +116,7 @@ impl Run {
         let phases: Vec<PhaseInfo> = self.ran.iter().map(|r| self.phase_info(r)).collect();
         let hostile = self.hostile_info(&phases);
         let memory = self.memory(samples);
+        let channels = self.channel_info(samples, &merged);
         let capacity = self.capacity(&phases, memory.server_bytes_per_connection);
         if memory.combined {
             self.notes
@@ -133,6 +152,7 @@ impl Run {
                 handshake_ms: Pct::of(&merged.handshake),
             },
             memory,
+            channels,
             cpu: samples.cpu(),
             phases,
             closes: merged.closes,
@@ -241,6 +261,45 @@ impl Run {
         }
     }
 
+    /// `--mode channel`: the subscriptions, what they cost the server, and
+    /// what arrived where it should not.
+    fn channel_info(&self, s: &Samples, m: &Merged) -> Option<ChannelInfo> {
+        let layout = self.sizes.channels?;
+        let sub = s.subscribed.as_ref();
+        let rss_subscribed = sub.and_then(|x| x.sample.server_rss);
+        let acked = sub.map_or(0, |x| x.acked);
+        let cpu = sub.map(|x| x.sample.cpu.since(s.connected.cpu));
+        let seconds = sub.map_or(0.0, |x| x.seconds);
+        let first = sub.and_then(|x| x.first);
+        Some(ChannelInfo {
+            channels: layout.channels,
+            subs_per_conn: layout.per_conn,
+            subscriptions_requested: sub.map_or(0, |x| x.requested),
+            subscriptions_acknowledged: acked,
+            subscriptions_refused: sub.map_or(0, |x| x.refused),
+            first_refusal: m.first_error.clone(),
+            stray_acks: m.stray_acks,
+            misrouted: m.misrouted,
+            subscribe_seconds: seconds,
+            subscribes_per_second: acked as f64 / seconds.max(1e-6),
+            server_rss_connected_bytes: s.connected.server_rss,
+            server_rss_subscribed_bytes: rss_subscribed,
+            server_bytes_per_subscription: match (s.connected.server_rss, rss_subscribed) {
+                (Some(a), Some(b)) if acked > 0 => Some((b as f64 - a as f64) / acked as f64),
+                _ => None,
+            },
+            server_rss_first_subscribed_bytes: first.and_then(|(f, _)| f.server_rss),
+            server_bytes_per_further_subscription: match (first, rss_subscribed) {
+                (Some((f, n)), Some(b)) if acked > n => f
+                    .server_rss
+                    .map(|a| (b as f64 - a as f64) / (acked - n) as f64),
+                _ => None,
+            },
+            server_subscribe_cpu_s: cpu.and_then(|c| c.server),
+            tool_subscribe_cpu_s: cpu.map(|c| c.tool),
+        })
+    }
+
     /// Connections per GiB, and the best rate within the latency bound.
     fn capacity(&self, phases: &[PhaseInfo], per_conn: Option<f64>) -> Capacity {
         let bound = self.cli.p99_bound_ms;
@@ -343,10 +402,15 @@ impl Run {
 }
 
 impl Samples {
-    /// CPU seconds while connecting and during the load.
+    /// CPU seconds while connecting and during the load (from the end of
+    /// subscribing, in `--mode channel`).
     fn cpu(&self) -> CpuInfo {
         let connect = self.connected.cpu.since(self.idle.cpu);
-        let load = self.loaded.cpu.since(self.connected.cpu);
+        let loading = self
+            .subscribed
+            .as_ref()
+            .map_or(&self.connected, |s| &s.sample);
+        let load = self.loaded.cpu.since(loading.cpu);
         CpuInfo {
             server_connect_s: connect.server,
             server_load_s: load.server,

@@ -5,6 +5,7 @@
 //! ```text
 //! setup.rs    flags checked, watchdog, sizes under the open-file limit, the server(s), tokens
 //! connect.rs  the client threads and the connect ramp, then settling (a cluster's presence)
+//! subscribe.rs  --mode channel: every connection subscribes, the answers awaited, RSS again
 //! phases.rs   the REST driver and the load phases: warm-up, throughput, fixed rate, sweep
 //! attack.rs   --hostile: the measured phases again beside hostile connections, server RSS
 //! sweep.rs    how the sweep picks its next rate
@@ -16,6 +17,7 @@ mod connect;
 mod finish;
 mod phases;
 mod setup;
+mod subscribe;
 mod sweep;
 
 use std::time::{Duration, Instant};
@@ -61,6 +63,7 @@ pub fn run(cli: Cli) -> Result<Report, String> {
     };
     run.settle();
     let connected = Sample::take(&run.server.srv);
+    let subscribed = run.subscribe();
     run.open_rest()?;
     run.warm_up();
     run.throughput();
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> Result<Report, String> {
     let samples = Samples {
         idle,
         connected,
+        subscribed,
         loaded,
     };
     let report = run.report(&samples, &workers);

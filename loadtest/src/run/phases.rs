@@ -241,6 +241,7 @@ impl Run {
             mode: cli.mode,
             user_ids: Arc::clone(&self.creds.user_ids),
             targets: cli.targets,
+            channels: self.sizes.channels.map_or(1, |l| l.channels),
             lanes: self.sizes.rest_conns,
             window: self.sizes.window,
             audience: self.audience(),
@@ -251,6 +252,11 @@ impl Run {
             Mode::Broadcast => open as u64,
             Mode::Send => per_user as u64,
             Mode::Users => (per_user * cli.targets.min(self.sizes.users)) as u64,
+            // A channel's share of the subscriptions.
+            Mode::Channel => self
+                .sizes
+                .channels
+                .map_or(open as u64, |l| l.subscribers(0, open)),
         };
         self.load = Some(Load {
             driver,

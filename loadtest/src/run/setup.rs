@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::say;
+use crate::channels::{self, Layout};
+use crate::rest::Mode;
 use crate::server::{Kind, Own, ServerUnderTest};
 use crate::sys;
 use crate::Cli;
@@ -36,7 +38,23 @@ pub fn check_flags(cli: &Cli) -> Result<(), String> {
             return Err("--rate must be above 0 and at most 10,000,000".into());
         }
     }
-    check_hostile_flags(cli)
+    check_hostile_flags(cli)?;
+    layout(cli).map(|_| ())
+}
+
+/// `--mode channel`: the channels and subscriptions per connection; none
+/// in other modes, where giving either flag is an error.
+pub fn layout(cli: &Cli) -> Result<Option<Layout>, String> {
+    if cli.mode != Mode::Channel {
+        if cli.channels.is_some() || cli.subs_per_conn.is_some() {
+            return Err("--channels and --subs-per-conn are for --mode channel".into());
+        }
+        return Ok(None);
+    }
+    if !(1..=3600).contains(&cli.subscribe_timeout_secs) {
+        return Err("--subscribe-timeout-secs must be between 1 and 3600".into());
+    }
+    Layout::new(cli.channels.unwrap_or(1), cli.subs_per_conn.unwrap_or(1)).map(Some)
 }
 
 fn check_hostile_flags(cli: &Cli) -> Result<(), String> {
@@ -57,6 +75,11 @@ fn check_hostile_flags(cli: &Cli) -> Result<(), String> {
 pub fn start_watchdog(cli: &Cli) {
     let budget = cli.connect_timeout_secs as f64
         + cli.handshake_timeout_secs as f64
+        + if cli.mode == Mode::Channel {
+            cli.subscribe_timeout_secs as f64
+        } else {
+            0.0
+        }
         + cli.warmup_secs
         + cli.duration
         + cli.rate_secs.unwrap_or(cli.duration.max(10.0))
@@ -91,6 +114,8 @@ pub struct Sizes {
     pub users: usize,
     pub per_user: usize,
     pub source_addrs: usize,
+    /// `--mode channel`.
+    pub channels: Option<Layout>,
 }
 
 impl Sizes {
@@ -125,6 +150,7 @@ impl Sizes {
             ));
         }
         let users = cli.users.unwrap_or(n / 10).clamp(1, n);
+        let channels = layout(cli)?;
         Ok(Sizes {
             cpus,
             rest_conns,
@@ -141,6 +167,7 @@ impl Sizes {
                 .source_addrs
                 .unwrap_or_else(|| 4.max(n.div_ceil(20_000)))
                 .clamp(1, 254),
+            channels,
         })
     }
 }
@@ -353,7 +380,16 @@ impl Credentials {
     /// the bearer is `--admin-key`, or an admin JWT.
     pub fn mint(cli: &Cli, secret: &str, users: usize) -> Result<Credentials, String> {
         let exp = wsedge::now_secs() + 6 * 3600;
-        let (user_ids, tokens) = user_tokens(secret, "lt-u", users);
+        let (user_ids, tokens) = if cli.mode == Mode::Channel {
+            tokens_with(
+                secret,
+                "lt-u",
+                users,
+                json!({"channels": [channels::CLAIM]}),
+            )
+        } else {
+            user_tokens(secret, "lt-u", users)
+        };
         let (user_ids, tokens) = (Arc::new(user_ids), Arc::new(tokens));
         let bearer = match &cli.admin_key {
             Some(k) => k.clone(),
@@ -379,11 +415,27 @@ impl Credentials {
 /// `n` users `{prefix}0`, `{prefix}1`, … and a token for each, valid for
 /// six hours.
 pub fn user_tokens(secret: &str, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
+    tokens_with(secret, prefix, n, json!({}))
+}
+
+/// As [`user_tokens`], the claims of `extra` (an object) added to each.
+fn tokens_with(
+    secret: &str,
+    prefix: &str,
+    n: usize,
+    extra: serde_json::Value,
+) -> (Vec<String>, Vec<String>) {
     let exp = wsedge::now_secs() + 6 * 3600;
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     let tokens = ids
         .iter()
-        .map(|u| wsedge::mint_hs256(secret, &json!({"sub": u, "exp": exp})))
+        .map(|u| {
+            let mut claims = json!({"sub": u, "exp": exp});
+            if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+                c.extend(e.clone());
+            }
+            wsedge::mint_hs256(secret, &claims)
+        })
         .collect();
     (ids, tokens)
 }
