@@ -162,6 +162,9 @@ struct Cli {
     /// Shards of the server started here [default: number of CPUs]
     #[arg(long)]
     server_shards: Option<usize>,
+    /// Messages the server started here keeps per stream for recovery (its --history-size; 0 turns history off) [default: the server's, 100]
+    #[arg(long, value_name = "N")]
+    server_history_size: Option<usize>,
     /// Send the user token in Authorization: Bearer instead of ?token=
     #[arg(long)]
     token_in_header: bool,
@@ -178,7 +181,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.internal_serve {
         let shards = cli.server_shards.unwrap_or_else(wsedge::default_shards);
-        return ExitCode::from(server::serve_child(shards, cli.internal_max_per_user) as u8);
+        let served =
+            server::serve_child(shards, cli.internal_max_per_user, cli.server_history_size);
+        return ExitCode::from(served as u8);
     }
     match run::run(cli) {
         Ok(report) => {

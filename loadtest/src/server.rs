@@ -47,6 +47,8 @@ pub struct Own<'a> {
     pub secret: &'a str,
     pub shards: usize,
     pub max_per_user: usize,
+    /// `--history-size` of the server (`None`: its default).
+    pub history_size: Option<usize>,
 }
 
 fn config(own: &Own) -> wsedge::Config {
@@ -58,6 +60,9 @@ fn config(own: &Own) -> wsedge::Config {
         ..wsedge::Config::default()
     };
     c.max_connections_per_user = own.max_per_user.max(c.max_connections_per_user);
+    if let Some(n) = own.history_size {
+        c.history_size = n;
+    }
     c
 }
 
@@ -247,6 +252,9 @@ fn child_command(own: &Own) -> Result<Command, String> {
         .arg("--internal-max-per-user")
         .arg(own.max_per_user.to_string())
         .env("WSEDGE_LOADTEST_SECRET", own.secret);
+    if let Some(n) = own.history_size {
+        cmd.arg("--server-history-size").arg(n.to_string());
+    }
     Ok(cmd)
 }
 
@@ -388,7 +396,7 @@ fn spawn_and_wait(
 }
 
 /// The hidden `--internal-serve` mode: run wsedge until stdin closes.
-pub fn serve_child(shards: usize, max_per_user: usize) -> i32 {
+pub fn serve_child(shards: usize, max_per_user: usize, history_size: Option<usize>) -> i32 {
     sys::die_with_parent();
     let Ok(secret) = std::env::var("WSEDGE_LOADTEST_SECRET") else {
         eprintln!("wsedge-loadtest: --internal-serve is for the tool's own use");
@@ -398,6 +406,7 @@ pub fn serve_child(shards: usize, max_per_user: usize) -> i32 {
         secret: &secret,
         shards,
         max_per_user,
+        history_size,
     };
     let mut cfg = config(&own);
     if let Ok(url) = std::env::var("WSEDGE_LOADTEST_REDIS_URL") {

@@ -348,6 +348,10 @@ impl Conn {
         if subs.subscribed.len() >= max || subs.subscribed.contains(channel) {
             return false;
         }
+        // Exact size: an idle subscription is paid for in memory for as
+        // long as it lasts, a reallocation (of at most
+        // --max-channels-per-connection names) once.
+        subs.subscribed.reserve_exact(1);
         subs.subscribed.push(channel.clone());
         true
     }

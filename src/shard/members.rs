@@ -37,7 +37,13 @@ pub(crate) struct Members {
 
 impl Members {
     fn add(&mut self, channel: &Arc<str>, member: Member) {
-        self.map.entry(channel.clone()).or_default().push(member);
+        let list = self.map.entry(channel.clone()).or_default();
+        if list.len() == list.capacity() {
+            // Grow by a quarter, not double: idle subscriptions are paid for
+            // in memory, and a quarter keeps appends amortized O(1).
+            list.reserve_exact((list.len() / 4).max(4));
+        }
+        list.push(member);
     }
 
     fn remove(&mut self, channel: &str, key: usize) {
@@ -47,6 +53,15 @@ impl Members {
                 self.map.remove(channel);
             }
         }
+    }
+
+    /// The shard's own copy of the name `channel`, when it has
+    /// subscribers here: every subscription holds that one, not a copy per
+    /// connection (a name costs its length plus 16 bytes).
+    fn intern(&self, channel: &Arc<str>) -> Arc<str> {
+        self.map
+            .get_key_value(&**channel)
+            .map_or_else(|| channel.clone(), |(k, _)| k.clone())
     }
 
     /// The subscribers of `channel` on this shard.
@@ -87,6 +102,7 @@ impl Shard {
     ) -> bool {
         let max = self.ctx.config.max_channels_per_connection;
         let cap = self.ctx.config.outbound_buffer_bytes;
+        let channel = &self.members.intern(channel);
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
