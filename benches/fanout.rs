@@ -89,7 +89,8 @@ fn shard_path(c: &mut Criterion) {
     };
 
     // Every connection gets the whole frame, once, before anything is timed.
-    let frame_len = frame::shared_message(KIND, Some(&payload)).len() as u64;
+    // The first broadcast is message 1 of @all.
+    let frame_len = frame::stream_message(KIND, "@all", Some(1), Some(&payload)).len() as u64;
     assert_eq!(broadcast(), (CONNECTIONS, CONNECTIONS as u64 * frame_len));
 
     let mut g = group(c);

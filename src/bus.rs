@@ -54,7 +54,7 @@ pub enum Command {
     /// connection whose user is not in `exclude`.
     BroadcastAll {
         frame: SharedFrame,
-        offset: u64,
+        offset: Option<u64>,
         exclude: Option<Arc<HashSet<String>>>,
     },
     /// Queue to every open connection of each user on this shard that
@@ -69,13 +69,16 @@ pub enum Command {
     },
     /// Queue `frame` (message `offset` of `channel`) to this shard's
     /// subscribers of `channel`; with `presence_only`, a `join`/`leave`
-    /// (on no stream, offset 0) to those that asked for them.
+    /// (on no stream, no offset) to those that asked for them.
     Publish {
         channel: Arc<str>,
         frame: SharedFrame,
-        offset: u64,
+        offset: Option<u64>,
         presence_only: bool,
     },
+    /// The history took another epoch: every connection and subscription
+    /// here starts again at offset 0.
+    ResetFloors,
     /// Subscribe (or unsubscribe) every connection of these users on this
     /// shard to `channel`, for the management API.
     SubscribeUsers {
@@ -92,7 +95,8 @@ pub enum Command {
 pub struct UserMessage {
     pub user: String,
     pub frame: SharedFrame,
-    pub offset: u64,
+    /// `None`: unnumbered (a cluster node cut off from Redis).
+    pub offset: Option<u64>,
 }
 
 /// A shard's inbox was full: the operation was refused before anything
@@ -195,7 +199,7 @@ impl Bus {
         room.send_all(|| Command::Publish {
             channel: channel.clone(),
             frame: frame.clone(),
-            offset: 0,
+            offset: None,
             presence_only: true,
         });
         Ok(())

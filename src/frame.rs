@@ -160,11 +160,12 @@ pub fn subscribed(channel: &str, offset: u64, epoch: &str, recovered: Option<boo
 
 /// A message on a stream, `{"type","channel","offset","payload"}`
 /// (`channel` is `@all`, `@user` or a channel's name), as one text frame
-/// shared by every connection it goes to and by the history.
+/// shared by every connection it goes to and by the history. Without an
+/// offset (a cluster node cut off from Redis) the field is left out.
 pub fn stream_message(
     kind: &str,
     stream: &str,
-    offset: u64,
+    offset: Option<u64>,
     payload: Option<&RawValue>,
 ) -> SharedFrame {
     #[derive(Serialize)]
@@ -172,7 +173,8 @@ pub fn stream_message(
         #[serde(rename = "type")]
         kind: &'a str,
         channel: &'a str,
-        offset: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
         payload: Option<&'a RawValue>,
     }
     let json = serde_json::to_vec(&Envelope {
@@ -263,7 +265,7 @@ mod tests {
     #[test]
     fn stream_messages_carry_their_stream_and_offset() {
         let raw = RawValue::from_string(r#"{"a":1}"#.into()).expect("raw");
-        let f = stream_message("t", "@all", 42, Some(&raw));
+        let f = stream_message("t", "@all", Some(42), Some(&raw));
         assert_eq!(
             &f[2..],
             br#"{"type":"t","channel":"@all","offset":42,"payload":{"a":1}}"#
@@ -275,6 +277,8 @@ mod tests {
             ("t\"x", Some(r#"{"a":1}"#))
         );
         assert!(parse_envelope(b"[1]").is_none());
+        let f = stream_message("t", "@user", None, None);
+        assert_eq!(&f[2..], br#"{"type":"t","channel":"@user","payload":null}"#);
     }
 
     #[test]

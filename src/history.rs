@@ -39,6 +39,20 @@ pub enum Stream<'a> {
     Channel(&'a str),
 }
 
+/// The users a targeted message goes to, each once, in the order given,
+/// without those in `exclude` (exclusion wins): one `@user` stream each.
+/// Every node computes it the same way from the same lists.
+pub fn targets<'a>(
+    users: &'a [String],
+    exclude: &'a [String],
+) -> impl Iterator<Item = &'a String> + 'a {
+    let exclude: HashSet<&String> = exclude.iter().collect();
+    let mut seen = HashSet::new();
+    users
+        .iter()
+        .filter(move |u| !exclude.contains(u) && seen.insert(*u))
+}
+
 /// History limits (`--history-size`, `--history-ttl-secs`,
 /// `--history-max-bytes`).
 #[derive(Debug, Clone, Copy)]
@@ -52,13 +66,18 @@ pub struct Limits {
 /// The streams of a node and their recent messages.
 #[derive(Debug)]
 pub struct History {
-    epoch: String,
     limits: Limits,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    epoch: Arc<str>,
+    /// Whether `last` of every stream is known (always on a single node;
+    /// in a cluster once the node has read the offsets from Redis). Until
+    /// then nothing is recovered: a stream this node has not seen may have
+    /// had messages.
+    complete: bool,
     all: Log,
     users: HashMap<Arc<str>, Log>,
     channels: HashMap<Arc<str>, Log>,
@@ -124,6 +143,7 @@ pub struct Resume {
 /// Where a connection starts on its streams.
 #[derive(Debug)]
 pub struct ConnectionStart {
+    pub epoch: Arc<str>,
     pub all: u64,
     pub user: u64,
     /// `None` when nothing was asked.
@@ -135,22 +155,28 @@ pub struct ConnectionStart {
 /// Where a subscription starts on its channel's stream.
 #[derive(Debug)]
 pub struct SubscriptionStart {
+    pub epoch: Arc<str>,
     pub offset: u64,
     pub recovered: Option<bool>,
     pub replay: Vec<SharedFrame>,
 }
 
 impl History {
-    pub fn new(limits: Limits) -> History {
+    /// A node's history: complete from the start on a single node; in a
+    /// cluster (`complete: false`) once [`Writer::set_complete`] says so.
+    pub fn new(limits: Limits, complete: bool) -> History {
         History {
-            epoch: new_epoch(),
             limits,
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                epoch: Arc::from(new_epoch()),
+                complete,
+                ..State::default()
+            }),
         }
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> Arc<str> {
+        self.lock().state.epoch.clone()
     }
 
     /// Takes the history for appending or reading; hold it until the
@@ -179,6 +205,7 @@ impl History {
         let all = w.last(Stream::All);
         let own = w.last(Stream::User(user));
         let mut start = ConnectionStart {
+            epoch: w.state.epoch.clone(),
             all,
             user: own,
             recovered: None,
@@ -187,7 +214,8 @@ impl History {
         let Some(ask) = ask else {
             return start;
         };
-        let missed = (ask.epoch == self.epoch)
+        let missed = w
+            .may_recover(&ask.epoch)
             .then(|| {
                 let a = w.missed(since(Stream::All, ask.all), user, now)?;
                 let u = w.missed(since(Stream::User(user), ask.user), user, now)?;
@@ -196,6 +224,10 @@ impl History {
             .flatten();
         start.recovered = Some(missed.is_some());
         if let Some((mut a, u)) = missed {
+            // Offsets it saw that this node has not applied yet (another
+            // node's, a moment ahead) come live later: start after them.
+            start.all = start.all.max(ask.all);
+            start.user = start.user.max(ask.user);
             a.extend(u);
             a.sort_by_key(|(seq, _)| *seq);
             start.replay = a.into_iter().map(|(_, f)| f).collect();
@@ -216,15 +248,20 @@ impl History {
         let mut w = self.lock();
         let stream = Stream::Channel(channel);
         let mut start = SubscriptionStart {
+            epoch: w.state.epoch.clone(),
             offset: w.last(stream),
             recovered: None,
             replay: Vec::new(),
         };
         if let Some((epoch, offset)) = ask {
-            let missed = (epoch == self.epoch)
+            let missed = w
+                .may_recover(epoch)
                 .then(|| w.missed(since(stream, offset), user, now))
                 .flatten();
             start.recovered = Some(missed.is_some());
+            if missed.is_some() {
+                start.offset = start.offset.max(offset);
+            }
             start.replay = missed
                 .unwrap_or_default()
                 .into_iter()
@@ -259,6 +296,74 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Whether a client that saw `epoch` may be told what it missed.
+    fn may_recover(&self, epoch: &str) -> bool {
+        self.state.complete && *self.state.epoch == *epoch
+    }
+
+    /// The cluster's epoch, read from Redis. Another than this node's
+    /// drops everything: its offsets count anew. True when it changed.
+    pub fn adopt_epoch(&mut self, epoch: &str) -> bool {
+        if *self.state.epoch == *epoch {
+            return false;
+        }
+        let complete = self.state.complete;
+        *self.state = State {
+            epoch: Arc::from(epoch),
+            complete,
+            ..State::default()
+        };
+        true
+    }
+
+    /// Says whether every stream's last offset is known (see [`State`]).
+    pub fn set_complete(&mut self, complete: bool) {
+        self.state.complete = complete;
+    }
+
+    /// Raises `stream`'s last offset to `offset` (read from Redis) without
+    /// a message: this node knows it was used.
+    pub fn raise_last(&mut self, stream: Stream<'_>, offset: u64) {
+        let s = &mut *self.state;
+        let log = s.log_mut(stream);
+        if offset > log.last {
+            log.last = offset;
+            // What it holds is no longer followed by all that came after.
+            s.clear_stream(&Key::of(stream));
+        }
+    }
+
+    /// Records message `offset` of `stream`, numbered by the cluster (its
+    /// frame built by `build`), sent at `at`. Kept when it follows the last
+    /// one kept; after a gap the stream's older entries are dropped first
+    /// (a replay must never skip a message), and one at or below the last
+    /// offset is not kept again. Returns its frame in every case: whether
+    /// a connection takes it is up to the connection's own floor.
+    pub fn append_at(
+        &mut self,
+        stream: Stream<'_>,
+        offset: u64,
+        at: Instant,
+        now: Instant,
+        exclude: Option<Arc<HashSet<String>>>,
+        build: impl FnOnce(u64) -> SharedFrame,
+    ) -> SharedFrame {
+        let frame = build(offset);
+        let last = self.last(stream);
+        if offset <= last {
+            return frame;
+        }
+        if offset > last + 1 {
+            let s = &mut *self.state;
+            s.clear_stream(&Key::of(stream));
+            s.log_mut(stream).last = offset - 1;
+        }
+        let kept = frame.clone();
+        self.append(stream, at.min(now), exclude, move |_| kept);
+        self.state.expire(now, self.limits.ttl);
+        frame
+    }
+
     /// The offset of the last message on `stream` (0: none yet).
     pub fn last(&self, stream: Stream<'_>) -> u64 {
         self.state.log(stream).map_or(0, |l| l.last)
@@ -329,10 +434,9 @@ impl Writer<'_> {
             Some(l) => (l.last, &l.entries),
             None => return (since.offset == 0).then(Vec::new),
         };
-        if since.offset > last {
-            return None;
-        }
-        if since.offset == last {
+        if since.offset >= last {
+            // Nothing after it here; a client ahead of this node saw
+            // messages it has yet to apply, which come live.
             return Some(Vec::new());
         }
         // Every offset after `since` must still be here.
@@ -421,6 +525,16 @@ impl State {
         true
     }
 
+    /// Drops every entry of `key`'s stream (its offset counter stays).
+    fn clear_stream(&mut self, key: &Key) {
+        while self
+            .log(key.stream())
+            .is_some_and(|l| !l.entries.is_empty())
+        {
+            self.pop_front(key);
+        }
+    }
+
     /// Drops entries older than `ttl`, oldest first.
     fn expire(&mut self, now: Instant, ttl: Duration) {
         loop {
@@ -470,7 +584,7 @@ mod tests {
 
     #[test]
     fn offsets_grow_per_stream_from_one() {
-        let h = History::new(limits(10, 1 << 20));
+        let h = History::new(limits(10, 1 << 20), true);
         let now = Instant::now();
         let mut w = h.lock();
         assert_eq!(w.append(Stream::All, now, None, frame("a")).0, 1);
@@ -484,12 +598,13 @@ mod tests {
         assert_eq!(w.last(Stream::All), 2);
         assert_eq!(w.last(Stream::User("u")), 1);
         assert_eq!(w.last(Stream::User("nobody")), 0);
+        drop(w);
         assert_eq!(h.epoch().len(), 16);
     }
 
     #[test]
     fn missed_messages_are_those_after_the_offset_unless_some_are_gone() {
-        let h = History::new(limits(3, 1 << 20));
+        let h = History::new(limits(3, 1 << 20), true);
         let now = Instant::now();
         let mut w = h.lock();
         for t in ["a", "b", "c", "d"] {
@@ -509,18 +624,22 @@ mod tests {
             texts(w.missed(since(Stream::All, 4), "u", now)),
             Some(vec![])
         );
-        assert_eq!(texts(w.missed(since(Stream::All, 5), "u", now)), None);
-        // A stream never written: only "nothing seen" is recoverable.
+        // Ahead of this node (another node's offsets not applied yet):
+        // nothing to replay here.
+        assert_eq!(
+            texts(w.missed(since(Stream::All, 5), "u", now)),
+            Some(vec![])
+        );
+        // A stream never written: nothing missed.
         assert_eq!(
             texts(w.missed(since(Stream::User("u"), 0), "u", now)),
             Some(vec![])
         );
-        assert_eq!(texts(w.missed(since(Stream::User("u"), 1), "u", now)), None);
     }
 
     #[test]
     fn excluded_users_do_not_get_the_entries_they_were_left_out_of() {
-        let h = History::new(limits(10, 1 << 20));
+        let h = History::new(limits(10, 1 << 20), true);
         let now = Instant::now();
         let mut w = h.lock();
         let ex = Some(Arc::new(HashSet::from(["u".to_string()])));
@@ -538,11 +657,14 @@ mod tests {
 
     #[test]
     fn old_entries_expire_and_size_zero_keeps_offsets_only() {
-        let h = History::new(Limits {
-            size: 10,
-            ttl: Duration::from_secs(5),
-            max_bytes: 1 << 20,
-        });
+        let h = History::new(
+            Limits {
+                size: 10,
+                ttl: Duration::from_secs(5),
+                max_bytes: 1 << 20,
+            },
+            true,
+        );
         let t = Instant::now();
         let mut w = h.lock();
         w.append(Stream::All, t, None, frame("a"));
@@ -556,7 +678,7 @@ mod tests {
         drop(w);
         assert_eq!(h.usage().0, 1);
 
-        let off = History::new(limits(0, 1 << 20));
+        let off = History::new(limits(0, 1 << 20), true);
         let mut w = off.lock();
         assert_eq!(w.append(Stream::All, t, None, frame("a")).0, 1);
         assert_eq!(w.append(Stream::All, t, None, frame("b")).0, 2);
@@ -569,7 +691,7 @@ mod tests {
     #[test]
     fn the_byte_budget_evicts_the_oldest_entries_of_the_whole_node() {
         // Each entry: 4-5 bytes of frame + 64 of bookkeeping; room for 4.
-        let h = History::new(limits(100, 4 * 70));
+        let h = History::new(limits(100, 4 * 70), true);
         let now = Instant::now();
         let mut w = h.lock();
         w.append(Stream::User("u"), now, None, frame("u1"));
@@ -597,7 +719,7 @@ mod tests {
 
     #[test]
     fn a_connection_recovers_both_streams_or_neither() {
-        let h = History::new(limits(2, 1 << 20));
+        let h = History::new(limits(2, 1 << 20), true);
         let now = Instant::now();
         {
             let mut w = h.lock();
@@ -630,13 +752,13 @@ mod tests {
         };
         let other = h.start_connection("u", Some(&other_epoch), now);
         assert_eq!(other.recovered, Some(false));
-        let sub = h.start_subscription("news", "u", Some((h.epoch(), 0)), now);
+        let sub = h.start_subscription("news", "u", Some((&h.epoch(), 0)), now);
         assert_eq!((sub.offset, sub.recovered), (0, Some(true)));
     }
 
     #[test]
     fn streams_merge_in_append_order() {
-        let h = History::new(limits(10, 1 << 20));
+        let h = History::new(limits(10, 1 << 20), true);
         let now = Instant::now();
         let mut w = h.lock();
         w.append(Stream::All, now, None, frame("a1"));

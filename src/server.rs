@@ -264,18 +264,34 @@ pub(crate) fn assemble(
                 .node_id
                 .clone()
                 .unwrap_or_else(|| crate::cluster::default_node_id(port));
-            Some(Arc::new(Cluster::new(url, node_id, &config.cluster_name)?))
+            // The cluster's log of numbered messages, from which a node
+            // that starts fills its history: about one entry per KiB of
+            // --history-max-bytes, at least 1,000 (none with history off).
+            let log = match config.history_size {
+                0 => 0,
+                _ => (config.history_max_bytes / 1024).max(1000),
+            };
+            Some(Arc::new(Cluster::new(
+                url,
+                node_id,
+                &config.cluster_name,
+                log,
+            )?))
         }
         _ => None,
     };
     let shared = Shared {
         presence: Arc::new(Presence::new(config.shards, cluster.is_some())),
         channels: Arc::new(Directory::new(config.shards, config.redis_url.is_some())),
-        history: Arc::new(History::new(history::Limits {
-            size: config.history_size,
-            ttl: Duration::from_secs(config.history_ttl_secs),
-            max_bytes: config.history_max_bytes,
-        })),
+        history: Arc::new(History::new(
+            history::Limits {
+                size: config.history_size,
+                ttl: Duration::from_secs(config.history_ttl_secs),
+                max_bytes: config.history_max_bytes,
+            },
+            // In a cluster the offsets are the cluster's, read from Redis.
+            config.redis_url.is_none(),
+        )),
         cluster,
         verifier: Arc::new(verifier),
         metrics: Arc::new(Metrics::new(config.shards)),

@@ -14,7 +14,7 @@ pub use crate::channels::{check_name as check_channel_name, split_sub_key, Direc
 pub use crate::cluster::view::{NodeCounters, View};
 pub use crate::cluster::wire::{decode as decode_cluster_packet, Body as ClusterBody};
 pub use crate::conn::{feed, Outbound, WsEnv, WsRead, WsState};
-pub use crate::frame::{envelope, shared_message, text_frame, SharedFrame};
+pub use crate::frame::{envelope, shared_message, stream_message, text_frame, SharedFrame};
 pub use crate::http::{
     decode_chunked, parse_request, percent_decode, Chunked, Limits, Parsed, Request, Response,
 };

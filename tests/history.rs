@@ -40,13 +40,10 @@ fn expect(list: &[(&str, u64, &str)]) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-/// Reconnects `user` asking to recover from `hello` (its last `connected`)
-/// and what it got after it.
-fn reconnect(addr: SocketAddr, user: &str, epoch: &str, all: u64, own: u64) -> (Ws, Value) {
-    let path = format!(
-        "/ws?token={}&epoch={epoch}&since_all={all}&since_user={own}",
-        token(user, 600)
-    );
+/// Reconnects with `token`, asking to recover after `all` and `own` in
+/// `epoch`; returns the socket and its `connected`.
+fn reconnect(addr: SocketAddr, token: &str, epoch: &str, all: u64, own: u64) -> (Ws, Value) {
+    let path = format!("/ws?token={token}&epoch={epoch}&since_all={all}&since_user={own}");
     let mut ws = try_connect(addr, &path, &[]).expect("upgrade accepted");
     let hello = next_json(&mut ws);
     assert_eq!(hello["type"], "connected", "{hello}");
@@ -114,7 +111,7 @@ fn a_client_that_reconnects_gets_exactly_what_it_missed_then_live_messages() {
         next_json(&mut bob);
     }
 
-    let (mut a, hello) = reconnect(srv.addr, "alice", &epoch, 1, 0);
+    let (mut a, hello) = reconnect(srv.addr, &token("alice", 600), &epoch, 1, 0);
     assert_eq!(hello["payload"]["recovered"], true, "{hello}");
     assert_eq!(
         hello["payload"]["offsets"],
@@ -140,7 +137,7 @@ fn a_client_that_reconnects_gets_exactly_what_it_missed_then_live_messages() {
     );
 
     // Nothing missed is recovered too, with nothing replayed.
-    let (mut again, hello) = reconnect(srv.addr, "alice", &epoch, 5, 2);
+    let (mut again, hello) = reconnect(srv.addr, &token("alice", 600), &epoch, 5, 2);
     assert_eq!(hello["payload"]["recovered"], true);
     send_json(&mut again, &json!({"type": "probe"}));
     assert_eq!(next_json(&mut again)["type"], "echo");
@@ -164,7 +161,7 @@ fn another_epoch_or_lost_history_gives_recovered_false_and_no_replay() {
         ("not-the-epoch", 3, false),
         (epoch.as_str(), 1, true),
     ] {
-        let (mut ws, hello) = reconnect(srv.addr, "alice", epoch, all, 0);
+        let (mut ws, hello) = reconnect(srv.addr, &token("alice", 600), epoch, all, 0);
         assert_eq!(hello["payload"]["recovered"], recovered, "{hello}");
         assert_eq!(hello["payload"]["offsets"]["@all"], 3);
         if recovered {
@@ -240,10 +237,10 @@ fn with_history_off_offsets_still_count_and_only_nothing_missed_recovers() {
         .to_string();
     broadcast(srv.addr, json!({"type": "m"}));
     assert_eq!(next_json(&mut a)["offset"], 1);
-    let (_, hello) = reconnect(srv.addr, "alice", &epoch, 1, 0);
+    let (_, hello) = reconnect(srv.addr, &token("alice", 600), &epoch, 1, 0);
     assert_eq!(hello["payload"]["recovered"], true);
     broadcast(srv.addr, json!({"type": "m"}));
-    let (_, hello) = reconnect(srv.addr, "alice", &epoch, 1, 0);
+    let (_, hello) = reconnect(srv.addr, &token("alice", 600), &epoch, 1, 0);
     assert_eq!(hello["payload"]["recovered"], false);
     let metrics = http_raw(
         srv.addr,
@@ -308,5 +305,75 @@ fn history_memory_stays_within_its_byte_bound() {
         grown_kib < 3 * MAX / 1024,
         "RSS grew {grown_kib} KiB for a {} KiB bound",
         MAX / 1024
+    );
+}
+
+#[test]
+fn a_client_that_left_node_a_recovers_on_node_c_what_node_b_published() {
+    use common::cluster::{stats, three};
+    let t = three("history");
+    let (mut a, hello) = connect(t.a.addr, &token_with("alice", &["news"]));
+    let epoch = hello["payload"]["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+    let ack = subscribe(&mut a, "news", false);
+    assert_eq!(
+        ack["payload"]["epoch"],
+        epoch.as_str(),
+        "one epoch per cluster"
+    );
+    // A watcher on C, to know when C has every message.
+    let (mut watcher, hello_c) = connect(t.c.addr, &token("watcher", 600));
+    assert_eq!(hello_c["payload"]["epoch"], epoch.as_str());
+    eventually("b counts alice and the watcher", || {
+        stats(t.b.addr)["totalConnections"] == 2
+    });
+    broadcast(t.b.addr, json!({"type": "seen"}));
+    let seen = next_json(&mut a);
+    let seen_all = seen["offset"].as_u64().expect("offset");
+    assert_eq!(next_json(&mut watcher)["offset"], seen_all);
+    drop(a);
+    eventually("alice is gone everywhere", || {
+        user_status(t.b.addr, "alice")["connectionCount"] == 0
+    });
+
+    // While alice is away, B publishes on every stream of hers.
+    broadcast(t.b.addr, json!({"type": "m1"}));
+    assert_eq!(send(t.b.addr, "alice", json!({"type": "d1"})), 404);
+    let (status, _) = publish(t.b.addr, "news", "n1", json!(1));
+    assert_eq!(status, 200);
+    broadcast(t.b.addr, json!({"type": "m2", "excludeUserIds": ["alice"]}));
+    broadcast(t.b.addr, json!({"type": "m3"}));
+    for _ in 0..3 {
+        next_json(&mut watcher);
+    }
+
+    let tok = token_with("alice", &["news"]);
+    let (mut a, hello) = reconnect(t.c.addr, &tok, &epoch, seen_all, 0);
+    assert_eq!(hello["payload"]["recovered"], true, "{hello}");
+    let missed: Vec<_> = (0..3).map(|_| on_stream(&next_json(&mut a))).collect();
+    assert_eq!(
+        missed,
+        expect(&[
+            ("@all", seen_all + 1, "m1"),
+            ("@user", 1, "d1"),
+            ("@all", seen_all + 3, "m3"),
+        ]),
+        "exactly what she missed on her own streams, in order"
+    );
+    let payload = json!({"channel": "news", "since": 0, "epoch": epoch});
+    send_json(&mut a, &json!({"type": "subscribe", "payload": payload}));
+    let ack = next_json(&mut a);
+    assert_eq!(ack["payload"]["recovered"], true, "{ack}");
+    assert_eq!(
+        on_stream(&next_json(&mut a)),
+        expect(&[("news", 1, "n1")])[0]
+    );
+    // Then live messages, from any node, with no duplicate.
+    broadcast(t.a.addr, json!({"type": "live"}));
+    assert_eq!(
+        on_stream(&next_json(&mut a)),
+        expect(&[("@all", seen_all + 4, "live")])[0]
     );
 }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use redis::{Connection, RedisResult};
 
+use super::outbox::Outgoing;
+use super::sequence::{self, SCRIPT};
 use super::wire::{self, Body, Packet};
 use super::{Cluster, LocalNode, NodeCounters, HEARTBEAT, PRESENCE_FLUSH};
 use crate::error::CloseCode;
@@ -114,6 +116,8 @@ struct Publisher<'a> {
     local: &'a dyn LocalNode,
     c: &'a Cluster,
     con: Option<Connection>,
+    /// The sequencing script's SHA1, loaded on each connection.
+    script: String,
     seq: u64,
     reconnect: Reconnect,
 }
@@ -123,10 +127,11 @@ fn run_publisher(c: &Cluster, local: &dyn LocalNode) {
         local,
         c,
         con: None,
+        script: String::new(),
         seq: 0,
         reconnect: Reconnect::new(),
     };
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
     let mut next_flush = Instant::now();
     let mut next_heartbeat = Instant::now();
     loop {
@@ -167,13 +172,13 @@ fn run_publisher(c: &Cluster, local: &dyn LocalNode) {
 
 /// Adds queued packets to `batch` up to [`BATCH`] packets or
 /// [`BATCH_BYTES`]; returns the bytes of the whole batch.
-fn fill_batch(c: &Cluster, batch: &mut Vec<Vec<u8>>) -> usize {
-    let mut bytes: usize = batch.iter().map(Vec::len).sum();
+fn fill_batch(c: &Cluster, batch: &mut Vec<Outgoing>) -> usize {
+    let mut bytes: usize = batch.iter().map(Outgoing::size).sum();
     while batch.len() < BATCH && bytes < BATCH_BYTES {
         let Some(b) = c.outbox.try_recv() else {
             break;
         };
-        bytes += b.len();
+        bytes += b.size();
         batch.push(b);
     }
     bytes
@@ -201,6 +206,22 @@ impl Publisher<'_> {
             }
             self.write_seq(&mut pipe);
             pipe.exec(&mut con)?;
+            // The script, and the cluster's epoch (this node's own when
+            // the cluster has none yet).
+            let (script, _, epoch): (String, (), String) = redis::pipe()
+                .cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(SCRIPT)
+                .cmd("SET")
+                .arg(names.epoch())
+                .arg(self.local.epoch())
+                .arg("NX")
+                .ignore()
+                .get(names.epoch())
+                .query(&mut con)
+                .map(|(s, e): (String, String)| (s, (), e))?;
+            self.script = script;
+            self.local.adopt_epoch(&epoch);
             Ok(con)
         });
         match r {
@@ -241,10 +262,9 @@ impl Publisher<'_> {
     /// Sends the queued packets, then presence changes and the heartbeat
     /// when due. Without a connection the packets are dropped and counted
     /// (presence changes wait: the snapshot on reconnect covers them).
-    fn send(&mut self, batch: &mut Vec<Vec<u8>>, flush: bool, heartbeat: bool) {
+    fn send(&mut self, batch: &mut Vec<Outgoing>, flush: bool, heartbeat: bool) {
         let Some(mut con) = self.con.take() else {
-            self.c.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
-            batch.clear();
+            self.give_up(batch);
             return;
         };
         let channel = self.c.names.channel();
@@ -253,10 +273,11 @@ impl Publisher<'_> {
             if !batch.is_empty() {
                 let mut pipe = redis::pipe();
                 for b in batch.iter() {
-                    pipe.publish(&channel, b.as_slice()).ignore();
+                    self.queue(&mut pipe, b, &channel);
                 }
                 pipe.exec(&mut con)?;
                 self.c.stats.published.fetch_add(sent, Relaxed);
+                batch.clear();
             }
             if flush {
                 self.flush_presence(&mut con, &channel)?;
@@ -266,12 +287,48 @@ impl Publisher<'_> {
             }
             Ok(())
         })();
-        batch.clear();
         match r {
             Ok(()) => self.con = Some(con),
             Err(e) => {
+                self.give_up(batch);
                 self.c.stats.publisher_up.store(false, Relaxed);
                 self.reconnect.failed("publisher", self.c, &e);
+            }
+        }
+    }
+
+    /// One packet into the pipeline: published as it is, or numbered and
+    /// published by the sequencing script.
+    fn queue(&self, pipe: &mut redis::Pipeline, b: &Outgoing, channel: &str) {
+        if b.streams.is_empty() {
+            pipe.publish(channel, b.packet.as_slice()).ignore();
+            return;
+        }
+        let n = &self.c.names;
+        pipe.cmd("EVALSHA")
+            .arg(&self.script)
+            .arg(4)
+            .arg(n.offsets())
+            .arg(n.history())
+            .arg(n.epoch())
+            .arg(channel)
+            .arg(self.local.epoch())
+            .arg(b.packet.as_slice())
+            .arg(self.c.history_log)
+            .arg(&b.streams)
+            .ignore();
+    }
+
+    /// The packets of a batch Redis did not take: counted as dropped (the
+    /// other nodes will not get them), and the messages this node meant to
+    /// number delivered to its own connections, unnumbered, as while Redis
+    /// is down. A batch that failed half way may have reached Redis in
+    /// part: those messages then reach this node's connections twice.
+    fn give_up(&self, batch: &mut Vec<Outgoing>) {
+        self.c.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
+        for b in batch.drain(..) {
+            if !b.streams.is_empty() {
+                self.local.fall_back(&b.packet);
             }
         }
     }
@@ -322,7 +379,7 @@ impl Publisher<'_> {
     /// or `deadline` passes; then what is queued at that moment is dropped
     /// and counted (so the loop ends even if callers keep publishing).
     /// Without a connection, `send` drops each batch at once.
-    fn flush_outbox(&mut self, batch: &mut Vec<Vec<u8>>, deadline: Instant) {
+    fn flush_outbox(&mut self, batch: &mut Vec<Outgoing>, deadline: Instant) {
         loop {
             let bytes = fill_batch(self.c, batch);
             if batch.is_empty() {
@@ -335,13 +392,13 @@ impl Publisher<'_> {
             self.c.outbox.release(bytes);
         }
         let mut dropped = batch.len();
-        let mut bytes: usize = batch.drain(..).map(|b| b.len()).sum();
+        let mut bytes: usize = batch.drain(..).map(|b| b.size()).sum();
         for _ in 0..self.c.outbox.len() {
             let Some(b) = self.c.outbox.try_recv() else {
                 break;
             };
             dropped += 1;
-            bytes += b.len();
+            bytes += b.size();
         }
         self.c.stats.dropped.fetch_add(dropped as u64, Relaxed);
         self.c.outbox.release(bytes);
@@ -394,6 +451,9 @@ fn run_subscriber(c: &Cluster, local: &dyn LocalNode) {
         }
         let r = subscribe(c, local, &mut reconnect);
         c.stats.subscriber_up.store(false, Relaxed);
+        // Packets may be missed until the next subscription has read the
+        // offsets again: no recovery here meanwhile.
+        local.history_complete(false);
         if let Err(e) = r {
             reconnect.failed("subscriber", c, &e);
         }
@@ -407,6 +467,9 @@ fn subscribe(c: &Cluster, local: &dyn LocalNode, reconnect: &mut Reconnect) -> R
     let mut ps = con.as_pubsub();
     ps.subscribe(c.names.channel())?;
     ps.set_read_timeout(Some(SUBSCRIBER_POLL))?;
+    // What was numbered before this subscription; what is numbered from
+    // now on waits in the subscription meanwhile.
+    warm_up(c, local, &mut query)?;
     c.stats.subscriber_up.store(true, Relaxed);
     reconnect.succeeded("subscriber", c);
     loop {
@@ -435,6 +498,71 @@ fn subscribe(c: &Cluster, local: &dyn LocalNode, reconnect: &mut Reconnect) -> R
     }
 }
 
+/// Entries of the history log read per `XRANGE`, and fields of the
+/// offsets hash per `HSCAN`.
+const WARM_UP_PAGE: usize = 1000;
+
+/// Fills this node's history from the cluster's: the epoch, the log of
+/// recent numbered packets (oldest first), then every stream's last offset
+/// (after the log, so that the log's entries are not taken for old ones).
+/// Then clients may recover here.
+fn warm_up(c: &Cluster, local: &dyn LocalNode, con: &mut Connection) -> RedisResult<()> {
+    let epoch: Option<String> = redis::cmd("GET").arg(c.names.epoch()).query(con)?;
+    if let Some(e) = &epoch {
+        local.adopt_epoch(e);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut start = "-".to_string();
+    loop {
+        type Entries = Vec<(String, HashMap<String, Vec<u8>>)>;
+        let entries: Entries = redis::cmd("XRANGE")
+            .arg(c.names.history())
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(WARM_UP_PAGE)
+            .query(con)?;
+        for (id, fields) in &entries {
+            let sent_ms = id
+                .split_once('-')
+                .and_then(|(ms, _)| ms.parse::<u64>().ok())
+                .unwrap_or(now_ms);
+            let age = Duration::from_millis(now_ms.saturating_sub(sent_ms));
+            let Some(bytes) = fields.get("m") else {
+                continue;
+            };
+            let Ok((Some(seq), packet)) = sequence::split(bytes) else {
+                continue;
+            };
+            if let Ok(p) = wire::decode(packet) {
+                local.remember(&seq, &p.body, age);
+            }
+        }
+        match entries.last() {
+            Some((id, _)) if entries.len() == WARM_UP_PAGE => start = format!("({id}"),
+            _ => break,
+        }
+    }
+    let mut cursor = 0u64;
+    loop {
+        let (next, fields): (u64, Vec<(String, u64)>) = redis::cmd("HSCAN")
+            .arg(c.names.offsets())
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(WARM_UP_PAGE)
+            .query(con)?;
+        local.raise_offsets(&fields);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    local.history_complete(true);
+    Ok(())
+}
+
 /// Reads `node`'s presence snapshot and its sequence number in one step.
 fn resync(c: &Cluster, con: &mut Connection, node: &str) -> RedisResult<()> {
     type Snapshot = (HashMap<String, u32>, HashMap<String, u32>, Option<String>);
@@ -457,16 +585,43 @@ fn parse_seq(s: &str) -> Option<(u64, u64)> {
     Some((inc.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Applies one packet from the channel.
+/// Applies one packet from the channel. A numbered one (a message) is
+/// applied by every node, its sender included: this node's connections
+/// get it under the cluster's numbers too.
 fn on_packet(c: &Cluster, local: &dyn LocalNode, bytes: &[u8]) {
-    let p = match wire::decode(bytes) {
-        Ok(p) => p,
+    let decoded = sequence::split(bytes).and_then(|(seq, packet)| Ok((seq, wire::decode(packet)?)));
+    let (seq, p) = match decoded {
+        Ok(d) => d,
         Err(e) => {
             c.stats.malformed.fetch_add(1, Relaxed);
             log::debug!("cluster: {e}");
             return;
         }
     };
+    if let Some(seq) = &seq {
+        if p.node != c.node_id {
+            c.stats.received.fetch_add(1, Relaxed);
+        }
+        match p.body {
+            Body::Broadcast {
+                message,
+                users,
+                exclude,
+            } => local.deliver(
+                message.get().as_bytes(),
+                users.as_deref(),
+                &exclude,
+                Some(seq),
+            ),
+            Body::Publish { channel, message } => {
+                local.publish(&channel, message.get().as_bytes(), Some(seq));
+            }
+            _ => {
+                c.stats.malformed.fetch_add(1, Relaxed);
+            }
+        }
+        return;
+    }
     if p.node == c.node_id {
         if p.inc != c.inc {
             log::warn!(
@@ -484,9 +639,11 @@ fn on_packet(c: &Cluster, local: &dyn LocalNode, bytes: &[u8]) {
             users,
             exclude,
         } => {
-            local.deliver(message.get().as_bytes(), users.as_deref(), &exclude);
+            local.deliver(message.get().as_bytes(), users.as_deref(), &exclude, None);
         }
-        Body::Publish { channel, message } => local.publish(&channel, message.get().as_bytes()),
+        Body::Publish { channel, message } => {
+            local.publish(&channel, message.get().as_bytes(), None);
+        }
         Body::Subscribe {
             channel,
             users,

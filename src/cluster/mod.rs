@@ -23,6 +23,7 @@
 
 mod link;
 mod outbox;
+pub(crate) mod sequence;
 pub(crate) mod subs;
 pub(crate) mod view;
 pub(crate) mod wire;
@@ -37,6 +38,8 @@ use crate::metrics::Prom;
 
 pub(crate) use link::spawn;
 use outbox::Outbox;
+use outbox::Outgoing;
+use sequence::Seq;
 use view::View;
 pub(crate) use view::{LocalUsers, NodeCounters};
 use wire::{Body, Names, Packet};
@@ -61,11 +64,35 @@ const OUTBOX_BYTES: usize = 64 << 20;
 
 /// What the cluster link may ask of this node.
 pub(crate) trait LocalNode: Send + Sync + 'static {
-    /// Fans a message another node published out to this node's connections.
-    fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]);
-    /// Delivers a channel message another node published (`envelope` is
-    /// the encoded `{"type","payload"}`) to this node's subscribers.
-    fn publish(&self, channel: &str, envelope: &[u8]);
+    /// Fans a message out to this node's connections (`envelope` is the
+    /// encoded `{"type","payload"}`), under the numbers Redis gave it
+    /// (`None`: a packet of a node that did not number it).
+    fn deliver(
+        &self,
+        envelope: &[u8],
+        users: Option<&[String]>,
+        exclude: &[String],
+        seq: Option<&Seq>,
+    );
+    /// Delivers a channel message to this node's subscribers, as
+    /// [`LocalNode::deliver`] does.
+    fn publish(&self, channel: &str, envelope: &[u8], seq: Option<&Seq>);
+    /// Keeps a numbered packet read back from the cluster's history log
+    /// (sent `age` ago) in this node's history, without delivering it.
+    fn remember(&self, seq: &Seq, body: &Body<'_>, age: Duration);
+    /// Delivers a message this node queued for numbering that could not
+    /// reach Redis, to this node's connections only, unnumbered.
+    fn fall_back(&self, packet: &[u8]);
+    /// This node's history epoch (proposed to Redis when it has none).
+    fn epoch(&self) -> String;
+    /// The cluster's history epoch, read from Redis.
+    fn adopt_epoch(&self, epoch: &str);
+    /// Streams' last offsets read from Redis (`sequence::streams` names).
+    fn raise_offsets(&self, offsets: &[(String, u64)]);
+    /// Whether this node knows every stream's last offset (it has read
+    /// them from Redis since its subscription started): until it does, no
+    /// client recovers here.
+    fn history_complete(&self, complete: bool);
     /// Subscribes (or unsubscribes) `users`' connections here to `channel`.
     fn subscribe_users(&self, channel: &str, users: &[String], subscribe: bool);
     /// Closes a user's connections on this node.
@@ -114,12 +141,19 @@ pub(crate) struct Cluster {
     pub redis_addr: String,
     outbox: Outbox,
     view: Mutex<View>,
+    /// Entries the cluster's history log keeps (0: none, history is off).
+    history_log: usize,
     pub stats: LinkStats,
     pub stop: AtomicBool,
 }
 
 impl Cluster {
-    pub fn new(url: &str, node_id: String, cluster_name: &str) -> Result<Cluster, ClusterError> {
+    pub fn new(
+        url: &str,
+        node_id: String,
+        cluster_name: &str,
+        history_log: usize,
+    ) -> Result<Cluster, ClusterError> {
         let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
         let redis_addr = client.get_connection_info().addr().to_string();
         Ok(Cluster {
@@ -130,6 +164,7 @@ impl Cluster {
             redis_addr,
             outbox: Outbox::new(OUTBOX, OUTBOX_BYTES),
             view: Mutex::new(View::new(NODE_TTL)),
+            history_log,
             stats: LinkStats::default(),
             stop: AtomicBool::new(false),
         })
@@ -143,12 +178,28 @@ impl Cluster {
     /// counted in `wsedge_cluster_dropped_total`) when the queue is full
     /// because Redis is down or slow: then the other nodes will not get it.
     pub fn publish(&self, body: Body<'_>) -> bool {
-        let bytes = wire::encode(&Packet {
+        self.queue(body, false)
+    }
+
+    /// Queues a message (a broadcast, a send, a channel publish) for Redis
+    /// to number on its streams and publish to every node, this one
+    /// included; as [`Cluster::publish`] otherwise.
+    pub fn publish_numbered(&self, body: Body<'_>) -> bool {
+        self.queue(body, true)
+    }
+
+    fn queue(&self, body: Body<'_>, numbered: bool) -> bool {
+        let streams = if numbered {
+            sequence::streams(&body)
+        } else {
+            Vec::new()
+        };
+        let packet = wire::encode(&Packet {
             node: self.node_id.as_str().into(),
             inc: self.inc,
             body,
         });
-        let queued = self.outbox.push(bytes);
+        let queued = self.outbox.push(Outgoing { packet, streams });
         if !queued {
             self.stats.dropped.fetch_add(1, Relaxed);
         }

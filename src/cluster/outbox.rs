@@ -13,11 +13,35 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+/// One packet for the publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Outgoing {
+    pub packet: Vec<u8>,
+    /// The streams Redis numbers it on (`super::sequence::streams`); empty:
+    /// published as it is.
+    pub streams: Vec<String>,
+}
+
+impl Outgoing {
+    #[cfg(test)]
+    pub fn plain(packet: Vec<u8>) -> Outgoing {
+        Outgoing {
+            packet,
+            streams: Vec::new(),
+        }
+    }
+
+    /// Bytes it holds.
+    pub fn size(&self) -> usize {
+        self.packet.len() + self.streams.iter().map(String::len).sum::<usize>()
+    }
+}
+
 /// A bounded queue of encoded packets.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    tx: Sender<Vec<u8>>,
-    rx: Receiver<Vec<u8>>,
+    tx: Sender<Outgoing>,
+    rx: Receiver<Outgoing>,
     /// Bytes of the packets queued or held by the publisher.
     bytes: AtomicUsize,
     max_bytes: usize,
@@ -37,8 +61,8 @@ impl Outbox {
     /// Queues `packet` unless that passes either bound; never blocks. A
     /// packet larger than the byte bound on its own is taken when nothing
     /// else is held, so that it can still go out.
-    pub fn push(&self, packet: Vec<u8>) -> bool {
-        let n = packet.len();
+    pub fn push(&self, packet: Outgoing) -> bool {
+        let n = packet.size();
         let held = self.bytes.fetch_add(n, Relaxed);
         if held > 0 && held.saturating_add(n) > self.max_bytes {
             self.bytes.fetch_sub(n, Relaxed);
@@ -53,13 +77,13 @@ impl Outbox {
 
     /// The next packet, waiting at most `wait`. Its bytes stay counted until
     /// [`Outbox::release`].
-    pub fn recv_timeout(&self, wait: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+    pub fn recv_timeout(&self, wait: Duration) -> Result<Outgoing, RecvTimeoutError> {
         self.rx.recv_timeout(wait)
     }
 
     /// The next packet if one is queued. Its bytes stay counted until
     /// [`Outbox::release`].
-    pub fn try_recv(&self) -> Option<Vec<u8>> {
+    pub fn try_recv(&self) -> Option<Outgoing> {
         self.rx.try_recv().ok()
     }
 
@@ -87,35 +111,44 @@ mod tests {
     #[test]
     fn bytes_are_bounded_until_the_publisher_releases_them() {
         let o = Outbox::new(100, 1000);
-        assert!(o.push(vec![0; 600]));
-        assert!(o.push(vec![0; 400]));
-        assert!(!o.push(vec![0; 1]), "1000 bytes held: full");
+        assert!(o.push(Outgoing::plain(vec![0; 600])));
+        assert!(o.push(Outgoing::plain(vec![0; 400])));
+        assert!(
+            !o.push(Outgoing::plain(vec![0; 1])),
+            "1000 bytes held: full"
+        );
         // Taking a packet does not free its bytes: it is still being written.
         let p = o.try_recv().expect("queued");
-        assert!(!o.push(vec![0; 1]));
+        assert!(!o.push(Outgoing::plain(vec![0; 1])));
         assert_eq!(o.held_bytes(), 1000);
-        o.release(p.len());
-        assert!(!o.push(vec![0; 601]), "400 held + 601 > 1000");
-        assert!(o.push(vec![0; 600]));
+        o.release(p.size());
+        assert!(
+            !o.push(Outgoing::plain(vec![0; 601])),
+            "400 held + 601 > 1000"
+        );
+        assert!(o.push(Outgoing::plain(vec![0; 600])));
         assert_eq!(o.held_bytes(), 1000);
     }
 
     #[test]
     fn packets_are_bounded_too_and_a_huge_packet_goes_alone() {
         let o = Outbox::new(2, 1 << 20);
-        assert!(o.push(vec![1]));
-        assert!(o.push(vec![2]));
-        assert!(!o.push(vec![3]), "two packets queued");
+        assert!(o.push(Outgoing::plain(vec![1])));
+        assert!(o.push(Outgoing::plain(vec![2])));
+        assert!(!o.push(Outgoing::plain(vec![3])), "two packets queued");
         assert_eq!(o.held_bytes(), 2, "a refused packet is not counted");
         for _ in 0..2 {
             let p = o.try_recv().expect("queued");
-            o.release(p.len());
+            o.release(p.size());
         }
         assert!(o.try_recv().is_none());
-        assert!(o.push(vec![0; 2 << 20]), "over the bound, but alone");
-        assert!(!o.push(vec![0; 1]));
+        assert!(
+            o.push(Outgoing::plain(vec![0; 2 << 20])),
+            "over the bound, but alone"
+        );
+        assert!(!o.push(Outgoing::plain(vec![0; 1])));
         let p = o.recv_timeout(Duration::ZERO).expect("queued");
-        o.release(p.len());
+        o.release(p.size());
         assert_eq!(o.held_bytes(), 0);
     }
 }

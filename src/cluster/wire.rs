@@ -77,8 +77,12 @@ pub enum Body<'a> {
 
 /// Why a packet could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed cluster packet: {0}")]
-pub struct DecodeError(#[from] serde_json::Error);
+pub enum DecodeError {
+    #[error("malformed cluster packet: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("malformed numbers of a cluster packet")]
+    Header,
+}
 
 pub fn encode(packet: &Packet<'_>) -> Vec<u8> {
     // A Packet holds strings, numbers and already-valid JSON only.
@@ -108,6 +112,18 @@ impl Names {
     /// Hash of user → connection count on `node`.
     pub fn presence_key(&self, node: &str) -> String {
         format!("{}:presence:{node}", self.prefix)
+    }
+    /// Hash of stream → last offset, for the whole cluster.
+    pub fn offsets(&self) -> String {
+        format!("{}:offsets", self.prefix)
+    }
+    /// The capped log of numbered packets (a Redis stream).
+    pub fn history(&self) -> String {
+        format!("{}:history", self.prefix)
+    }
+    /// The cluster's history epoch.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
     }
     /// Hash of `"<channel> <user>"` → subscribed connections on `node`.
     pub fn subs_key(&self, node: &str) -> String {

@@ -392,11 +392,12 @@ impl Conn {
 
     /// Queues a live message on one of the connection's own streams,
     /// unless its offset is at or below where the connection started on
-    /// that stream. Returns false as [`Conn::push_frame`] does.
+    /// that stream (an unnumbered one always goes). Returns false as
+    /// [`Conn::push_frame`] does.
     pub fn push_own(
         &mut self,
         own: Own,
-        offset: u64,
+        offset: Option<u64>,
         frame: &SharedFrame,
         cap: usize,
         now: Instant,
@@ -408,10 +409,18 @@ impl Conn {
             Own::All => ws.floors.all,
             Own::User => ws.floors.user,
         };
-        if !ws.is_open() || offset <= floor {
+        if !ws.is_open() || offset.is_some_and(|o| o <= floor) {
             return true;
         }
         self.push_open(frame, cap, now)
+    }
+
+    /// Starts the connection's streams again at offset 0 (the history took
+    /// another epoch).
+    pub fn reset_floors(&mut self) {
+        if let State::Ws(ws) = &mut self.state {
+            ws.floors = Floors::default();
+        }
     }
 
     fn push_open(&mut self, frame: &SharedFrame, cap: usize, now: Instant) -> bool {

@@ -21,13 +21,14 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{distinct_targets, Handle};
+use super::deliver::number;
+use super::{Handle, Numbering};
 use crate::bus::{Busy, Command};
 use crate::channels::split_sub_key;
 use crate::cluster::subs::SubDelta;
 use crate::cluster::wire::Body;
 use crate::frame;
-use crate::history::Stream;
+use crate::history::{targets, Stream};
 
 /// A channel's subscribers (`GET /v1/websocket/channels/:channel`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -68,46 +69,74 @@ impl Handle {
         kind: &str,
         payload: Option<&RawValue>,
     ) -> Result<usize, Busy> {
-        let local = self.publish_local(channel, kind, payload)?;
-        self.shared.metrics.channel_publishes.fetch_add(1, Relaxed);
         let Some(cluster) = &self.shared.cluster else {
-            return Ok(local);
+            let n = self.publish_local(channel, kind, payload, Numbering::Here)?;
+            self.shared.metrics.channel_publishes.fetch_add(1, Relaxed);
+            return Ok(n);
         };
-        let remote = self.shared.channels.remote_connections(channel);
         let envelope = frame::envelope(kind, payload);
         // The envelope is JSON we just wrote.
-        let published = serde_json::from_slice::<&RawValue>(&envelope).is_ok_and(|message| {
-            cluster.publish(Body::Publish {
-                channel: channel.to_string(),
-                message,
-            })
-        });
-        Ok(if published { local + remote } else { local })
+        let queued = cluster.degraded().is_none()
+            && serde_json::from_slice::<&RawValue>(&envelope).is_ok_and(|message| {
+                cluster.publish_numbered(Body::Publish {
+                    channel: channel.to_string(),
+                    message,
+                })
+            });
+        let n = if queued {
+            // Numbered by Redis, then delivered by every node, this one too.
+            let here: u32 = self
+                .shared
+                .channels
+                .shards_of(channel)
+                .iter()
+                .map(|(_, n)| *n)
+                .sum();
+            here as usize + self.shared.channels.remote_connections(channel)
+        } else {
+            self.publish_local(channel, kind, payload, Numbering::Unnumbered)?
+        };
+        self.shared.metrics.channel_publishes.fetch_add(1, Relaxed);
+        Ok(n)
     }
 
-    /// Appends a message to `channel`'s stream and queues it to this
-    /// node's subscribers only; returns how many were addressed.
+    /// Numbers a message on `channel`'s stream and queues it to this node's
+    /// subscribers only; returns how many were addressed.
     pub(crate) fn publish_local(
         &self,
         channel: &str,
         kind: &str,
         payload: Option<&RawValue>,
+        numbering: Numbering<'_>,
     ) -> Result<usize, Busy> {
         let shared = &self.shared;
-        // Routing and appending under one lock, as for sends: a
+        // Routing and numbering under one lock, as for sends: a
         // subscription made meanwhile is routed to or starts after it.
         let mut history = shared.history.lock();
+        if let Numbering::Cluster(seq) = numbering {
+            self.follow_epoch(&mut history, &seq.epoch);
+        }
         let shards = shared.channels.shards_of(channel);
-        let room = shared
-            .bus
-            .reserve(shards.iter().map(|(s, _)| *s))
-            .inspect_err(|_| {
-                shared.metrics.commands_refused.fetch_add(1, Relaxed);
-            })?;
+        let room = shared.bus.reserve(shards.iter().map(|(s, _)| *s));
+        if room.is_err() {
+            shared.metrics.commands_refused.fetch_add(1, Relaxed);
+            if !matches!(numbering, Numbering::Cluster(_)) {
+                return Err(Busy);
+            }
+        }
         let now = Instant::now();
-        let (offset, frame) = history.append(Stream::Channel(channel), now, None, |offset| {
-            frame::stream_message(kind, channel, offset, payload)
-        });
+        let numbered = number(
+            &mut history,
+            Stream::Channel(channel),
+            0,
+            numbering,
+            now,
+            None,
+            |offset| frame::stream_message(kind, channel, offset, payload),
+        );
+        let (Some((offset, frame)), Ok(room)) = (numbered, room) else {
+            return Err(Busy);
+        };
         let name: Arc<str> = Arc::from(channel);
         room.send_all(|| Command::Publish {
             channel: name.clone(),
@@ -132,7 +161,7 @@ impl Handle {
         let Some(cluster) = &self.shared.cluster else {
             return Ok(local);
         };
-        let remote: usize = distinct_targets(users, &[])
+        let remote: usize = targets(users, &[])
             .map(|u| cluster.remote_user_count(u))
             .sum();
         let published = cluster.publish(Body::Subscribe {
@@ -151,12 +180,10 @@ impl Handle {
         subscribe: bool,
     ) -> Result<usize, Busy> {
         let name: Arc<str> = Arc::from(channel);
-        self.to_shards_of(distinct_targets(users, &[]), |users| {
-            Command::SubscribeUsers {
-                channel: name.clone(),
-                users,
-                subscribe,
-            }
+        self.to_shards_of(targets(users, &[]), |users| Command::SubscribeUsers {
+            channel: name.clone(),
+            users,
+            subscribe,
         })
     }
 

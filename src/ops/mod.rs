@@ -16,24 +16,25 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::bus::{Busy, Command, ConnRef, Reserved, UserMessage};
-use crate::cluster::subs::SubDelta;
+use crate::bus::{Busy, Command, ConnRef, Reserved};
 use crate::cluster::wire::Body;
-use crate::cluster::{Cluster, LocalNode, NodeCounters};
+use crate::cluster::Cluster;
 use crate::error::CloseCode;
 use crate::frame;
-use crate::history::Stream;
+use crate::history::targets;
 use crate::metrics::Prom;
 use crate::shared::Shared;
 
 mod channels;
+mod deliver;
+mod node;
 pub use channels::{ChannelCount, ChannelInfo, ChannelList};
+pub(crate) use deliver::Numbering;
 
 /// The most user ids a stats answer lists (`?limit=` above it is refused).
 pub const MAX_STATS_USERS: usize = 10_000;
@@ -121,7 +122,11 @@ impl Handle {
     }
 
     /// [`Handle::broadcast_raw`], telling a refusal apart: all of this
-    /// node's target shards had room, or nothing was sent anywhere.
+    /// node's target shards had room, or nothing was sent anywhere. In a
+    /// cluster the message goes to Redis to be numbered and comes back to
+    /// every node, this one included ([`Handle::deliver_local`]); while
+    /// Redis is out of reach it goes to this node's connections only,
+    /// unnumbered.
     pub(crate) fn try_broadcast_raw(
         &self,
         kind: &str,
@@ -129,31 +134,36 @@ impl Handle {
         user_ids: Option<&[String]>,
         exclude: &[String],
     ) -> Result<usize, Busy> {
-        let local = self.deliver_local(kind, payload, user_ids, exclude)?;
         let Some(cluster) = &self.shared.cluster else {
-            return Ok(local);
+            return self.deliver_local(kind, payload, user_ids, exclude, Numbering::Here);
         };
         let envelope = frame::envelope(kind, payload);
-        let remote = match user_ids {
-            Some(ids) => distinct_targets(ids, exclude)
-                .map(|u| cluster.remote_user_count(u))
+        // The envelope is JSON we just wrote.
+        let queued = cluster.degraded().is_none()
+            && serde_json::from_slice::<&RawValue>(&envelope).is_ok_and(|message| {
+                cluster.publish_numbered(Body::Broadcast {
+                    message,
+                    users: user_ids.map(<[String]>::to_vec),
+                    exclude: exclude.to_vec(),
+                })
+            });
+        if !queued {
+            // Redis is out of reach (or the queue to it full): this node's
+            // connections only.
+            return self.deliver_local(kind, payload, user_ids, exclude, Numbering::Unnumbered);
+        }
+        let presence = &self.shared.presence;
+        Ok(match user_ids {
+            Some(ids) => targets(ids, exclude)
+                .map(|u| presence.count(u) + cluster.remote_user_count(u))
                 .sum::<usize>(),
             None => {
                 // Totals and exclusions from the same per-user counts.
-                let exclude: HashSet<&str> = exclude.iter().map(String::as_str).collect();
-                cluster.remote_count_except(&exclude)
+                let set: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+                let excluded: usize = set.iter().map(|u| presence.count(u)).sum();
+                presence.total().saturating_sub(excluded) + cluster.remote_count_except(&set)
             }
-        };
-        // The envelope is JSON we just wrote.
-        let published = serde_json::from_slice::<&RawValue>(&envelope).is_ok_and(|message| {
-            cluster.publish(Body::Broadcast {
-                message,
-                users: user_ids.map(<[String]>::to_vec),
-                exclude: exclude.to_vec(),
-            })
-        });
-        // A packet the queue to Redis refused reaches no other node.
-        Ok(if published { local + remote } else { local })
+        })
     }
 
     /// Room in the inboxes of `shards`, or `Busy` (counted) when one is full.
@@ -161,96 +171,6 @@ impl Handle {
         self.shared.bus.reserve(shards).inspect_err(|_| {
             self.shared.metrics.commands_refused.fetch_add(1, Relaxed);
         })
-    }
-
-    /// Fans a message out to this node's connections only (the
-    /// single-node path, also taken by broadcasts from other nodes), on
-    /// `@all` or on each target's `@user` stream. Returns the connections
-    /// addressed here.
-    pub(crate) fn deliver_local(
-        &self,
-        kind: &str,
-        payload: Option<&RawValue>,
-        user_ids: Option<&[String]>,
-        exclude: &[String],
-    ) -> Result<usize, Busy> {
-        let shared = &self.shared;
-        let now = Instant::now();
-        let total = match user_ids {
-            Some(ids) => {
-                let targets: Vec<&String> = distinct_targets(ids, exclude).collect();
-                self.send_to_users(kind, payload, &targets, now)?
-            }
-            None => {
-                let exclude: HashSet<String> = exclude.iter().cloned().collect();
-                let excluded: usize = exclude.iter().map(|u| shared.presence.count(u)).sum();
-                let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
-                // Held until every shard has it: offsets arrive in order.
-                let mut history = shared.history.lock();
-                let room = self.reserve(0..shared.bus.shard_count())?;
-                let total = shared.presence.total().saturating_sub(excluded);
-                let (offset, frame) = history.append(Stream::All, now, exclude.clone(), |offset| {
-                    frame::stream_message(kind, "@all", offset, payload)
-                });
-                room.send_all(|| Command::BroadcastAll {
-                    frame: frame.clone(),
-                    offset,
-                    exclude: exclude.clone(),
-                });
-                total
-            }
-        };
-        shared.metrics.broadcasts.fetch_add(1, Relaxed);
-        Ok(total)
-    }
-
-    /// Appends a message to each user's `@user` stream (connected or not:
-    /// one away for a moment recovers it) and routes each user's frame to
-    /// the shards holding the user. Returns the connections addressed.
-    fn send_to_users(
-        &self,
-        kind: &str,
-        payload: Option<&RawValue>,
-        users: &[&String],
-        now: Instant,
-    ) -> Result<usize, Busy> {
-        let shared = &self.shared;
-        // Routing and appending under one lock: a connection that opens
-        // meanwhile either is routed to or starts after the offset.
-        let mut history = shared.history.lock();
-        let routes: Vec<Vec<(usize, u32)>> =
-            users.iter().map(|u| shared.presence.shards_of(u)).collect();
-        let mut room = self.reserve(
-            routes
-                .iter()
-                .flatten()
-                .map(|(s, _)| *s)
-                .collect::<HashSet<_>>(),
-        )?;
-        let mut per_shard: Vec<Vec<UserMessage>> = Vec::new();
-        per_shard.resize_with(shared.bus.shard_count(), Vec::new);
-        let mut total = 0usize;
-        for (user, shards) in users.iter().zip(routes) {
-            let (offset, frame) = history.append(Stream::User(user), now, None, |offset| {
-                frame::stream_message(kind, "@user", offset, payload)
-            });
-            for (shard, n) in shards {
-                total += n as usize;
-                if let Some(list) = per_shard.get_mut(shard) {
-                    list.push(UserMessage {
-                        user: user.to_string(),
-                        frame: frame.clone(),
-                        offset,
-                    });
-                }
-            }
-        }
-        for (shard, items) in per_shard.into_iter().enumerate() {
-            if !items.is_empty() {
-                room.send(shard, Command::SendUsers { items });
-            }
-        }
-        Ok(total)
     }
 
     /// Sends one command, built by `make` from that shard's share of
@@ -515,71 +435,4 @@ impl Handle {
         }
         text
     }
-}
-
-/// What the cluster link may do to this node: deliver what other nodes
-/// published, and read this node's presence and counters to tell them.
-impl LocalNode for Handle {
-    // A refusal (a full inbox) is counted in wsedge_commands_refused_total;
-    // no caller is waiting on this node to tell.
-    fn deliver(&self, envelope: &[u8], users: Option<&[String]>, exclude: &[String]) {
-        if let Some(m) = frame::parse_envelope(envelope) {
-            let _ = self.deliver_local(&m.kind, m.payload, users, exclude);
-        }
-    }
-
-    fn publish(&self, channel: &str, envelope: &[u8]) {
-        if let Some(m) = frame::parse_envelope(envelope) {
-            let _ = self.publish_local(channel, &m.kind, m.payload);
-        }
-    }
-
-    fn subscribe_users(&self, channel: &str, users: &[String], subscribe: bool) {
-        let _ = self.subscribe_local(channel, users, subscribe);
-    }
-
-    fn disconnect(&self, user: &str, code: CloseCode) {
-        let _ = self.disconnect_local(user, code);
-    }
-
-    fn presence_snapshot(&self) -> Vec<(String, usize)> {
-        self.shared.presence.snapshot()
-    }
-
-    fn presence_changes(&self) -> Vec<(String, usize)> {
-        self.shared.presence.take_changes()
-    }
-
-    fn subs_snapshot(&self) -> Vec<(String, u32)> {
-        self.shared.channels.snapshot()
-    }
-
-    fn subs_changes(&self) -> Vec<(String, u32)> {
-        self.shared.channels.take_changes()
-    }
-
-    fn remote_subs(&self, deltas: Vec<SubDelta>) {
-        self.apply_remote_subs(deltas);
-    }
-
-    fn counters(&self) -> NodeCounters {
-        let m = &self.shared.metrics;
-        NodeCounters {
-            connections: self.shared.presence.total() as u64,
-            messages_in: m.sum(|s| &s.messages_in),
-            messages_out: m.sum(|s| &s.messages_out),
-            bytes_out: m.sum(|s| &s.bytes_out),
-        }
-    }
-}
-
-/// `ids` once each, without those in `exclude` (exclusion wins).
-fn distinct_targets<'a>(
-    ids: &'a [String],
-    exclude: &'a [String],
-) -> impl Iterator<Item = &'a String> + 'a {
-    let exclude: HashSet<&String> = exclude.iter().collect();
-    let mut seen = HashSet::new();
-    ids.iter()
-        .filter(move |u| !exclude.contains(u) && seen.insert(*u))
 }

@@ -97,6 +97,12 @@ impl Shard {
                     m.slow_consumer_drops.fetch_add(dropped, Relaxed);
                 }
             }
+            Command::ResetFloors => {
+                for (_, conn) in self.conns.iter_mut() {
+                    conn.reset_floors();
+                }
+                self.members.reset_floors();
+            }
             Command::SubscribeUsers {
                 channel,
                 users,
@@ -163,7 +169,7 @@ impl Delivery {
         key: usize,
         conn: &mut Conn,
         own: Own,
-        offset: u64,
+        offset: Option<u64>,
         frame: &SharedFrame,
     ) {
         if !conn.is_open_ws() {

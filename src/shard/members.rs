@@ -64,6 +64,13 @@ impl Members {
             .map_or_else(|| channel.clone(), |(k, _)| k.clone())
     }
 
+    /// Every subscription starts again at offset 0 (another epoch).
+    pub fn reset_floors(&mut self) {
+        for m in self.map.values_mut().flatten() {
+            m.floor = 0;
+        }
+    }
+
     /// The subscribers of `channel` on this shard.
     pub fn of(&self, channel: &str) -> &[Member] {
         self.map.get(channel).map_or(&[], Vec::as_slice)
@@ -124,7 +131,7 @@ impl Shard {
         let now = Instant::now();
         let history = &self.ctx.history;
         let start = history.start_subscription(channel, &user, ask, now);
-        let ack = frame::subscribed(channel, start.offset, history.epoch(), start.recovered);
+        let ack = frame::subscribed(channel, start.offset, &start.epoch, start.recovered);
         conn.send_text(ack);
         for f in &start.replay {
             conn.push_frame(f, cap, now);
@@ -199,14 +206,15 @@ impl Shard {
         &mut self,
         channel: &str,
         frame: &frame::SharedFrame,
-        offset: u64,
+        offset: Option<u64>,
         presence_only: bool,
         now: Instant,
     ) -> (u64, u64) {
         let cap = self.ctx.config.outbound_buffer_bytes;
         let (mut sent, mut dropped) = (0, 0);
         for m in self.members.of(channel) {
-            if (presence_only && !m.presence) || (!presence_only && offset <= m.floor) {
+            let before = offset.is_some_and(|o| o <= m.floor);
+            if (presence_only && !m.presence) || (!presence_only && before) {
                 continue;
             }
             let key = m.key as usize;

@@ -358,7 +358,7 @@ impl Shard {
         let history = &self.ctx.history;
         let s = history.start_connection(&o.user, o.resume.as_ref(), now);
         let start = frame::Start {
-            epoch: history.epoch(),
+            epoch: &s.epoch,
             all: s.all,
             user: s.user,
             recovered: s.recovered,

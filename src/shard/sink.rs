@@ -107,7 +107,7 @@ impl SinkShard {
         self.shard.on_command(
             Command::BroadcastAll {
                 frame,
-                offset: u64::MAX,
+                offset: None,
                 exclude: None,
             },
             now,
@@ -181,7 +181,7 @@ mod tests {
     /// The bytes of message `offset` of `stream`, as a sink gets it.
     fn stream_len(kind: &str, stream: &str, offset: u64, payload: &serde_json::Value) -> u64 {
         let raw = frame::raw_payload(payload);
-        frame::stream_message(kind, stream, offset, raw.as_deref()).len() as u64
+        frame::stream_message(kind, stream, Some(offset), raw.as_deref()).len() as u64
     }
 
     #[test]
@@ -304,7 +304,7 @@ mod tests {
                     shard,
                     Command::BroadcastAll {
                         frame: frame.clone(),
-                        offset: u64::MAX,
+                        offset: None,
                         exclude: None,
                     },
                 );
