@@ -787,3 +787,249 @@ fn subscriptions_are_restored_after_a_reconnect() {
     let _ = recv(&unsubscribed, "unsubscribed");
     assert_eq!(publish(3), Some(0));
 }
+
+// History and recovery (docs/PROTOCOL.md §11): the client remembers its
+// epoch and offsets and recovers by itself.
+
+/// `(stream, offset, type, payload)` of an event on a stream.
+type OnStream = (String, u64, String, serde_json::Value);
+
+fn on_stream(ev: &Event) -> Option<OnStream> {
+    Some((
+        ev.channel.clone()?,
+        ev.offset?,
+        ev.kind.clone(),
+        ev.payload.clone(),
+    ))
+}
+
+fn expected(list: &[(&str, u64, &str, i64)]) -> Vec<OnStream> {
+    list.iter()
+        .map(|(c, o, k, p)| (c.to_string(), *o, k.to_string(), json!(p)))
+        .collect()
+}
+
+/// Every event of `client`, in order, minus the reconnect chatter
+/// (`reconnecting`, and the `error` of an attempt that met no server).
+fn all_events(client: &Client) -> (Subscription, Receiver<Event>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let sub = client.on("*", move |ev| {
+        let attempt_failed = ev.kind == "error" && ev.payload["kind"] == "io";
+        if ev.kind != "reconnecting" && !attempt_failed {
+            let _ = tx.send(ev.clone());
+        }
+    });
+    (sub, rx)
+}
+
+/// Reads events until `n` of them carry a stream offset; returns all read.
+fn until_on_stream(rx: &Receiver<Event>, n: usize, what: &str) -> Vec<Event> {
+    let mut got = Vec::new();
+    while got.iter().filter(|e: &&Event| e.offset.is_some()).count() < n {
+        got.push(recv(rx, what));
+    }
+    got
+}
+
+/// Sends a probe and reads up to its echo: everything that came before it.
+fn until_echo(client: &Client, rx: &Receiver<Event>) -> Vec<Event> {
+    client.send("probe", json!(null)).expect("send");
+    let mut got = Vec::new();
+    loop {
+        let ev = recv(rx, "echo of the probe");
+        if ev.kind == "echo" {
+            return got;
+        }
+        got.push(ev);
+    }
+}
+
+fn streams_of(events: &[Event], keep: impl Fn(&str) -> bool) -> Vec<OnStream> {
+    events
+        .iter()
+        .filter_map(on_stream)
+        .filter(|(c, ..)| keep(c))
+        .collect()
+}
+
+/// A client cut off by the server (`4000`) while broadcasts, sends and
+/// channel publishes go on: its token provider holds the reconnect until
+/// they are all sent. After it, `connected` says `recovered: true`, a
+/// `recovered` event follows, then exactly the messages missed — @all and
+/// @user merged in the order sent, the channel's after its `subscribed` —
+/// then the live ones, each once.
+#[test]
+fn a_reconnecting_client_recovers_exactly_what_it_missed_then_gets_live_messages() {
+    let srv = start(|_| {});
+    let handle = srv.handle();
+    let (go, gate) = crossbeam_channel::unbounded::<()>();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let provider = move || {
+        // The first connect goes at once; every reconnect waits for `go`.
+        if c.fetch_add(1, Ordering::SeqCst) > 0 {
+            gate.recv_timeout(WAIT).map_err(|e| e.to_string())?;
+        }
+        Ok(channel_token("alice", &["news"]))
+    };
+    let client = Client::new(fast(srv.addr).token_provider(provider)).expect("client");
+    let (_a, events) = all_events(&client);
+    client.subscribe("news", false);
+    client.connect();
+
+    let hello = recv(&events, "connected");
+    assert_eq!(hello.kind, "connected", "{hello:?}");
+    assert!(hello.payload["epoch"].is_string(), "{hello:?}");
+    assert!(
+        hello.payload.get("recovered").is_none(),
+        "first connect asked nothing"
+    );
+    let ack = recv(&events, "subscribed");
+    assert_eq!(
+        (ack.kind.as_str(), &ack.payload["offset"]),
+        ("subscribed", &json!(0))
+    );
+    assert_eq!(handle.broadcast("b", json!(1), None), 1);
+    assert_eq!(handle.send_to_user("alice", "d", json!(1)), 1);
+    assert_eq!(handle.publish("news", "n", json!(1)), 1);
+    let before = until_on_stream(&events, 3, "messages before the cut");
+    let before_echo = until_echo(&client, &events);
+    assert!(
+        before
+            .iter()
+            .chain(&before_echo)
+            .all(|e| e.kind != "recovered"),
+        "no recovered event on the first connection: {before:?}"
+    );
+
+    // The cut: 4000, the client may come back (once `go` is sent).
+    assert_eq!(handle.disconnect_user("alice", true), 1);
+    let gone = recv(&events, "disconnected");
+    assert_eq!(
+        (gone.kind.as_str(), gone.close_code()),
+        ("disconnected", Some(4000))
+    );
+    assert!(!handle.is_user_connected("alice"));
+    assert_eq!(handle.broadcast("b", json!(2), None), 0);
+    assert_eq!(
+        handle.send_to_user("alice", "d", json!(2)),
+        0,
+        "kept in history"
+    );
+    assert_eq!(handle.broadcast("u", json!(3), Some(&["alice"])), 0);
+    // (A publish may still count the closing connection: not asserted.)
+    handle.publish("news", "n", json!(2));
+    assert_eq!(handle.broadcast("b", json!(3), None), 0);
+    handle.publish("news", "n", json!(3));
+    go.send(()).expect("go");
+
+    let hello = recv(&events, "connected again");
+    assert_eq!(hello.kind, "connected", "{hello:?}");
+    assert_eq!(hello.payload["recovered"], true, "{hello:?}");
+    let recovered = recv(&events, "recovered");
+    assert_eq!(recovered.kind, "recovered", "{recovered:?}");
+    assert_eq!(recovered.payload, json!({"recovered": true}));
+    assert!(recovered.synthetic);
+    let missed = until_on_stream(&events, 6, "the missed messages");
+    let ack = missed
+        .iter()
+        .find(|e| e.kind == "subscribed")
+        .expect("subscribed again before the channel's replay");
+    assert_eq!(ack.payload["recovered"], true, "{ack:?}");
+
+    // Live ones after the replay.
+    assert_eq!(handle.broadcast("b", json!(4), None), 1);
+    assert_eq!(handle.send_to_user("alice", "d", json!(4)), 1);
+    assert_eq!(handle.publish("news", "n", json!(4)), 1);
+    let live = until_on_stream(&events, 3, "live messages");
+    let rest = until_echo(&client, &events);
+    let after: Vec<Event> = missed.into_iter().chain(live).chain(rest).collect();
+    assert_eq!(
+        streams_of(&after, |c| c.starts_with('@')),
+        expected(&[
+            ("@all", 2, "b", 2),
+            ("@user", 2, "d", 2),
+            ("@user", 3, "u", 3),
+            ("@all", 3, "b", 3),
+            ("@all", 4, "b", 4),
+            ("@user", 4, "d", 4),
+        ]),
+        "the missed messages in the order sent, then the live ones"
+    );
+    assert_eq!(
+        streams_of(&after, |c| c == "news"),
+        expected(&[
+            ("news", 2, "n", 2),
+            ("news", 3, "n", 3),
+            ("news", 4, "n", 4)
+        ])
+    );
+    let subscribed_at = after.iter().position(|e| e.kind == "subscribed");
+    let first_news = after
+        .iter()
+        .position(|e| e.channel.as_deref() == Some("news"));
+    assert!(subscribed_at < first_news, "{after:?}");
+    assert_eq!(
+        after.iter().filter(|e| e.kind == "recovered").count(),
+        0,
+        "one recovered event per reconnect"
+    );
+    assert_eq!(client.status().duplicates_dropped, 0);
+    assert_eq!(client.connect_count(), 2);
+}
+
+/// A server restarted on the same port has a new epoch: the client is told
+/// it did not recover (on the connection and on its channel), and takes
+/// the new server's offsets, which count from 1 again, without dropping
+/// them as duplicates.
+#[test]
+fn after_a_server_restart_the_client_gets_recovered_false_and_the_new_offsets() {
+    let mut first = start(|_| {});
+    let addr = first.addr;
+    let client = Client::new(fast(addr).token(channel_token("ivy", &["news"]))).expect("client");
+    let (_a, events) = all_events(&client);
+    client.subscribe("news", false);
+    client.connect();
+    let old_epoch = recv(&events, "connected").payload["epoch"].clone();
+    assert_eq!(recv(&events, "subscribed").kind, "subscribed");
+    let handle = first.handle();
+    for i in 1..=3 {
+        assert_eq!(handle.broadcast("b", json!(i), None), 1);
+        assert_eq!(handle.publish("news", "n", json!(i)), 1);
+    }
+    let before = until_on_stream(&events, 6, "messages on the first server");
+    assert_eq!(before.last().and_then(|e| e.offset), Some(3));
+
+    first.stop();
+    let gone = recv(&events, "disconnected");
+    assert_eq!(gone.close_code(), Some(1001), "{gone:?}");
+    let second = start(|c| c.bind = addr);
+
+    let hello = recv(&events, "connected to the new server");
+    assert_eq!(hello.kind, "connected", "{hello:?}");
+    assert_eq!(hello.payload["recovered"], false, "{hello:?}");
+    assert_ne!(hello.payload["epoch"], old_epoch);
+    let recovered = recv(&events, "recovered");
+    assert_eq!(
+        (recovered.kind.as_str(), &recovered.payload),
+        ("recovered", &json!({"recovered": false}))
+    );
+    let ack = recv(&events, "subscribed on the new server");
+    assert_eq!(ack.kind, "subscribed", "{ack:?}");
+    assert_eq!(ack.payload["recovered"], false, "{ack:?}");
+
+    let handle = second.handle();
+    assert_eq!(handle.broadcast("b", json!(10), None), 1);
+    assert_eq!(handle.publish("news", "n", json!(10)), 1);
+    let live = until_on_stream(&events, 2, "messages on the new server");
+    let rest = until_echo(&client, &events);
+    let after: Vec<Event> = live.into_iter().chain(rest).collect();
+    let mut got = streams_of(&after, |_| true);
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        expected(&[("@all", 1, "b", 10), ("news", 1, "n", 10)]),
+        "offset 1 again is new in the new epoch"
+    );
+    assert_eq!(client.status().duplicates_dropped, 0);
+}

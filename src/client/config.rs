@@ -239,19 +239,31 @@ impl Endpoint {
     }
 
     /// The URL with `token=<percent-encoded token>` appended to the query.
+    #[cfg(test)]
     pub fn url_with_token(&self, token: Option<&str>) -> String {
-        let Some(token) = token else {
+        let params: Vec<(&str, &str)> = token.map(|t| ("token", t)).into_iter().collect();
+        self.url_with_query(&params)
+    }
+
+    /// The URL with `name=<percent-encoded value>` pairs appended to the
+    /// query, in order (before any `#fragment`).
+    pub fn url_with_query(&self, params: &[(&str, &str)]) -> String {
+        if params.is_empty() {
             return self.url.clone();
-        };
+        }
         let (base, fragment) = match self.url.split_once('#') {
             Some((b, f)) => (b, Some(f)),
             None => (self.url.as_str(), None),
         };
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let mut out = format!(
-            "{base}{sep}token={}",
-            utf8_percent_encode(token, QUERY_VALUE)
-        );
+        let mut out = base.to_string();
+        let mut sep = if base.contains('?') { '&' } else { '?' };
+        for (name, value) in params {
+            out.push(sep);
+            out.push_str(name);
+            out.push('=');
+            out.extend(utf8_percent_encode(value, QUERY_VALUE));
+            sep = '&';
+        }
         if let Some(f) = fragment {
             out.push('#');
             out.push_str(f);
@@ -290,6 +302,10 @@ mod tests {
         assert_eq!(e.port, 80);
         assert_eq!(e.url_with_token(Some("t")), "ws://h/ws?room=1&token=t#frag");
         assert_eq!(e.url_with_token(None), "ws://h/ws?room=1#frag");
+        assert_eq!(
+            e.url_with_query(&[("token", "t"), ("epoch", "a b"), ("since_all", "3")]),
+            "ws://h/ws?room=1&token=t&epoch=a%20b&since_all=3#frag"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub const ANY: &str = "*";
 
 /// One event: a message from the server (`synthetic == false`) or one the
 /// client made up (`connected` without a server hello, `disconnected`,
-/// `error`, `reconnecting`).
+/// `error`, `reconnecting`, `recovered`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// The message `type`, e.g. `"echo"`, `"notification"`, `"disconnected"`.
@@ -26,8 +26,13 @@ pub struct Event {
     pub payload: Value,
     /// `true` when the client made the event up.
     pub synthetic: bool,
-    /// The channel of a channel message (`join`/`leave` included).
+    /// The stream of a message sent on behalf of the API: `@all`, `@user`
+    /// or a channel's name (docs/PROTOCOL.md §11.1); the channel of a
+    /// `join`/`leave`. `None` for the server's own answers and synthetic
+    /// events.
     pub channel: Option<String>,
+    /// The message's offset on its stream (`None` when it has none).
+    pub offset: Option<u64>,
 }
 
 impl Event {
@@ -200,6 +205,7 @@ mod tests {
             payload: Value::Null,
             synthetic: false,
             channel: None,
+            offset: None,
         }
     }
 
@@ -278,6 +284,7 @@ mod tests {
             payload: serde_json::json!({"code": 4000, "reason": "bye"}),
             synthetic: true,
             channel: None,
+            offset: None,
         };
         assert_eq!(e.close_code(), Some(4000));
         assert_eq!(e.close_reason(), Some("bye"));

@@ -49,11 +49,15 @@
 //! | type | when | payload | `synthetic` |
 //! |---|---|---|---|
 //! | any server type (`echo`, `notification`, …) | a message arrives | the message's `payload` | `false` |
-//! | `connected` | once per successful connection | the server's hello `{userId, connectionId, message, timestamp}` | `false` |
+//! | `connected` | once per successful connection | the server's hello `{userId, connectionId, message, timestamp, epoch, offsets}` (`recovered` too on a reconnect) | `false` |
 //! | `connected` | same, when the server sent no hello within [`ClientConfig::hello_timeout`] (1 s) or sent something else first | `null` | `true` |
 //! | `disconnected` | a connection that was open ended | `{code, reason}` (1006 + the error text when it broke without a close frame; 1000 after `disconnect()`) | `true` |
 //! | `error` | any problem, including `send` while disconnected | `{kind, message}` ([`ClientError::kind`]) | `true` (`false` when the server sent an `error` message) |
 //! | `reconnecting` | a retry was scheduled | `{attempt, maxAttempts, delayMs}` (attempt counts from 1; `delayMs` may have a fraction) | `true` |
+//! | `recovered` | every connection but the first, right after `connected` | `{recovered}`: whether what `@all` and `@user` missed is replayed (see [Recovery](#recovery)) | `true` |
+//!
+//! A message sent on behalf of the API has its stream in [`Event::channel`]
+//! (`@all`, `@user` or a channel's name) and its [`Event::offset`].
 //!
 //! **The `connected` name.** The server greets every new connection with a
 //! message of type `connected`. The client does not add a second event of
@@ -85,6 +89,22 @@
 //! and a server's `1000`. The jitter spreads the clients of a restarted
 //! server over a second instead of a single instant.
 //!
+//! # Recovery
+//!
+//! The client remembers the history epoch and the last offset received on
+//! each stream (`@all`, `@user`, every subscribed channel; docs/PROTOCOL.md
+//! §11). Every connection after the first passes `epoch`, `since_all` and
+//! `since_user`, and restores each channel with `since` and `epoch`: the
+//! server replays what was missed, in order, before live messages. Right
+//! after `connected` comes a `recovered` event, `{"recovered": true}` when
+//! the server replays `@all` and `@user`, `false` when the application
+//! should reload its state (another epoch: the server restarted; history
+//! gone). A channel's own answer is the `recovered` field of its
+//! `subscribed` event, which its missed messages follow. A message whose
+//! offset is not above the last one of its stream is dropped, not
+//! dispatched ([`Status::duplicates_dropped`]). A `connected` that did not
+//! recover resets the offsets to the server's when the epoch changed.
+//!
 //! # Token refresh
 //!
 //! With a [`ClientConfig::token_provider`], the client keeps a connection
@@ -110,6 +130,7 @@ mod error;
 mod events;
 mod refresh;
 mod shared;
+mod streams;
 mod worker;
 
 use std::sync::Arc;
@@ -151,6 +172,10 @@ pub struct Status {
     pub connects: u64,
     /// Reconnect attempts since the last successful connect.
     pub reconnect_attempt: u32,
+    /// Messages dropped because their offset was not above the last one
+    /// received on their stream (docs/PROTOCOL.md §11): a duplicate guard,
+    /// 0 against a correct server.
+    pub duplicates_dropped: u64,
 }
 
 /// A wsedge client. See the [module documentation](self).
@@ -231,8 +256,9 @@ impl Client {
     pub fn subscribe(&self, channel: &str, presence: bool) {
         self.lock_channels().insert(channel.to_string(), presence);
         if self.state() == State::Connected {
-            let text = subscribe_message(channel, presence);
-            let _ = self.tx.send(Command::Send(text));
+            let _ = self
+                .tx
+                .send(Command::Subscribe(channel.to_string(), presence));
         }
     }
 
@@ -335,7 +361,13 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// `{"type":"subscribe","payload":{"channel","presence"}}`.
-fn subscribe_message(channel: &str, presence: bool) -> String {
-    json!({"type": "subscribe", "payload": {"channel": channel, "presence": presence}}).to_string()
+/// `{"type":"subscribe","payload":{"channel","presence"}}`, with `since` and
+/// `epoch` when resuming (docs/PROTOCOL.md §11.4).
+fn subscribe_message(channel: &str, presence: bool, resume: Option<(u64, &str)>) -> String {
+    let mut payload = json!({"channel": channel, "presence": presence});
+    if let Some((since, epoch)) = resume {
+        payload["since"] = json!(since);
+        payload["epoch"] = json!(epoch);
+    }
+    json!({"type": "subscribe", "payload": payload}).to_string()
 }

@@ -17,6 +17,11 @@
 //! ```
 //!
 //! Every callback runs here, one at a time, in the order of the events.
+//! It also owns what the client remembers across connections to recover
+//! what a reconnect missed (`Streams`, see `streams.rs`); the messages from
+//! the server are handled in `inbound.rs`.
+
+mod inbound;
 
 use std::collections::VecDeque;
 use std::io;
@@ -34,8 +39,9 @@ use tungstenite::{HandshakeError, Message, WebSocket};
 use super::config::{ClientConfig, Endpoint, TokenSource};
 use super::error::ClientError;
 use super::events::Event;
-use super::refresh::{jwt_exp, Answer, Refresh};
+use super::refresh::{jwt_exp, Refresh};
 use super::shared::Shared;
+use super::streams::Streams;
 use super::State;
 
 /// How long a close handshake may take before the socket is dropped.
@@ -47,6 +53,9 @@ pub(crate) enum Command {
     Disconnect,
     /// An encoded `{"type","payload"}` text frame.
     Send(String),
+    /// Subscribe to a channel (already in the shared channel list), with
+    /// `presence`; sent with `since` and `epoch` when the client knows them.
+    Subscribe(String, bool),
     /// Report an error found on the caller's side (e.g. `send` while
     /// disconnected) as an `error` event, on this thread.
     Error(ClientError),
@@ -68,6 +77,9 @@ struct Session {
     last_rx: Instant,
     pinged: bool,
     refresh: Refresh,
+    /// Not the client's first connection: a `recovered` event follows
+    /// `connected`.
+    reconnect: bool,
 }
 
 enum Next {
@@ -87,6 +99,8 @@ pub(crate) struct Worker {
     attempt: u32,
     /// The token of the current connection (replaced by each accepted refresh).
     token: Option<String>,
+    /// Epoch and offsets of every stream, kept across connections.
+    streams: Streams,
 }
 
 impl Worker {
@@ -104,6 +118,7 @@ impl Worker {
             pending: VecDeque::new(),
             attempt: 0,
             token: None,
+            streams: Streams::default(),
         }
     }
 
@@ -131,7 +146,8 @@ impl Worker {
                     self.set_attempt(0);
                     return Phase::Connecting;
                 }
-                Next::Cmd(Command::Disconnect) | Next::Timeout => {}
+                // Subscribes wait in the channel list for the next connection.
+                Next::Cmd(Command::Disconnect | Command::Subscribe(..)) | Next::Timeout => {}
                 Next::Cmd(Command::Send(_)) => self.error(ClientError::NotConnected),
                 Next::Cmd(Command::Error(e)) => self.error(e),
                 Next::Cmd(Command::Shutdown) | Next::Gone => return Phase::Exit,
@@ -153,6 +169,7 @@ impl Worker {
                     return Phase::Idle;
                 }
                 Next::Cmd(Command::Send(_)) => self.error(ClientError::NotConnected),
+                Next::Cmd(Command::Subscribe(..)) => {}
                 Next::Cmd(Command::Error(e)) => self.error(e),
                 Next::Cmd(Command::Shutdown) | Next::Gone => return Phase::Exit,
             }
@@ -164,8 +181,10 @@ impl Worker {
         match self.open() {
             Ok(ws) => {
                 self.attempt = 0;
+                let mut reconnect = false;
                 self.shared.update(|s| {
                     s.state = State::Connected;
+                    reconnect = s.connects > 0;
                     s.connects += 1;
                     s.reconnect_attempt = 0;
                     s.last_error = None;
@@ -181,6 +200,7 @@ impl Worker {
                     last_rx: now,
                     pinged: false,
                     refresh,
+                    reconnect,
                 }))
             }
             Err(e) => {
@@ -235,6 +255,14 @@ impl Worker {
                     }
                     Err(e) => return Some(self.lost(e.into())),
                 },
+                // Before the hello, `hello()` subscribes to the whole list.
+                Command::Subscribe(channel, presence) => {
+                    if s.hello_due.is_none() {
+                        if let Err(e) = self.write_subscribe(s, &channel, presence) {
+                            return Some(self.lost(e.into()));
+                        }
+                    }
+                }
                 Command::Error(e) => self.error(e),
                 Command::Disconnect => {
                     self.close_by_us(s);
@@ -255,8 +283,7 @@ impl Worker {
     fn session_timers(&mut self, s: &mut Session) -> Option<Phase> {
         let now = Instant::now();
         if s.hello_due.is_some_and(|due| now >= due) {
-            s.hello_due = None;
-            self.emit("connected", Value::Null, true);
+            self.hello(s, None);
         }
         if s.refresh.take_due(now) {
             if let Some(end) = self.send_refresh(s) {
@@ -350,7 +377,15 @@ impl Worker {
     fn open(&mut self) -> Result<WebSocket<TcpStream>, ClientError> {
         let token = self.fetch_token()?;
         self.token.clone_from(&token);
-        let url = self.endpoint.url_with_token(token.as_deref());
+        // After a first connection: where to resume (docs/PROTOCOL.md §11.3).
+        let resume = self.streams.resume_query();
+        let params: Vec<(&str, &str)> = token
+            .as_deref()
+            .map(|t| ("token", t))
+            .into_iter()
+            .chain(resume.iter().map(|(k, v)| (*k, v.as_str())))
+            .collect();
+        let url = self.endpoint.url_with_query(&params);
         let stream = self.tcp_connect()?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.cfg.handshake_timeout))?;
@@ -395,59 +430,6 @@ impl Worker {
             }
         }
         Err(last.into())
-    }
-
-    /// A text or binary message from the server.
-    fn on_data(&mut self, s: &mut Session, data: &[u8]) {
-        let parsed = serde_json::from_slice::<Value>(data);
-        let Ok(Value::Object(mut obj)) = parsed else {
-            return self.error(ClientError::InvalidMessage(preview(data)));
-        };
-        let Some(Value::String(kind)) = obj.remove("type") else {
-            return self.error(ClientError::InvalidMessage(preview(data)));
-        };
-        let payload = obj.remove("payload").unwrap_or(Value::Null);
-        let channel = match obj.remove("channel") {
-            Some(Value::String(c)) => Some(c),
-            _ => None,
-        };
-        let margin = self.refresh_margin().unwrap_or_default();
-        match s.refresh.on_message(&kind, &payload, margin) {
-            Answer::Accepted(token) => self.token = Some(token),
-            Answer::Refused => self.shared.update(|st| {
-                st.last_error = Some(ClientError::Token(
-                    "the server refused the refreshed token".into(),
-                ))
-            }),
-            Answer::None => {}
-        }
-        if s.hello_due.take().is_some() {
-            self.resubscribe(s);
-            if kind == "connected" {
-                // The server's hello *is* the connected event.
-                return self.emit("connected", payload, false);
-            }
-            self.emit("connected", Value::Null, true);
-        }
-        self.shared.registry.dispatch(&Event {
-            kind,
-            payload,
-            synthetic: false,
-            channel,
-        });
-    }
-
-    /// Subscribes the new connection to every channel the application
-    /// asked for: a reconnect restores them without the application's help.
-    fn resubscribe(&mut self, s: &mut Session) {
-        for (channel, presence) in self.shared.channel_list() {
-            let text = super::subscribe_message(&channel, presence);
-            if let Err(e) = s.ws.write(Message::text(text)) {
-                if !would_block(&e) {
-                    return self.error(ClientError::from(e));
-                }
-            }
-        }
     }
 
     /// Our close handshake (code 1000), bounded, then the `disconnected` event.
@@ -548,6 +530,7 @@ impl Worker {
             payload,
             synthetic,
             channel: None,
+            offset: None,
         });
     }
 
@@ -589,10 +572,4 @@ fn is_timeout(e: &io::Error) -> bool {
 
 fn would_block(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io) if is_timeout(io))
-}
-
-/// The start of an unexpected message, for the error event.
-fn preview(data: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&data[..data.len().min(200)]);
-    format!("not {{\"type\": string, \"payload\": any}}: {text}")
 }
