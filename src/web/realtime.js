@@ -87,6 +87,90 @@ function once(fn) {
   return f;
 }
 
+// packages/client/src/offsets.ts
+var ALL = "@all";
+var USER = "@user";
+var isOffset = (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+var StreamOffsets = class {
+  #epoch = null;
+  #last = /* @__PURE__ */ new Map();
+  /** The epoch of the remembered offsets, or `null` before the first `connected` that had one. */
+  get epoch() {
+    return this.#epoch;
+  }
+  /** The last offset seen on `stream`, or `undefined`. */
+  get(stream) {
+    return this.#last.get(stream);
+  }
+  /** Every remembered offset, by stream. */
+  snapshot() {
+    return Object.fromEntries(this.#last);
+  }
+  /**
+   * Whether a message on `stream` at `offset` is new: `true` (and the offset
+   * is remembered) unless it is at or below the last one seen there. A
+   * message without a stream or a numeric offset (the server's own answers,
+   * presence events) is always new.
+   */
+  accept(stream, offset) {
+    if (typeof stream !== "string" || !isOffset(offset)) return true;
+    const last = this.#last.get(stream);
+    if (last !== void 0 && offset <= last) return false;
+    this.#last.set(stream, offset);
+    return true;
+  }
+  /**
+   * The server's `connected`. `recovered`: the missed messages follow, so
+   * the offsets stay where they are (the replay moves them on). Otherwise
+   * the connection starts after `offsets`: they replace `@all` and `@user`,
+   * and a new epoch forgets the channels' offsets too (they belong to the
+   * old one).
+   */
+  connected(epoch, offsets, recovered) {
+    if (recovered) return;
+    if (typeof epoch === "string" && epoch !== this.#epoch) {
+      this.#epoch = epoch;
+      this.#last.clear();
+    }
+    const o = offsets && typeof offsets === "object" ? offsets : {};
+    for (const stream of [ALL, USER]) {
+      const v = o[stream];
+      if (isOffset(v)) this.#last.set(stream, v);
+      else this.#last.delete(stream);
+    }
+  }
+  /**
+   * The server's `subscribed` for `channel`: unless `recovered`, the
+   * channel's messages start after `offset`.
+   */
+  subscribed(channel, offset, recovered) {
+    if (recovered) return;
+    if (isOffset(offset)) this.#last.set(channel, offset);
+    else this.#last.delete(channel);
+  }
+  /** Forgets `stream` (an unsubscribed channel: a later subscribe starts afresh). */
+  forget(stream) {
+    this.#last.delete(stream);
+  }
+  /** Forgets every channel not in `keep` (a new connection has only the channels it subscribes to). */
+  retainChannels(keep) {
+    for (const stream of [...this.#last.keys()]) {
+      if (stream !== ALL && stream !== USER && !keep.has(stream)) this.#last.delete(stream);
+    }
+  }
+  /** The query of a reconnect that asks to recover, or `null` before any epoch is known. */
+  recoveryQuery() {
+    if (this.#epoch === null) return null;
+    return { epoch: this.#epoch, since_all: this.#last.get(ALL) ?? 0, since_user: this.#last.get(USER) ?? 0 };
+  }
+  /** What a resubscribe to `channel` asks for, or `null` when nothing of it is remembered. */
+  since(channel) {
+    const since = this.#last.get(channel);
+    if (this.#epoch === null || since === void 0) return null;
+    return { since, epoch: this.#epoch };
+  }
+};
+
 // packages/client/src/token.ts
 function jwtExp(token) {
   if (typeof token !== "string") return null;
@@ -143,6 +227,15 @@ function withToken(url, token) {
   const sep = base.includes("?") ? "&" : "?";
   return `${base}${sep}token=${encodeURIComponent(token)}${fragment}`;
 }
+function withQuery(url, params) {
+  const entries = params ? Object.entries(params) : [];
+  if (entries.length === 0) return url;
+  const hash = url.indexOf("#");
+  const base = hash < 0 ? url : url.slice(0, hash);
+  const fragment = hash < 0 ? "" : url.slice(hash);
+  const query = entries.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`).join("&");
+  return `${base}${base.includes("?") ? "&" : "?"}${query}${fragment}`;
+}
 
 // packages/client/src/client.ts
 var OPEN = 1;
@@ -185,6 +278,21 @@ var RealtimeClient = class {
   #refreshAt = 0;
   /** The token sent in a `refresh` that the server has not answered yet. */
   #pendingToken = null;
+  // ---- recovery (docs/PROTOCOL.md §11)
+  /** The epoch and the last offset seen on each stream; outlives connections. */
+  #offsets = new StreamOffsets();
+  /** The `userId` of the last hello: a reconnect as someone else does not recover. */
+  #userId = null;
+  /** This connection's URL asked to recover (`epoch`, `since_all`, `since_user`). */
+  #askedRecovery = false;
+  /** This connection follows an earlier successful one: it raises `recovered`. */
+  #isReconnect = false;
+  /** The server's `connected` of this connection has not been processed yet. */
+  #helloPending = false;
+  /** This connection has raised its `recovered` event. */
+  #recoveredSent = false;
+  /** Channels resubscribed on this reconnect whose answer is awaited → whether `since` was sent. */
+  #resubscribing = /* @__PURE__ */ new Map();
   #listeners = new Listeners((type, e) => console.error(`RealtimeClient: listener for "${type}" threw`, e));
   #stateListeners = /* @__PURE__ */ new Set();
   constructor(options = {}) {
@@ -243,6 +351,14 @@ var RealtimeClient = class {
       connectCount: this.#connectCount,
       reconnectAttempt: this.#attempt
     };
+  }
+  /** The history's epoch of the remembered offsets (from `connected`), or `null` before one is known. */
+  get epoch() {
+    return this.#offsets.epoch;
+  }
+  /** The last offset seen on each stream: `@all`, `@user` and each channel (a copy). */
+  get offsets() {
+    return this.#offsets.snapshot();
   }
   /** The delay before reconnect attempt `attempt` (0-based), with fresh jitter. */
   nextDelayMs(attempt = this.#attempt) {
@@ -327,7 +443,9 @@ var RealtimeClient = class {
    * events): now when connected, and again after every reconnect until
    * {@link unsubscribe}. The server answers `subscribed`, or an `error` whose
    * payload names the `channel`. The channel's messages arrive as messages
-   * with a top-level `channel` field.
+   * with a top-level `channel` field. A resubscribe after a reconnect asks
+   * for the messages missed since the last offset seen (`since`, `epoch`)
+   * and is followed by a `recovered` event `{recovered, channel}`.
    */
   subscribe(channel, options = {}) {
     const presence = options.presence === true;
@@ -337,6 +455,8 @@ var RealtimeClient = class {
   /** Unsubscribes from `channel`; it is no longer restored on reconnect. */
   unsubscribe(channel) {
     this.#channels.delete(channel);
+    this.#offsets.forget(channel);
+    this.#resubscribing.delete(channel);
     this.#sendIfOpen({ type: "unsubscribe", payload: { channel } });
   }
   /** The channels this client keeps subscribed to, with their `presence`. */
@@ -364,9 +484,10 @@ var RealtimeClient = class {
       return;
     }
     if (gen !== this.#generation) return;
+    const recovery = this.#offsets.recoveryQuery();
     let ws;
     try {
-      ws = new this.#WebSocket(withToken(this.#url, token));
+      ws = new this.#WebSocket(withQuery(withToken(this.#url, token), recovery));
     } catch (e) {
       this.#setState(State.Disconnected);
       this.#error(`Cannot open a WebSocket: ${describe(e)}`, "socket");
@@ -375,6 +496,7 @@ var RealtimeClient = class {
     this.#debug("connecting to", this.#url);
     this.#ws = ws;
     this.#opened = false;
+    this.#askedRecovery = recovery !== null;
     ws.onopen = () => ws === this.#ws && this.#onOpen();
     ws.onmessage = (ev) => ws === this.#ws && this.#onMessage(ev.data);
     ws.onerror = () => ws === this.#ws && this.#opened && this.#error("WebSocket error", "socket");
@@ -389,15 +511,22 @@ var RealtimeClient = class {
   #onOpen() {
     this.#opened = true;
     this.#attempt = 0;
+    this.#isReconnect = this.#connectCount > 0;
     this.#connectCount++;
     this.#lastError = null;
+    this.#helloPending = true;
+    this.#recoveredSent = false;
+    this.#resubscribing.clear();
+    this.#offsets.retainChannels(this.#channels);
     this.#setState(State.Connected);
     for (const [channel, presence] of this.#channels) {
-      this.#sendIfOpen({ type: "subscribe", payload: { channel, presence } });
+      const since = this.#isReconnect ? this.#offsets.since(channel) : null;
+      if (this.#isReconnect) this.#resubscribing.set(channel, since !== null);
+      this.#sendIfOpen({ type: "subscribe", payload: { channel, presence, ...since ?? {} } });
     }
     this.#timers.hello = setTimeout(() => {
       this.#timers.hello = null;
-      this.#synthetic("connected", {});
+      this.#syntheticHello();
     }, this.#helloTimeoutMs);
     this.#scheduleRefresh(jwtExp(this.#token));
   }
@@ -415,11 +544,70 @@ var RealtimeClient = class {
     }
     if (this.#timers.hello !== null) {
       this.#clearTimer("hello");
-      if (msg.type !== "connected") this.#synthetic("connected", {});
+      if (msg.type !== "connected") this.#syntheticHello();
+    }
+    let then = null;
+    if (msg.offset !== void 0) {
+      if (!this.#offsets.accept(msg.channel, msg.offset)) {
+        this.#debug("duplicate dropped:", msg.type, msg.channel, msg.offset);
+        return;
+      }
+    } else if (msg.type === "connected" && this.#helloPending) {
+      this.#helloPending = false;
+      then = this.#onHello(msg.payload);
+    } else if (msg.type === "subscribed") {
+      then = this.#onSubscribed(msg.payload);
+    } else if (msg.type === "error") {
+      then = this.#onSubscribeRefused(msg.payload);
     }
     this.#onRefreshAnswer(msg);
     this.#debug("message", msg.type);
+    const ws = this.#ws;
     this.#listeners.emit(msg);
+    if (then && ws === this.#ws) then();
+  }
+  // --------------------------------------------------------- recovery
+  /**
+   * The server's `connected`: the offsets continue (recovered: the missed
+   * messages follow) or start again from its `offsets` (and its epoch).
+   * A reconnect raises `recovered` after it.
+   */
+  #onHello(payload) {
+    const p = payload ?? {};
+    const userId = typeof p.userId === "string" ? p.userId : null;
+    const sameUser = userId === null || this.#userId === null || userId === this.#userId;
+    if (userId !== null) this.#userId = userId;
+    const recovered = this.#askedRecovery && p.recovered === true && sameUser && !this.#recoveredSent;
+    this.#offsets.connected(p.epoch, p.offsets, recovered);
+    if (!this.#isReconnect || this.#recoveredSent) return null;
+    this.#recoveredSent = true;
+    return () => this.#synthetic("recovered", { recovered });
+  }
+  /** The `connected` event made up by the client; on a reconnect, `recovered: false` follows. */
+  #syntheticHello() {
+    this.#synthetic("connected", {});
+    if (this.#isReconnect && !this.#recoveredSent) {
+      this.#recoveredSent = true;
+      this.#synthetic("recovered", { recovered: false });
+    }
+  }
+  /** `subscribed`: the channel's offset (unless recovered); a resubscribe's answer raises `recovered`. */
+  #onSubscribed(payload) {
+    const p = payload ?? {};
+    if (typeof p.channel !== "string") return null;
+    const channel = p.channel;
+    const asked = this.#resubscribing.get(channel);
+    this.#resubscribing.delete(channel);
+    const recovered = asked === true && p.recovered === true;
+    this.#offsets.subscribed(channel, p.offset, recovered);
+    return asked === void 0 ? null : () => this.#synthetic("recovered", { recovered, channel });
+  }
+  /** An `error` that refuses a resubscribe: that channel did not recover. */
+  #onSubscribeRefused(payload) {
+    const channel = payload?.channel;
+    if (typeof channel !== "string" || !this.#resubscribing.has(channel)) return null;
+    this.#resubscribing.delete(channel);
+    return () => this.#synthetic("recovered", { recovered: false, channel });
   }
   #onClose(code, reason) {
     const wasOpen = this.#opened;
@@ -559,6 +747,7 @@ export {
   Listeners,
   RealtimeClient,
   State,
+  StreamOffsets,
   backoffDelay,
   index_default as default,
   isTerminalCloseCode,

@@ -420,7 +420,9 @@ describe("test page with a configured secret", { timeout: TEST_TIMEOUT_MS * 4 },
     await bounded(page, "waiting for connects: 2", () =>
       page.waitForFunction(() => window.rt.connectCount === 2, null, { timeout: WAIT_MS }),
     );
-    assert.match(await page.textContent("#state-info"), /connects: 2/);
+    // A restarted server has a new epoch: the client says that what it missed is gone.
+    await waitLog(page, "recovered", '"recovered":false');
+    assert.match(await page.textContent("#state-info"), /connects: 2, recovered: false/);
 
     const marker = unique("after-restart");
     const res = await adminPost(restarted, adminKey, "/v1/websocket/broadcast", {

@@ -1,8 +1,10 @@
 // The React example (examples/react-page, bundled with React from npm,
 // served by examples/node-backend) in headless Chromium (/usr/bin/chromium)
 // against a real wsedge: connect, a broadcast and a user send arrive, the
-// server restarts and the hook comes back with its backoff, a token change
-// reconnects, unmounting closes the socket, 4500 stops the reconnecting.
+// server restarts and the hook comes back with its backoff (recovered:
+// false, a new epoch), a token change reconnects, unmounting closes the
+// socket, 4500 stops the reconnecting, and after a 4000 close the hook gets
+// what was broadcast meanwhile (recovered: true).
 // What the page shows is checked in the DOM; what the server sees through
 // @wsedge/server. Screenshots go to artifacts/browser/ (WSEDGE_ARTIFACTS).
 import { after, before, describe, it } from "node:test";
@@ -100,6 +102,7 @@ describe("React example page with useRealtime", { timeout: 120_000 }, () => {
     await waitText("#state", "connected");
     await waitText("#user-id", "alice");
     assert.equal(await text("#connection-count"), "1");
+    assert.equal(await text("#recovered"), "—", "no reconnect yet");
     assert.equal(await page.$("#error"), null, "no error banner");
     assert.equal(await admin.isUserConnected("alice"), true);
     const hello = await entry("connected");
@@ -139,6 +142,10 @@ describe("React example page with useRealtime", { timeout: 120_000 }, () => {
     await waitText("#connection-count", "2");
     const back = (await entries()).find((e) => e.type === "connected");
     assert.ok(back.at - r2.at >= r2.payload.delayMs - 100, `the second retry waited (${back.at - r2.at} ms)`);
+    // A restarted server has a new epoch: what was missed is gone, and the hook says so.
+    await waitText("#recovered", "false");
+    assert.equal(back.payload.recovered, false);
+    await entry("recovered", (p) => p.recovered === false && p.channel === undefined);
     assert.equal(await admin.broadcast("news", { marker: "after-restart" }), 1);
     await entry("news", (p) => p.marker === "after-restart");
     await screenshot("react-example-reconnected.png");
@@ -184,6 +191,41 @@ describe("React example page with useRealtime", { timeout: 120_000 }, () => {
 
     await page.click("#connect"); // connect() still works
     await waitText("#state", "connected");
+    assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+  });
+
+  it("after a 4000 close the reconnect gets what was broadcast meanwhile: recovered true", async () => {
+    // The reconnect's getToken (the page's /api/token) is held until the broadcast is sent.
+    let asked = false;
+    let release;
+    const released = new Promise((r) => (release = r));
+    await page.route("**/api/token*", async (route) => {
+      asked = true;
+      await released;
+      await route.continue();
+    });
+    try {
+      assert.equal(await admin.disconnectUser("bob"), 1);
+      const closed = await entry("disconnected", (p) => p.code === 4000);
+      await eventually("the reconnect asks for a token", () => asked);
+      await eventually("bob gone", async () => !(await admin.isUserConnected("bob")));
+      assert.equal(await admin.broadcast("news", { marker: "while-away" }), 0, "nobody got it live");
+      release();
+      await waitText("#state", "connected");
+      await waitText("#recovered", "true");
+      await entry("news", (p) => p.marker === "while-away");
+      const list = await entries(); // newest first
+      const isMissed = (e) => e.type === "news" && e.payload.marker === "while-away";
+      const recovered = list.findIndex((e) => e.type === "recovered" && e.at >= closed.at);
+      assert.ok(recovered >= 0, "a recovered event after the close");
+      assert.deepEqual([list[recovered].payload.recovered, list[recovered].payload.channel], [true, undefined]);
+      assert.ok(recovered > list.findIndex(isMissed), "recovered comes before the missed message");
+      assert.equal(list.filter(isMissed).length, 1, "the missed message arrives once");
+      await screenshot("react-example-recovered.png");
+    } finally {
+      release();
+      await page.unroute("**/api/token*");
+    }
     assert.deepEqual(pageErrors, [], "uncaught errors in the page");
   });
 });

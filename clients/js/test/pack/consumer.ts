@@ -9,6 +9,7 @@ import {
   State,
   type DisconnectedPayload,
   type RealtimeClientOptions,
+  type RecoveredPayload,
   type Unsubscribe,
   type WebSocketConstructor,
 } from "@wsedge/client";
@@ -38,6 +39,16 @@ client.off("disconnected");
 const sent: boolean = client.send("chat", { text: "hi" });
 const state: State = client.state;
 const delay: number = backoffDelay(2);
+// Recovery: the `recovered` event, the epoch and the offsets.
+client.on<RecoveredPayload>("recovered", (p) => {
+  const recovered: boolean = p.recovered;
+  const channel: string | undefined = p.channel;
+  void [recovered, channel];
+});
+const epoch: string | null = client.epoch;
+const lastAll: number | undefined = client.offsets["@all"];
+// @ts-expect-error: the epoch is the client's to keep
+client.epoch = "e";
 // @ts-expect-error: send needs a type
 client.send();
 // @ts-expect-error: not an option
@@ -52,6 +63,9 @@ function Component(): UseRealtimeResult {
   const connected: boolean = rt.isConnected && !rt.isConnecting;
   const count: number = rt.connectionCount;
   const error: string | null = rt.error;
+  const recovered: boolean | null = rt.recovered;
+  // @ts-expect-error: null until the first reconnect
+  const alwaysKnown: boolean = rt.recovered;
   const unsubscribe: () => void = rt.on("notification", (payload: { title: string }) => payload.title);
   unsubscribe();
   rt.off("notification");
@@ -59,7 +73,7 @@ function Component(): UseRealtimeResult {
   useRealtime(42);
   // @ts-expect-error: autoConnect is a boolean
   useRealtime("jwt", { autoConnect: "yes" });
-  void [connected, count, error];
+  void [connected, count, error, recovered, alwaysKnown];
   return rt;
 }
 
@@ -86,4 +100,4 @@ async function backend(): Promise<void> {
   void [n, delivered, online, stats.totalConnections, closed, published, total, wrong];
 }
 
-void [sent, state, delay, bad, Component, backend];
+void [sent, state, delay, epoch, lastAll, bad, Component, backend];

@@ -8,6 +8,7 @@ import * as server from "@wsedge/server";
 assert.equal(typeof client.RealtimeClient, "function");
 assert.equal(client.default, client.RealtimeClient);
 assert.equal(client.backoffDelay(0, 1000, 30000, () => 0), 1000);
+assert.equal(new client.StreamOffsets().accept("@all", 1), true);
 assert.equal(typeof react.useRealtime, "function");
 assert.equal(typeof server.WsedgeServer, "function");
 assert.equal(typeof server.broadcast, "function");

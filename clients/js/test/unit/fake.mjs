@@ -38,9 +38,9 @@ export class FakeWebSocket {
     this.readyState = 1;
     this.onopen?.({});
   }
-  /** The server's `connected` hello. */
-  hello(userId = "u1") {
-    this.message({ type: "connected", payload: { userId, connectionId: "0-1-1", timestamp: "t" } });
+  /** The server's `connected` hello; `extra` adds fields (`epoch`, `offsets`, `recovered`). */
+  hello(userId = "u1", extra = {}) {
+    this.message({ type: "connected", payload: { userId, connectionId: "0-1-1", timestamp: "t", ...extra } });
   }
   message(obj) {
     this.onmessage?.({ data: typeof obj === "string" ? obj : JSON.stringify(obj) });
@@ -57,6 +57,12 @@ export class FakeWebSocket {
   }
   get tokenParam() {
     return new URL(this.url).searchParams.get("token");
+  }
+  /** The query of the URL as an object (`token` left out). */
+  get query() {
+    const q = Object.fromEntries(new URL(this.url).searchParams);
+    delete q.token;
+    return q;
   }
 }
 

@@ -29,7 +29,13 @@ test("no token: error set, no socket", async () => {
   s.start(null);
   await flush();
   assert.equal(FakeWebSocket.all.length, 0);
-  assert.deepEqual(s.getSnapshot(), { isConnected: false, isConnecting: false, error: NO_TOKEN, connectionCount: 0 });
+  assert.deepEqual(s.getSnapshot(), {
+    isConnected: false,
+    isConnecting: false,
+    error: NO_TOKEN,
+    connectionCount: 0,
+    recovered: null,
+  });
   s.connect();
   await flush();
   assert.equal(FakeWebSocket.all.length, 0, "connect() without a token does nothing either");
@@ -43,7 +49,13 @@ test("a token connects; the snapshot follows the states and counts connects", as
   await flush();
   assert.equal(FakeWebSocket.last.tokenParam, "tok-a");
   FakeWebSocket.last.open();
-  assert.deepEqual(s.getSnapshot(), { isConnected: true, isConnecting: false, error: null, connectionCount: 1 });
+  assert.deepEqual(s.getSnapshot(), {
+    isConnected: true,
+    isConnecting: false,
+    error: null,
+    connectionCount: 1,
+    recovered: null,
+  });
   FakeWebSocket.last.serverClose(1001, "server shutting down");
   assert.equal(s.getSnapshot().isConnected, false);
   mock.timers.tick(1000);

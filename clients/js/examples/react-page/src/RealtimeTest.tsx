@@ -1,6 +1,7 @@
 /**
  * `RealtimeTest`: the original service's test component rebuilt on
- * `useRealtime`: connection state, connection count, an error banner,
+ * `useRealtime`: connection state, connection count, whether the last
+ * reconnect recovered what was missed, an error banner,
  * connect/disconnect, a send form, the list of received messages and a
  * button that asks the backend for a test notification.
  */
@@ -57,6 +58,9 @@ export function RealtimeTest({ token, url, getToken, reconnectInterval }: Realti
           </span>
           <span>
             user: <b id="user-id">{userId ?? "—"}</b>
+          </span>
+          <span title="Whether the last reconnect got every message missed meanwhile (false: reload your data)">
+            recovered: <b id="recovered">{rt.recovered === null ? "—" : String(rt.recovered)}</b>
           </span>
         </div>
         {rt.error && (

@@ -3,11 +3,15 @@
  * counterpart of the Rust client (`wsedge::client`). It owns the socket, the
  * reconnect state machine (Disconnected → Connecting → Connected →
  * Disconnected → backoff → Connecting …), the `connected` event made once
- * per connection, and the in-band token refresh before `exp`.
+ * per connection, the in-band token refresh before `exp`, and recovery
+ * (docs/PROTOCOL.md §11): it remembers the epoch and the last offset of each
+ * stream, drops duplicates, asks for what it missed when it reconnects and
+ * resubscribes, and tells with a `recovered` event whether it got it.
  */
 
 import { backoffDelay, isTerminalCloseCode } from "./backoff.js";
 import { Listeners, once, type Listener, type RealtimeMessage, type Unsubscribe } from "./listeners.js";
+import { StreamOffsets } from "./offsets.js";
 import { jwtExp, refreshDelayMs } from "./token.js";
 import {
   State,
@@ -17,7 +21,7 @@ import {
   type WebSocketConstructor,
   type WebSocketLike,
 } from "./types.js";
-import { defaultUrl, resolveUrl, withToken } from "./url.js";
+import { defaultUrl, resolveUrl, withQuery, withToken } from "./url.js";
 
 /** `WebSocket.OPEN`. */
 const OPEN = 1;
@@ -68,6 +72,21 @@ export class RealtimeClient {
   #refreshAt = 0;
   /** The token sent in a `refresh` that the server has not answered yet. */
   #pendingToken: string | null = null;
+  // ---- recovery (docs/PROTOCOL.md §11)
+  /** The epoch and the last offset seen on each stream; outlives connections. */
+  readonly #offsets = new StreamOffsets();
+  /** The `userId` of the last hello: a reconnect as someone else does not recover. */
+  #userId: string | null = null;
+  /** This connection's URL asked to recover (`epoch`, `since_all`, `since_user`). */
+  #askedRecovery = false;
+  /** This connection follows an earlier successful one: it raises `recovered`. */
+  #isReconnect = false;
+  /** The server's `connected` of this connection has not been processed yet. */
+  #helloPending = false;
+  /** This connection has raised its `recovered` event. */
+  #recoveredSent = false;
+  /** Channels resubscribed on this reconnect whose answer is awaited → whether `since` was sent. */
+  readonly #resubscribing = new Map<string, boolean>();
   readonly #listeners = new Listeners((type, e) => console.error(`RealtimeClient: listener for "${type}" threw`, e));
   readonly #stateListeners = new Set<{ cb: StateListener }>();
 
@@ -129,6 +148,14 @@ export class RealtimeClient {
       connectCount: this.#connectCount,
       reconnectAttempt: this.#attempt,
     };
+  }
+  /** The history's epoch of the remembered offsets (from `connected`), or `null` before one is known. */
+  get epoch(): string | null {
+    return this.#offsets.epoch;
+  }
+  /** The last offset seen on each stream: `@all`, `@user` and each channel (a copy). */
+  get offsets(): Record<string, number> {
+    return this.#offsets.snapshot();
   }
   /** The delay before reconnect attempt `attempt` (0-based), with fresh jitter. */
   nextDelayMs(attempt: number = this.#attempt): number {
@@ -223,7 +250,9 @@ export class RealtimeClient {
    * events): now when connected, and again after every reconnect until
    * {@link unsubscribe}. The server answers `subscribed`, or an `error` whose
    * payload names the `channel`. The channel's messages arrive as messages
-   * with a top-level `channel` field.
+   * with a top-level `channel` field. A resubscribe after a reconnect asks
+   * for the messages missed since the last offset seen (`since`, `epoch`)
+   * and is followed by a `recovered` event `{recovered, channel}`.
    */
   subscribe(channel: string, options: { presence?: boolean } = {}): void {
     const presence = options.presence === true;
@@ -234,6 +263,8 @@ export class RealtimeClient {
   /** Unsubscribes from `channel`; it is no longer restored on reconnect. */
   unsubscribe(channel: string): void {
     this.#channels.delete(channel);
+    this.#offsets.forget(channel); // a later subscribe starts afresh
+    this.#resubscribing.delete(channel);
     this.#sendIfOpen({ type: "unsubscribe", payload: { channel } });
   }
 
@@ -265,9 +296,11 @@ export class RealtimeClient {
       return;
     }
     if (gen !== this.#generation) return; // disconnect() while waiting for the token
+    // After a connection that told the epoch: ask for what was missed since.
+    const recovery = this.#offsets.recoveryQuery();
     let ws: WebSocketLike;
     try {
-      ws = new this.#WebSocket(withToken(this.#url, token));
+      ws = new this.#WebSocket(withQuery(withToken(this.#url, token), recovery));
     } catch (e) {
       // A malformed URL does not fix itself: report and stay down.
       this.#setState(State.Disconnected);
@@ -277,6 +310,7 @@ export class RealtimeClient {
     this.#debug("connecting to", this.#url);
     this.#ws = ws;
     this.#opened = false;
+    this.#askedRecovery = recovery !== null;
     ws.onopen = () => ws === this.#ws && this.#onOpen();
     ws.onmessage = (ev) => ws === this.#ws && this.#onMessage(ev.data);
     // Browsers tell nothing here on purpose; the close event that follows has the code.
@@ -294,16 +328,25 @@ export class RealtimeClient {
   #onOpen(): void {
     this.#opened = true;
     this.#attempt = 0;
+    this.#isReconnect = this.#connectCount > 0;
     this.#connectCount++;
     this.#lastError = null;
+    this.#helloPending = true;
+    this.#recoveredSent = false;
+    this.#resubscribing.clear();
+    // Server-side subscriptions (the management API's) ended with the last connection.
+    this.#offsets.retainChannels(this.#channels);
     this.#setState(State.Connected);
-    // A reconnect restores the subscriptions without the application's help.
+    // A reconnect restores the subscriptions without the application's help,
+    // each from the last offset seen on it (in the epoch it was seen in).
     for (const [channel, presence] of this.#channels) {
-      this.#sendIfOpen({ type: "subscribe", payload: { channel, presence } });
+      const since = this.#isReconnect ? this.#offsets.since(channel) : null;
+      if (this.#isReconnect) this.#resubscribing.set(channel, since !== null);
+      this.#sendIfOpen({ type: "subscribe", payload: { channel, presence, ...(since ?? {}) } });
     }
     this.#timers.hello = setTimeout(() => {
       this.#timers.hello = null;
-      this.#synthetic("connected", {});
+      this.#syntheticHello();
     }, this.#helloTimeoutMs);
     this.#scheduleRefresh(jwtExp(this.#token));
   }
@@ -323,11 +366,78 @@ export class RealtimeClient {
     if (this.#timers.hello !== null) {
       // The server's hello *is* the connected event; anything else first means it will not come.
       this.#clearTimer("hello");
-      if (msg.type !== "connected") this.#synthetic("connected", {});
+      if (msg.type !== "connected") this.#syntheticHello();
+    }
+    // Recovery bookkeeping; `then` raises `recovered` after the message's own listeners.
+    let then: (() => void) | null = null;
+    if (msg.offset !== undefined) {
+      // An API message: on a stream, at an offset. At or below the last one seen there: a duplicate.
+      if (!this.#offsets.accept(msg.channel, msg.offset)) {
+        this.#debug("duplicate dropped:", msg.type, msg.channel, msg.offset);
+        return;
+      }
+    } else if (msg.type === "connected" && this.#helloPending) {
+      this.#helloPending = false;
+      then = this.#onHello(msg.payload);
+    } else if (msg.type === "subscribed") {
+      then = this.#onSubscribed(msg.payload);
+    } else if (msg.type === "error") {
+      then = this.#onSubscribeRefused(msg.payload);
     }
     this.#onRefreshAnswer(msg);
     this.#debug("message", msg.type);
+    const ws = this.#ws;
     this.#listeners.emit(msg);
+    if (then && ws === this.#ws) then();
+  }
+
+  // --------------------------------------------------------- recovery
+
+  /**
+   * The server's `connected`: the offsets continue (recovered: the missed
+   * messages follow) or start again from its `offsets` (and its epoch).
+   * A reconnect raises `recovered` after it.
+   */
+  #onHello(payload: unknown): (() => void) | null {
+    const p = (payload ?? {}) as { userId?: unknown; epoch?: unknown; offsets?: unknown; recovered?: unknown };
+    const userId = typeof p.userId === "string" ? p.userId : null;
+    const sameUser = userId === null || this.#userId === null || userId === this.#userId;
+    if (userId !== null) this.#userId = userId;
+    // A late hello after a `recovered: false` (hello timeout) is not a recovery either.
+    const recovered = this.#askedRecovery && p.recovered === true && sameUser && !this.#recoveredSent;
+    this.#offsets.connected(p.epoch, p.offsets, recovered);
+    if (!this.#isReconnect || this.#recoveredSent) return null;
+    this.#recoveredSent = true;
+    return () => this.#synthetic("recovered", { recovered });
+  }
+
+  /** The `connected` event made up by the client; on a reconnect, `recovered: false` follows. */
+  #syntheticHello(): void {
+    this.#synthetic("connected", {});
+    if (this.#isReconnect && !this.#recoveredSent) {
+      this.#recoveredSent = true;
+      this.#synthetic("recovered", { recovered: false });
+    }
+  }
+
+  /** `subscribed`: the channel's offset (unless recovered); a resubscribe's answer raises `recovered`. */
+  #onSubscribed(payload: unknown): (() => void) | null {
+    const p = (payload ?? {}) as { channel?: unknown; offset?: unknown; recovered?: unknown };
+    if (typeof p.channel !== "string") return null;
+    const channel = p.channel;
+    const asked = this.#resubscribing.get(channel);
+    this.#resubscribing.delete(channel);
+    const recovered = asked === true && p.recovered === true;
+    this.#offsets.subscribed(channel, p.offset, recovered);
+    return asked === undefined ? null : () => this.#synthetic("recovered", { recovered, channel });
+  }
+
+  /** An `error` that refuses a resubscribe: that channel did not recover. */
+  #onSubscribeRefused(payload: unknown): (() => void) | null {
+    const channel = (payload as { channel?: unknown } | null)?.channel;
+    if (typeof channel !== "string" || !this.#resubscribing.has(channel)) return null;
+    this.#resubscribing.delete(channel);
+    return () => this.#synthetic("recovered", { recovered: false, channel });
   }
 
   #onClose(code: number, reason: string): void {

@@ -7,6 +7,7 @@ export { RealtimeClient } from "./client.js";
 export { backoffDelay, isTerminalCloseCode } from "./backoff.js";
 export { ANY, Listeners, type Listener, type RealtimeMessage, type Unsubscribe } from "./listeners.js";
 export { jwtExp, refreshDelayMs } from "./token.js";
+export { StreamOffsets } from "./offsets.js";
 export {
   State,
   type ConnectedPayload,
@@ -14,6 +15,7 @@ export {
   type ErrorPayload,
   type RealtimeClientOptions,
   type ReconnectingPayload,
+  type RecoveredPayload,
   type Status,
   type TokenResult,
   type WebSocketConstructor,

@@ -92,7 +92,28 @@ export interface ConnectedPayload {
   connectionId?: string;
   message?: string;
   timestamp: string;
+  /** The history's epoch (docs/PROTOCOL.md §11). */
+  epoch?: string;
+  /** The last offset of `@all` and of the user's `@user` stream when the connection opened. */
+  offsets?: { "@all": number; "@user": number };
+  /** On a connection that asked to recover: whether the missed messages follow. */
+  recovered?: boolean;
   [field: string]: unknown;
+}
+
+/**
+ * Payload of the client's `recovered` event. After each reconnect's
+ * `connected`: `{recovered, timestamp}`, `true` when every message missed on
+ * `@all` and `@user` follows (before any live one), `false` when they are
+ * lost (another epoch: the server restarted, or history too short) and the
+ * application should reload its state. After each resubscribe's
+ * `subscribed` (or its refusal): the same with the `channel`.
+ */
+export interface RecoveredPayload {
+  recovered: boolean;
+  /** Present for a channel's resubscribe; absent for the connection's `@all` and `@user`. */
+  channel?: string;
+  timestamp: string;
 }
 
 /** A snapshot of the client's state. */

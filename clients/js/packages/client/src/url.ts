@@ -27,3 +27,14 @@ export function withToken(url: string, token: string | null | undefined): string
   const sep = base.includes("?") ? "&" : "?";
   return `${base}${sep}token=${encodeURIComponent(token)}${fragment}`;
 }
+
+/** `url` with `name=value` pairs added to its query (before any fragment), percent-encoded. */
+export function withQuery(url: string, params: Record<string, string | number> | null): string {
+  const entries = params ? Object.entries(params) : [];
+  if (entries.length === 0) return url;
+  const hash = url.indexOf("#");
+  const base = hash < 0 ? url : url.slice(0, hash);
+  const fragment = hash < 0 ? "" : url.slice(hash);
+  const query = entries.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`).join("&");
+  return `${base}${base.includes("?") ? "&" : "?"}${query}${fragment}`;
+}

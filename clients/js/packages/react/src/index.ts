@@ -5,4 +5,4 @@
 
 export { useRealtime, type UseRealtimeResult } from "./useRealtime.js";
 export { RealtimeSession, NO_TOKEN, type RealtimeSnapshot, type UseRealtimeOptions } from "./session.js";
-export type { Listener, RealtimeMessage, Unsubscribe } from "@wsedge/client";
+export type { Listener, RealtimeMessage, RecoveredPayload, Unsubscribe } from "@wsedge/client";

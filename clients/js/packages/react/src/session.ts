@@ -3,7 +3,7 @@
  * React in it. It owns the `RealtimeClient` of the current token (a new one
  * per token; the old one is closed), the listeners the component added with
  * `on` (they outlive token changes), and the snapshot React renders from
- * (`isConnected`, `isConnecting`, `error`, `connectionCount`).
+ * (`isConnected`, `isConnecting`, `error`, `connectionCount`, `recovered`).
  */
 
 import {
@@ -11,6 +11,7 @@ import {
   RealtimeClient,
   State,
   type Listener,
+  type RecoveredPayload,
   type RealtimeMessage,
   type Unsubscribe,
   type WebSocketConstructor,
@@ -42,6 +43,13 @@ export interface RealtimeSnapshot {
   error: string | null;
   /** Successful connects since the component mounted. */
   connectionCount: number;
+  /**
+   * Whether the last reconnect got every message missed on `@all` and
+   * `@user` (the client's `recovered` event, docs/PROTOCOL.md §11): `false`
+   * means they are lost, reload. `null` before the first reconnect of the
+   * current token.
+   */
+  recovered: boolean | null;
 }
 
 export const NO_TOKEN = "No authentication token provided";
@@ -56,7 +64,14 @@ export class RealtimeSession {
   #wanted = false;
   #hookError: string | null = null;
   #connectionCount = 0;
-  #snapshot: RealtimeSnapshot = { isConnected: false, isConnecting: false, error: null, connectionCount: 0 };
+  #recovered: boolean | null = null;
+  #snapshot: RealtimeSnapshot = {
+    isConnected: false,
+    isConnecting: false,
+    error: null,
+    connectionCount: 0,
+    recovered: null,
+  };
   readonly #subscribers = new Set<() => void>();
   readonly #listeners = new Listeners((type, e) => console.error(`useRealtime: listener for "${type}" threw`, e));
 
@@ -69,6 +84,7 @@ export class RealtimeSession {
   start(token: string | null): void {
     this.#closeClient();
     this.#token = token || null;
+    this.#recovered = null; // a new client: its first connect is not a reconnect
     if (!this.#token) {
       this.#hookError = NO_TOKEN;
       this.#publish();
@@ -158,6 +174,11 @@ export class RealtimeSession {
     client.on("*", (_payload, message: RealtimeMessage) => {
       if (client !== this.#client) return;
       if (message.type === "error") this.#publish();
+      const recovery = message.payload as RecoveredPayload | null;
+      if (message.type === "recovered" && message.synthetic && recovery && recovery.channel === undefined) {
+        this.#recovered = recovery.recovered === true;
+        this.#publish();
+      }
       this.#listeners.emit(message);
     });
     return client;
@@ -177,13 +198,15 @@ export class RealtimeSession {
       isConnecting: c?.state === State.Connecting,
       error: this.#hookError ?? c?.lastError ?? null,
       connectionCount: this.#connectionCount,
+      recovered: this.#recovered,
     };
     const prev = this.#snapshot;
     if (
       prev.isConnected === next.isConnected &&
       prev.isConnecting === next.isConnecting &&
       prev.error === next.error &&
-      prev.connectionCount === next.connectionCount
+      prev.connectionCount === next.connectionCount &&
+      prev.recovered === next.recovered
     ) {
       return;
     }

@@ -30,7 +30,9 @@ export interface UseRealtimeResult extends RealtimeSnapshot {
  * No token: `error` is set and nothing connects. A new token (or `url`)
  * closes the connection and opens one with it. Unmounting closes it. Lost
  * connections come back with exponential backoff, except after
- * `disconnect()` or a close with a code in 4500–4999.
+ * `disconnect()` or a close with a code in 4500–4999. A reconnect asks for
+ * the messages missed meanwhile: `recovered` (and the `recovered` event)
+ * tells whether they came or the component should reload its data.
  */
 export function useRealtime(token: string | null | undefined, options: UseRealtimeOptions = {}): UseRealtimeResult {
   const ref = useRef<RealtimeSession | null>(null);
