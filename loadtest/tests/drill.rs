@@ -111,7 +111,14 @@ fn the_drill_refuses_what_it_cannot_do() {
     for args in [
         &["--kill-node-after", "1"][..],
         &["--restart-after", "1", "--cluster", "3"],
-        &["--cluster", "3", "--kill-node-after", "1", "--restart-after", "1"],
+        &[
+            "--cluster",
+            "3",
+            "--kill-node-after",
+            "1",
+            "--restart-after",
+            "1",
+        ],
         &["--cluster", "3", "--kill-node-after", "1", "--mode", "send"],
     ] {
         let out = Command::new(TOOL)

@@ -3,7 +3,7 @@
 //! must, publishes at a fixed rate through node 0, one node SIGKILLed (or
 //! the one server killed and started again) while they go on, and per
 //! client what was lost, duplicated, out of order, and how long recovery
-//! took (docs/PROTOCOL.md §8.3, README "Load testing").
+//! took (docs/PROTOCOL.md §8.1, README "Load testing").
 //!
 //! ```text
 //! mod.rs      the drill, stage by stage: flags, server(s), clients, publishing, the event, the verdicts

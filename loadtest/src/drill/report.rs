@@ -410,3 +410,110 @@ impl DrillReport {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recovered(us: u64, backoff_us: u64) -> Verdict {
+        Verdict {
+            expected: 10,
+            dropped: true,
+            reconnected: true,
+            recovered: Some(true),
+            recover_us: Some(us),
+            backoff_us,
+            node_after: Some(0),
+            ..Verdict::default()
+        }
+    }
+
+    fn build(drill: Drill, verdicts: &[Verdict], homes: &[u16]) -> DrillReport {
+        let published: Vec<Published> = [Stream::All, Stream::User(0), Stream::Chan(0)]
+            .into_iter()
+            .map(|stream| Published {
+                stream,
+                seq: 1,
+                sent_us: 1,
+                answered_us: 2,
+                outcome: Outcome::Ok,
+            })
+            .collect();
+        DrillReport::build(
+            Inputs {
+                drill,
+                verdicts,
+                homes,
+                received: 0,
+                unparsed: 0,
+                events: BTreeMap::new(),
+                published: &published,
+                killed_node: (drill == Drill::KillNode).then_some(2),
+            },
+            DrillReport::default(),
+        )
+    }
+
+    #[test]
+    fn the_kill_drill_passes_only_when_every_client_recovers_in_time_losing_nothing() {
+        let steady = Verdict {
+            expected: 10,
+            ..Verdict::default()
+        };
+        let homes = [0, 1, 2, 2];
+        let ok = [
+            steady.clone(),
+            steady.clone(),
+            recovered(400_000, 300_000),
+            recovered(1_200_000, 250_000),
+        ];
+        let r = build(Drill::KillNode, &ok, &homes);
+        assert!(r.pass, "{:?}", r.failed);
+        assert_eq!((r.on_killed_node, r.dropped, r.recovered_true), (2, 2, 2));
+        assert_eq!(r.time_to_recover.max_ms, 1200.0);
+        assert_eq!(r.reconnected_to.get("node-0"), Some(&2));
+
+        // 1.4 s with a 300 ms backoff is over budget.
+        let mut late = ok.clone();
+        late[3] = recovered(1_400_000, 300_000);
+        let r = build(Drill::KillNode, &late, &homes);
+        assert!(!r.pass);
+        assert_eq!(r.over_budget, 1);
+
+        // One lost message on a client that never dropped fails it too.
+        let mut lossy = ok.clone();
+        lossy[0].lost = 1;
+        let r = build(Drill::KillNode, &lossy, &homes);
+        assert!(!r.pass);
+        assert_eq!((r.lost.total, r.lost.worst, r.lost.clients), (1, 1, 1));
+
+        // A reload is a failure of the kill drill.
+        let mut reload = ok.clone();
+        reload[2].recovered = Some(false);
+        let r = build(Drill::KillNode, &reload, &homes);
+        assert!(!r.pass);
+        assert_eq!((r.recovered_true, r.recovered_false, r.reloaded), (1, 1, 1));
+    }
+
+    #[test]
+    fn the_restart_drill_passes_when_everyone_reloads() {
+        let mut v = recovered(300_000, 250_000);
+        v.recovered = Some(false);
+        v.covered_by_reload = 5;
+        let r = build(Drill::Restart, &[v.clone(), v.clone()], &[0, 0]);
+        assert!(r.pass, "{:?}", r.failed);
+        assert_eq!((r.on_killed_node, r.reloaded), (2, 2));
+        let r = build(Drill::Restart, &[v, recovered(300_000, 250_000)], &[0, 0]);
+        assert!(!r.pass);
+    }
+
+    #[test]
+    fn spreads_are_nearest_rank() {
+        let s = Spread::of((1..=100).map(|ms| ms * 1000).collect());
+        assert_eq!(
+            (s.count, s.p50_ms, s.p99_ms, s.max_ms),
+            (100, 51.0, 99.0, 100.0)
+        );
+        assert_eq!(Spread::of(Vec::new()).count, 0);
+    }
+}
