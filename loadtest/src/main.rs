@@ -14,6 +14,7 @@
 //! rest.rs    REST load: pipelined keep-alive requests, window or fixed rate
 //! channels.rs  --mode channel: which channels each connection joins, byte scans
 //! hostile/   --hostile: misbehaving connections beside the measured ones
+//! drill/     --kill-node-after / --restart-after: the failover drill
 //! ws.rs      handshake, frame parser, masked frames, payload byte scan
 //! report/    the figures: the human table, the JSON line, the HTML page
 //! sys.rs     rlimit, /proc (RSS, CPU, listener pid), socket options
@@ -21,6 +22,7 @@
 
 mod channels;
 mod client;
+mod drill;
 mod hostile;
 mod report;
 mod rest;
@@ -99,7 +101,7 @@ struct Cli {
     /// Seconds of warm-up before the measured phases (reported apart)
     #[arg(long, default_value_t = 1.0)]
     warmup_secs: f64,
-    /// Also run a phase at this fixed offered rate (requests per second), for latency
+    /// Also run a phase at this fixed offered rate (requests per second), for latency; in the drill, publishes per second, the three kinds together [drill default: 60]
     #[arg(long)]
     rate: Option<f64>,
     /// Seconds of the --rate phase [default: --duration, or 10]
@@ -129,6 +131,15 @@ struct Cli {
     /// Seconds of each phase under attack [default: the phase's own length]
     #[arg(long, value_name = "S")]
     hostile_secs: Option<f64>,
+    /// Failover drill: with --cluster N, SIGKILL the last node this many seconds after publishing starts; its clients reconnect to the other nodes with the recovery parameters, and the report counts per client what was lost, duplicated and out of order, and the time to recover
+    #[arg(long, value_name = "S")]
+    kill_node_after: Option<f64>,
+    /// Failover drill on one node (no --cluster): SIGKILL the server this many seconds after publishing starts and start it again on the same port; every client must reconnect and reload (recovered: false)
+    #[arg(long, value_name = "S")]
+    restart_after: Option<f64>,
+    /// Drill: seconds of publishing after the kill or restart
+    #[arg(long, default_value_t = 5.0, value_name = "S")]
+    drill_secs: f64,
     /// Also write an HTML report with charts to this file
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
@@ -184,6 +195,20 @@ fn main() -> ExitCode {
         let served =
             server::serve_child(shards, cli.internal_max_per_user, cli.server_history_size);
         return ExitCode::from(served as u8);
+    }
+    if drill::wanted(&cli) {
+        return match drill::run(&cli) {
+            Ok(report) => {
+                println!("{}", report.table());
+                println!("{}", report.json_line());
+                // 4: the drill ran and missed its goal (CI asserts on it).
+                ExitCode::from(if report.pass { 0 } else { 4 })
+            }
+            Err(e) => {
+                eprintln!("wsedge-loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     match run::run(cli) {
         Ok(report) => {

@@ -49,11 +49,14 @@ pub struct Own<'a> {
     pub max_per_user: usize,
     /// `--history-size` of the server (`None`: its default).
     pub history_size: Option<usize>,
+    /// The address to listen on (`None`: a free loopback port); a child
+    /// restarted by the drill takes its old port again.
+    pub bind: Option<SocketAddr>,
 }
 
 fn config(own: &Own) -> wsedge::Config {
     let mut c = wsedge::Config {
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        bind: own.bind.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
         shards: own.shards,
         jwt_secret: Some(own.secret.to_string()),
         serve_web: false,
@@ -207,6 +210,53 @@ impl ServerUnderTest {
         }
     }
 
+    /// The drill: kills node `i` (0 is this one) with SIGKILL and reaps it;
+    /// when the signal went out (unix micros). The node is then gone for
+    /// good: no pid, nothing left to stop.
+    pub fn kill_node(&mut self, i: usize) -> Result<u64, String> {
+        let node = if i == 0 {
+            self
+        } else {
+            self.others
+                .get_mut(i - 1)
+                .ok_or_else(|| format!("no node {i}"))?
+        };
+        let (mut child, _stdin) = node
+            .child
+            .take()
+            .ok_or("only a server started here in a child process can be killed")?;
+        let at = sys::unix_micros();
+        child
+            .kill()
+            .map_err(|e| format!("cannot kill node {i}: {e}"))?;
+        let _ = child.wait();
+        node.pid = None;
+        Ok(at)
+    }
+
+    /// The drill on one node: kills this child server with SIGKILL, then
+    /// starts it again on the same address (so its history and epoch are
+    /// new). When the signal went out and when the new one listened (unix
+    /// micros).
+    pub fn restart(&mut self, own: &Own) -> Result<(u64, u64), String> {
+        let killed = self.kill_node(0)?;
+        let own = Own {
+            bind: Some(self.addr),
+            ..*own
+        };
+        let fresh = spawn_and_wait(
+            child_command(&own)?,
+            self.kind,
+            own.shards,
+            |line| line.strip_prefix("LISTENING ").map(str::to_string),
+            true,
+        )?;
+        let listening = sys::unix_micros();
+        self.child = fresh.child;
+        self.pid = fresh.pid;
+        Ok((killed, listening))
+    }
+
     /// Stops a server this tool started (bounded: 10 s, then SIGKILL). By
     /// reference, so that the run keeps its kind, address and pid for the
     /// report.
@@ -254,6 +304,9 @@ fn child_command(own: &Own) -> Result<Command, String> {
         .env("WSEDGE_LOADTEST_SECRET", own.secret);
     if let Some(n) = own.history_size {
         cmd.arg("--server-history-size").arg(n.to_string());
+    }
+    if let Some(addr) = own.bind {
+        cmd.env("WSEDGE_LOADTEST_BIND", addr.to_string());
     }
     Ok(cmd)
 }
@@ -407,6 +460,9 @@ pub fn serve_child(shards: usize, max_per_user: usize, history_size: Option<usiz
         shards,
         max_per_user,
         history_size,
+        bind: std::env::var("WSEDGE_LOADTEST_BIND")
+            .ok()
+            .and_then(|a| a.parse().ok()),
     };
     let mut cfg = config(&own);
     if let Ok(url) = std::env::var("WSEDGE_LOADTEST_REDIS_URL") {

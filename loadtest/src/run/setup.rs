@@ -270,6 +270,7 @@ impl Server {
             shards: cli.server_shards.unwrap_or(sizes.cpus).max(1),
             max_per_user: sizes.per_user + 1,
             history_size: cli.server_history_size,
+            bind: None,
         };
         let (endpoints, srv) = match &cli.target {
             Some(urls) => {
