@@ -28,10 +28,14 @@
 //! router.rs     a complete request → the upgrade checks or the REST API
 //! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT
 //! auth.rs       JWT validation and admin credentials
-//! rest.rs       the management API's routes → operations
+//! rest/         the management API's routes → operations
 //! channels.rs   channel names, token grants, the node's channel directory
-//! ops.rs        the operations behind Handle (broadcast, send, disconnect,
-//!               stats): one code path for REST and the library
+//! ops/          the operations behind Handle (broadcast, send, disconnect,
+//!               stats, channels): one code path for REST and the library
+//!   deliver.rs    the fan-out of a message on its streams, numbered
+//!   node.rs       what the cluster link may ask of this node
+//! history.rs    streams, offsets, the epoch and the messages kept for
+//!               clients that reconnect
 //! handler.rs    MessageHandler: what an application answers to messages
 //! shared.rs     the state one server's threads share
 //! bus.rs        commands to shards over crossbeam channels + mio::Waker
@@ -43,7 +47,8 @@
 //! error.rs      HTTP errors → status, close codes, in one place
 //! web.rs        the embedded test page and browser client
 //! cluster/      cluster mode: Redis pub/sub link threads, wire format,
-//!               the view of the other nodes' presence
+//!               the view of the other nodes' presence and subscriptions,
+//!               the numbering of messages by Redis (sequence.rs)
 //! client/       the Rust client: a thread per client, reconnect with backoff
 //! testbed.rs    internals for the fuzz targets, benches and tests only
 //! ```
@@ -55,13 +60,14 @@
 //!            → router → upgrade::check (auth) → registry (limits) → 101
 //!            → conn Ws: frames ↔ tungstenite → session (handler)
 //! REST:      conn Http: read → http::parse_request → router → rest → ops
-//! Broadcast: REST route or Handle → ops: frame::shared_message (encoded once)
-//!            → presence picks shards → bus → shard inbox (commands.rs) → each
-//!            target's Outbound queue (Arc'd frame) → send/sendmsg when the
-//!            socket is writable
-//! Cluster:   the same call also → cluster::publish → publisher thread →
-//!            Redis channel → other nodes' subscriber thread → their ops
-//!            (through cluster::LocalNode) → their bus
+//! Broadcast: REST route or Handle → ops: history numbers it on its stream,
+//!            frame::stream_message (encoded once) → presence picks shards →
+//!            bus → shard inbox (commands.rs) → each target's Outbound queue
+//!            (Arc'd frame) → send/sendmsg when the socket is writable
+//! Cluster:   the call goes → cluster::publish_numbered → publisher thread →
+//!            Redis numbers and publishes it → every node's subscriber
+//!            thread (this one's too) → its ops (through cluster::LocalNode)
+//!            → its history and bus
 //! ```
 
 mod acceptor;
