@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
-use common::process::spawn;
 use common::*;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -462,19 +461,7 @@ fn a_killed_node_leaves_presence_within_5_s_while_the_others_deliver() {
     let name = cluster_name("kill");
     let a = node(&url, &name, "a");
     let b = node(&url, &name, "b");
-    let mut c = spawn(
-        &[
-            "--admin-key",
-            ADMIN_KEY,
-            "--redis-url",
-            &url,
-            "--cluster-name",
-            &name,
-            "--node-id",
-            "c",
-        ],
-        &[("JWT_SECRET", SECRET)],
-    );
+    let mut c = spawn_node(&url, &name, "c");
     let (mut on_a, _) = connect(a.addr, &token("ua", 600));
     let (mut on_b, _) = connect(b.addr, &token("ub", 600));
     let _on_c = connect(c.addr, &token("uc", 600));
@@ -505,18 +492,6 @@ fn a_killed_node_leaves_presence_within_5_s_while_the_others_deliver() {
         Some(&json!({"type":"x"})),
     );
     assert_eq!(status, 404);
-}
-
-fn metric_value(addr: SocketAddr, name: &str) -> u64 {
-    let (_, _, body) = http_raw(
-        addr,
-        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-    );
-    let text = String::from_utf8_lossy(&body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// `host:port` of the Redis behind `url`.

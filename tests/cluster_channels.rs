@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
-use common::process::spawn;
 use common::*;
 use serde_json::{json, Value};
 
@@ -204,19 +203,7 @@ fn a_killed_node_drops_its_subscribers_from_channels_within_5_s() {
     let name = cluster_name("ch-kill");
     let a = node(&url, &name, "a");
     let b = node(&url, &name, "b");
-    let mut c = spawn(
-        &[
-            "--admin-key",
-            ADMIN_KEY,
-            "--redis-url",
-            &url,
-            "--cluster-name",
-            &name,
-            "--node-id",
-            "c",
-        ],
-        &[("JWT_SECRET", SECRET)],
-    );
+    let mut c = spawn_node(&url, &name, "c");
     let (mut watcher, _) = connect(a.addr, &token_with("watcher", &["room"]));
     assert_eq!(subscribe(&mut watcher, "room", true)["type"], "subscribed");
     assert_eq!(next_json(&mut watcher)["payload"]["userId"], "watcher");

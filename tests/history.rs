@@ -250,31 +250,6 @@ fn with_history_off_offsets_still_count_and_only_nothing_missed_recovers() {
     assert!(text.contains("wsedge_history_entries 0"), "{text}");
 }
 
-/// The bytes a Prometheus gauge reads.
-fn gauge(addr: SocketAddr, name: &str) -> u64 {
-    let (_, _, body) = http_raw(
-        addr,
-        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-    );
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(u64::MAX)
-}
-
-fn rss_kib_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(u64::MAX)
-}
-
 #[test]
 fn history_memory_stays_within_its_byte_bound() {
     const MAX: u64 = 4 << 20;
@@ -296,7 +271,7 @@ fn history_memory_stays_within_its_byte_bound() {
         );
         assert_eq!(status, 404);
     }
-    let kept = gauge(srv.addr, "wsedge_history_bytes");
+    let kept = metric_value(srv.addr, "wsedge_history_bytes");
     assert!(kept <= MAX, "{kept} bytes kept, bound {MAX}");
     assert!(kept >= MAX / 2, "the newest messages are kept: {kept}");
     let grown_kib = rss_kib_of(pid).saturating_sub(before);

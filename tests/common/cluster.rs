@@ -166,3 +166,21 @@ pub fn broadcast(addr: SocketAddr, body: Value) -> Value {
     assert_eq!(status, 200, "{resp}");
     resp
 }
+
+/// Node `id` of cluster `name` as a child process (a test that must kill
+/// a node without warning needs one).
+pub fn spawn_node(url: &str, name: &str, id: &str) -> super::process::Proc {
+    super::process::spawn(
+        &[
+            "--admin-key",
+            ADMIN_KEY,
+            "--redis-url",
+            url,
+            "--cluster-name",
+            name,
+            "--node-id",
+            id,
+        ],
+        &[("JWT_SECRET", SECRET)],
+    )
+}

@@ -63,6 +63,32 @@ pub fn config(f: impl FnOnce(&mut Config)) -> Config {
 }
 
 /// Resident set size of this process (in-process servers run in it), in KiB.
+/// The value of a Prometheus metric without labels on `addr`'s `/metrics`.
+pub fn metric_value(addr: SocketAddr, name: &str) -> u64 {
+    let (_, _, body) = http_raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Resident memory of process `pid` in KiB (`u64::MAX` when unreadable).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
 pub fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     status
