@@ -25,6 +25,7 @@ mod link;
 mod outbox;
 pub(crate) mod sequence;
 pub(crate) mod subs;
+mod subscriber;
 pub(crate) mod view;
 pub(crate) mod wire;
 
