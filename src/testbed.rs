@@ -12,6 +12,7 @@ pub use crate::auth::{bearer_token, extract_token, UserClaims, Verifier};
 pub use crate::bus::ConnRef;
 pub use crate::channels::{check_name as check_channel_name, split_sub_key, Directory, Grants};
 pub use crate::cluster::view::{NodeCounters, View};
+pub use crate::cluster::sequence::{split as split_numbered, streams as cluster_streams};
 pub use crate::cluster::wire::{decode as decode_cluster_packet, Body as ClusterBody};
 pub use crate::conn::{feed, Outbound, WsEnv, WsRead, WsState};
 pub use crate::frame::{envelope, shared_message, stream_message, text_frame, SharedFrame};

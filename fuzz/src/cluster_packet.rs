@@ -6,20 +6,33 @@
 //! channel directory. A
 //! broadcast's message is framed as the receiving node would frame it.
 //!
-//! Input: the packet bytes, as published.
+//! Input: the packet bytes, as published (optionally behind the numbers
+//! Redis's sequencing script writes: `S<epoch> <offset>,…\n`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use wsedge::testbed::{cluster_streams, split_numbered};
 use wsedge::testbed::{decode_cluster_packet as decode, ClusterBody as Body};
 use wsedge::testbed::{split_sub_key, Directory, NodeCounters, View};
 
 pub fn run(data: &[u8]) {
     static VIEW: Mutex<Option<View>> = Mutex::new(None);
+    // A numbered packet (the sequencing script's header) or a plain one.
+    let Ok((seq, data)) = split_numbered(data) else {
+        return;
+    };
     let Ok(p) = decode(data) else {
         return;
     };
+    if let Some(seq) = &seq {
+        // The receiver pairs the numbers with the packet's streams; a
+        // mismatch is skipped, never indexed out of bounds.
+        let streams = cluster_streams(&p.body);
+        let _ = streams.iter().zip(&seq.offsets).count();
+        assert!(seq.offsets.iter().all(|o| *o > 0));
+    }
     let mut guard = VIEW.lock().unwrap_or_else(|e| e.into_inner());
     let view = guard.get_or_insert_with(|| View::new(Duration::from_secs(3)));
     let now = Instant::now();
