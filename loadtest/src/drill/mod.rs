@@ -187,6 +187,9 @@ fn drill(
         plan.layout.channels - 1,
         plan.layout.per_conn
     ));
+    if addrs.len() > 1 {
+        wait_linked(&addrs);
+    }
     let shared = Arc::new(client::Shared::default());
     let cfg = Arc::new(client::Config {
         targets: addrs.clone(),
@@ -364,6 +367,48 @@ fn wait_ready(cli: &Cli, plan: &Plan, shared: &client::Shared) -> Result<(), Str
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A cluster: waits (at most 10 s) until every node reaches Redis
+/// (`/healthz` says `ok`, not `degraded`). A node has taken the cluster's
+/// history epoch by then; a client that connected earlier would hold the
+/// node's provisional one, and could not recover on another node.
+fn wait_linked(addrs: &[std::net::SocketAddr]) {
+    let end = Instant::now() + Duration::from_secs(10);
+    for addr in addrs {
+        while !healthz_ok(*addr) {
+            if Instant::now() >= end {
+                say(format!(
+                    "{addr} did not reach Redis within 10 s; starting anyway"
+                ));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether `addr` answers `GET /healthz` with `ok`.
+fn healthz_ok(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lt\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = s.take(4096).read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    // The body follows the head; `ok`, or `degraded: …` while Redis is out
+    // of reach.
+    text.starts_with("HTTP/1.1 200")
+        && text
+            .split_once("\r\n\r\n")
+            .is_some_and(|(_, body)| body == "ok")
 }
 
 /// A cluster: waits (at most 5 s) until node 0's presence counts every
