@@ -87,6 +87,9 @@ struct State {
     /// Sequence numbers of entries, node-wide, in append order.
     next_seq: u64,
     bytes: usize,
+    /// Entries kept, all streams (so that `/metrics` reads it without
+    /// walking every stream under the lock).
+    entries: usize,
 }
 
 /// An owned stream name, for the eviction index.
@@ -274,18 +277,7 @@ impl History {
     /// Entries kept and their bytes (frames plus bookkeeping).
     pub fn usage(&self) -> (usize, usize) {
         let s = self.lock();
-        let entries = s.state.all.entries.len()
-            + s.state
-                .users
-                .values()
-                .map(|l| l.entries.len())
-                .sum::<usize>()
-            + s.state
-                .channels
-                .values()
-                .map(|l| l.entries.len())
-                .sum::<usize>();
-        (entries, s.state.bytes)
+        (s.state.entries, s.state.bytes)
     }
 }
 
@@ -402,6 +394,7 @@ impl Writer<'_> {
         log.entries.push_back(entry);
         let over = log.entries.len() > limits.size;
         s.bytes += cost;
+        s.entries += 1;
         if was_empty {
             s.heads.insert(seq, Key::of(stream));
         }
@@ -510,6 +503,7 @@ impl State {
         };
         let next = log.entries.front().map(|e| e.seq);
         self.bytes = self.bytes.saturating_sub(old.cost());
+        self.entries = self.entries.saturating_sub(1);
         self.heads.remove(&old.seq);
         if let Some(seq) = next {
             self.heads.insert(seq, key.clone());
