@@ -207,7 +207,7 @@ impl Publisher<'_> {
             pipe.exec(&mut con)?;
             // The script, and the cluster's epoch (this node's own when
             // the cluster has none yet).
-            let (script, _, epoch): (String, (), String) = redis::pipe()
+            let (script, epoch): (String, String) = redis::pipe()
                 .cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(SCRIPT)
@@ -217,8 +217,7 @@ impl Publisher<'_> {
                 .arg("NX")
                 .ignore()
                 .get(names.epoch())
-                .query(&mut con)
-                .map(|(s, e): (String, String)| (s, (), e))?;
+                .query(&mut con)?;
             self.script = script;
             self.local.adopt_epoch(&epoch);
             Ok(con)
@@ -270,9 +269,11 @@ impl Publisher<'_> {
         let sent = batch.len() as u64;
         let r = (|| -> RedisResult<()> {
             if !batch.is_empty() {
+                // Read once a batch: it takes the history's lock.
+                let epoch = self.local.epoch();
                 let mut pipe = redis::pipe();
                 for b in batch.iter() {
-                    self.queue(&mut pipe, b, &channel);
+                    self.queue(&mut pipe, b, &channel, &epoch);
                 }
                 pipe.exec(&mut con)?;
                 self.c.stats.published.fetch_add(sent, Relaxed);
@@ -297,8 +298,9 @@ impl Publisher<'_> {
     }
 
     /// One packet into the pipeline: published as it is, or numbered and
-    /// published by the sequencing script.
-    fn queue(&self, pipe: &mut redis::Pipeline, b: &Outgoing, channel: &str) {
+    /// published by the sequencing script (`epoch`: this node's, proposed
+    /// when the cluster has none).
+    fn queue(&self, pipe: &mut redis::Pipeline, b: &Outgoing, channel: &str, epoch: &str) {
         if b.streams.is_empty() {
             pipe.publish(channel, b.packet.as_slice()).ignore();
             return;
@@ -311,7 +313,7 @@ impl Publisher<'_> {
             .arg(n.history())
             .arg(n.epoch())
             .arg(channel)
-            .arg(self.local.epoch())
+            .arg(epoch)
             .arg(b.packet.as_slice())
             .arg(self.c.history_log)
             .arg(&b.streams)
