@@ -117,13 +117,7 @@ impl Handle {
             self.follow_epoch(&mut history, &seq.epoch);
         }
         let shards = shared.channels.shards_of(channel);
-        let room = shared.bus.reserve(shards.iter().map(|(s, _)| *s));
-        if room.is_err() {
-            shared.metrics.commands_refused.fetch_add(1, Relaxed);
-            if !matches!(numbering, Numbering::Cluster(_)) {
-                return Err(Busy);
-            }
-        }
+        let room = self.room(shards.iter().map(|(s, _)| *s), numbering)?;
         let now = Instant::now();
         let numbered = number(
             &mut history,

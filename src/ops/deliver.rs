@@ -60,10 +60,9 @@ impl Handle {
             }
             None => {
                 let exclude: HashSet<String> = exclude.iter().cloned().collect();
-                let excluded: usize = exclude.iter().map(|u| shared.presence.count(u)).sum();
+                let total = self.count_all_but(exclude.iter().map(String::as_str));
                 let exclude = (!exclude.is_empty()).then(|| Arc::new(exclude));
                 let room = self.room(0..shared.bus.shard_count(), numbering)?;
-                let total = shared.presence.total().saturating_sub(excluded);
                 let numbered = number(
                     &mut history,
                     Stream::All,
@@ -88,11 +87,19 @@ impl Handle {
         Ok(total)
     }
 
+    /// This node's connections of every user but `excluded` (each named
+    /// once): what a broadcast to everyone addresses here.
+    pub(super) fn count_all_but<'a>(&self, excluded: impl IntoIterator<Item = &'a str>) -> usize {
+        let presence = &self.shared.presence;
+        let excluded: usize = excluded.into_iter().map(|u| presence.count(u)).sum();
+        presence.total().saturating_sub(excluded)
+    }
+
     /// Room in `shards`' inboxes. A message the cluster numbered is kept
     /// in the history even when there is none (a client that recovers
     /// gets it), so its refusal comes after the numbering: the caller
     /// gets `Ok(Err(Busy))` then, and `Err(Busy)` otherwise.
-    fn room(
+    pub(super) fn room(
         &self,
         shards: impl IntoIterator<Item = usize>,
         numbering: Numbering<'_>,

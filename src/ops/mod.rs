@@ -160,8 +160,7 @@ impl Handle {
             None => {
                 // Totals and exclusions from the same per-user counts.
                 let set: HashSet<&str> = exclude.iter().map(String::as_str).collect();
-                let excluded: usize = set.iter().map(|u| presence.count(u)).sum();
-                presence.total().saturating_sub(excluded) + cluster.remote_count_except(&set)
+                self.count_all_but(set.iter().copied()) + cluster.remote_count_except(&set)
             }
         })
     }
