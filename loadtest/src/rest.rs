@@ -732,18 +732,18 @@ mod tests {
         assert_eq!(leading_number(&body[at + 20..]), Some(4321));
     }
 
-    #[test]
-    fn requests_are_well_formed() {
-        let users: Arc<Vec<String>> = Arc::new((0..5).map(|i| format!("u{i}")).collect());
-        let mk = |mode| RestDriver {
+    /// A driver with no connection, for what it writes: 64-byte payloads,
+    /// 3 channels.
+    fn driver(mode: Mode, user_ids: Arc<Vec<String>>, targets: usize) -> RestDriver {
+        RestDriver {
             cfg: RestConfig {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 host_header: "127.0.0.1:1".into(),
                 bearer: "tok".into(),
                 payload_bytes: 64,
                 mode,
-                user_ids: users.clone(),
-                targets: 2,
+                user_ids,
+                targets,
                 channels: 3,
                 lanes: 1,
                 window: 1,
@@ -754,7 +754,13 @@ mod tests {
             live: Arc::new(Live::default()),
             sent_total: 0,
             cursor: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn requests_are_well_formed() {
+        let users: Arc<Vec<String>> = Arc::new((0..5).map(|i| format!("u{i}")).collect());
+        let mk = |mode| driver(mode, users.clone(), 2);
         for (mode, path) in [
             (Mode::Broadcast, "/v1/websocket/broadcast"),
             (Mode::Users, "/v1/websocket/broadcast"),
@@ -784,26 +790,7 @@ mod tests {
 
     #[test]
     fn publishes_go_to_the_channels_in_turn() {
-        let mut d = RestDriver {
-            cfg: RestConfig {
-                addr: "127.0.0.1:1".parse().unwrap(),
-                host_header: "127.0.0.1:1".into(),
-                bearer: "tok".into(),
-                payload_bytes: 64,
-                mode: Mode::Channel,
-                user_ids: Arc::new(vec!["u0".into()]),
-                targets: 1,
-                channels: 3,
-                lanes: 1,
-                window: 1,
-                audience: None,
-            },
-            lanes: Vec::new(),
-            tally: Arc::new(Mutex::new(Tally::new())),
-            live: Arc::new(Live::default()),
-            sent_total: 0,
-            cursor: 0,
-        };
+        let mut d = driver(Mode::Channel, Arc::new(vec!["u0".into()]), 1);
         let mut paths = Vec::new();
         for seq in 0..4 {
             let (mut body, mut out) = (Vec::new(), Vec::new());
