@@ -1123,6 +1123,7 @@ fn the_documents_stay_inside_the_repository_and_keep_their_sections() {
         "## 9. Cluster mode",
         "## 10. Channels",
         "## 11. History and recovery",
+        "## 12. TLS and production keys",
     ];
     let headings: Vec<&str> = doc.lines().filter(|l| l.starts_with("## ")).collect();
     assert_eq!(headings, sections, "top-level sections of docs/PROTOCOL.md");
