@@ -2,13 +2,20 @@
 //! stream, giving the connection above it plaintext reads and writes with
 //! the same non-blocking meaning as a bare socket.
 //!
+//! It uses rustls' unbuffered API, so the buffers are this module's and
+//! exist only while they hold bytes: the TLS bytes received and not yet
+//! processed (a partial record), the plaintext decrypted and not yet read
+//! by the layer above, and what was encrypted and not yet taken by the
+//! socket. An idle TLS connection holds none of them, only rustls' session
+//! (its record keys), which is what keeps it small.
+//!
 //! It keeps the two promises the connection's state machine relies on:
 //! a read shorter than asked means the TCP socket was drained (readiness is
 //! edge-triggered, so nothing would announce bytes left behind), and a
-//! write either accepts plaintext or says `WouldBlock`. What rustls
-//! encrypted but the socket did not take yet is the one buffer this layer
-//! holds ([`TlsSock::has_pending`]); the connection flushes it before it
-//! closes, and it is at most one record ahead of the outbound queue.
+//! write either accepts plaintext or says `WouldBlock`. Encrypted bytes the
+//! socket did not take ([`TlsSock::has_pending`]) are at most one write
+//! ahead of the outbound queue; the connection flushes them before it
+//! closes.
 //!
 //! It never interprets the plaintext (HTTP and WebSocket framing live
 //! above), and it never blocks.
@@ -18,52 +25,106 @@ use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
 
-/// One TLS connection: the TCP stream and rustls' state for it.
+use crate::tls::PENDING_TLS_LIMIT;
+
+/// Bytes read from the socket per `recv` into the TLS input buffer.
+const READ_CHUNK: usize = 4096;
+
+/// Room a TLS record needs beyond its plaintext (header, tag, content type).
+const RECORD_OVERHEAD: usize = 64;
+
+/// Where the session is, as far as reading goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Handshaking or open: records may come.
+    Open,
+    /// The peer said `close_notify` or closed TCP: nothing more comes.
+    Ended,
+}
+
+/// One TLS connection: the TCP stream, rustls' state for it, and the bytes
+/// in flight each way.
 pub struct TlsSock {
     pub(super) tcp: TcpStream,
-    tls: ServerConnection,
+    tls: UnbufferedServerConnection,
+    /// TLS bytes received and not processed yet (at most a partial record
+    /// once processing stops).
+    incoming: Vec<u8>,
+    /// Plaintext decrypted and not read yet, from `plain_at` on.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// Encrypted bytes the socket has not taken yet, from `out_at` on.
+    outgoing: Vec<u8>,
+    out_at: usize,
+    phase: Phase,
 }
 
 impl std::fmt::Debug for TlsSock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSock")
             .field("tcp", &self.tcp)
-            .field("handshaking", &self.tls.is_handshaking())
+            .field("incoming", &self.incoming.len())
+            .field("plain", &(self.plain.len() - self.plain_at))
+            .field("outgoing", &(self.outgoing.len() - self.out_at))
+            .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
 }
 
+/// What processing the received records came to.
+enum Processed {
+    /// Records need more bytes from the socket.
+    NeedMore,
+    /// The peer closed the session.
+    Ended,
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
 impl TlsSock {
     pub fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsSock> {
-        let mut tls = ServerConnection::new(config).map_err(io::Error::other)?;
-        tls.set_buffer_limit(Some(crate::tls::PENDING_TLS_LIMIT));
-        Ok(TlsSock { tcp, tls })
+        Ok(TlsSock {
+            tcp,
+            tls: UnbufferedServerConnection::new(config).map_err(io::Error::other)?,
+            incoming: Vec::new(),
+            plain: Vec::new(),
+            plain_at: 0,
+            outgoing: Vec::new(),
+            out_at: 0,
+            phase: Phase::Open,
+        })
     }
 
     /// Encrypted bytes wait for the socket (a handshake message, the tail
     /// of a record, a close alert).
     pub fn has_pending(&self) -> bool {
-        self.tls.wants_write()
+        self.out_at < self.outgoing.len()
     }
 
-    /// Writes what rustls has encrypted. `WouldBlock` when the socket
-    /// cannot take all of it now.
+    /// Writes what is encrypted. `WouldBlock` when the socket cannot take
+    /// all of it now; the buffer is freed once it is all written.
     pub fn send_pending(&mut self) -> io::Result<()> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.tcp) {
+        while self.out_at < self.outgoing.len() {
+            match self.tcp.write(&self.outgoing[self.out_at..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
+                Ok(n) => self.out_at += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        self.outgoing = Vec::new();
+        self.out_at = 0;
         Ok(())
     }
 
-    /// Sends what is pending if the socket takes it; what it does not take
-    /// waits for the next writable event.
+    /// Sends what is pending if the socket takes it; the rest waits for the
+    /// next writable event.
     fn try_send_pending(&mut self) -> io::Result<()> {
         match self.send_pending() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -72,44 +133,214 @@ impl TlsSock {
     }
 
     /// Says goodbye at the TLS layer (`close_notify`) before the TCP
-    /// shutdown, when the handshake got that far.
+    /// shutdown, when the session got that far.
     pub fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
-        if how != Shutdown::Read && !self.tls.is_handshaking() {
-            self.tls.send_close_notify();
+        if how != Shutdown::Read {
+            let _ =
+                self.with_write_traffic(|w, out| encode_into(out, |buf| w.queue_close_notify(buf)));
             let _ = self.try_send_pending();
         }
         self.tcp.shutdown(how)
     }
 
-    /// Reads TLS records from the socket and processes them: handshake
-    /// messages get their answers queued (and sent if the socket takes
-    /// them), application data becomes readable plaintext. `Ok(false)` at
-    /// the peer's EOF.
-    fn pull(&mut self) -> io::Result<bool> {
-        let n = loop {
-            match self.tls.read_tls(&mut self.tcp) {
+    /// Runs rustls over the bytes received until it needs more: handshake
+    /// messages get their answers encoded (and sent if the socket takes
+    /// them), application data lands in `plain`.
+    fn process(&mut self) -> io::Result<Processed> {
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.tls.process_tls_records(&mut self.incoming);
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => {
+                    self.incoming.drain(..discard);
+                    self.fail(&e);
+                    return Err(tls_error(e));
+                }
+            };
+            let next = match state {
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        self.plain.extend_from_slice(record.payload);
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(&mut self.outgoing, |buf| e.encode(buf))?;
+                    None
+                }
+                ConnectionState::TransmitTlsData(t) => {
+                    // The bytes stay in `outgoing`, sent in order before
+                    // anything encrypted later: rustls may forget them.
+                    t.done();
+                    self.try_send_pending()?;
+                    None
+                }
+                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => {
+                    Some(Processed::NeedMore)
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => Some(Processed::Ended),
+                // No early data is enabled; anything else is a state this
+                // version of the transport does not know.
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "unexpected TLS state",
+                    ))
+                }
+            };
+            self.incoming.drain(..discard);
+            if let Some(p) = next {
+                if self.incoming.is_empty() {
+                    self.incoming = Vec::new();
+                }
+                return Ok(p);
+            }
+        }
+    }
+
+    /// After a fatal TLS error: a TLS peer is told why (the alert rustls
+    /// queued), while bytes that are not TLS at all (plaintext HTTP sent to
+    /// the TLS port) get no answer, as nothing they could read would make
+    /// sense to them.
+    fn fail(&mut self, e: &rustls::Error) {
+        if matches!(e, rustls::Error::InvalidMessage(_)) {
+            self.outgoing = Vec::new();
+            self.out_at = 0;
+            return;
+        }
+        // rustls hands out the queued alert before it reports the error again.
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.tls.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    if encode_into(&mut self.outgoing, |buf| enc.encode(buf)).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
+        }
+        let _ = self.try_send_pending();
+    }
+
+    /// Calls `f` with the session's write side once rustls has nothing else
+    /// to do first (records to read in, handshake messages to send).
+    /// `Ok(None)` when the session cannot send application data yet.
+    fn with_write_traffic<T>(
+        &mut self,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut Vec<u8>,
+        ) -> io::Result<T>,
+    ) -> io::Result<Option<T>> {
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.tls.process_tls_records(&mut self.incoming);
+            let state = state.map_err(tls_error)?;
+            match state {
+                ConnectionState::WriteTraffic(mut w) => {
+                    let r = f(&mut w, &mut self.outgoing);
+                    self.incoming.drain(..discard);
+                    return r.map(Some);
+                }
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        self.plain.extend_from_slice(record.payload);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(&mut self.outgoing, |buf| e.encode(buf))?;
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                _ => {
+                    self.incoming.drain(..discard);
+                    return Ok(None);
+                }
+            }
+            self.incoming.drain(..discard);
+        }
+    }
+
+    /// Reads from the socket into `incoming`. `Ok(false)` at the peer's EOF.
+    fn fill(&mut self) -> io::Result<bool> {
+        let old = self.incoming.len();
+        self.incoming.resize(old + READ_CHUNK, 0);
+        let r = loop {
+            match self.tcp.read(&mut self.incoming[old..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => break other?,
+                other => break other,
             }
         };
-        if let Err(e) = self.tls.process_new_packets() {
-            // A TLS peer is told why: rustls queued an alert, sent now or
-            // by the connection's last flush. Bytes that are not TLS at all
-            // (plaintext HTTP sent to the TLS port) get no answer, as
-            // nothing they could read would make sense to them: our side is
-            // shut at once, so that alert never leaves.
-            match e {
-                rustls::Error::InvalidMessage(_) => {
-                    let _ = self.tcp.shutdown(Shutdown::Write);
-                }
-                _ => {
-                    let _ = self.try_send_pending();
-                }
-            }
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        let n = *r.as_ref().unwrap_or(&0);
+        self.incoming.truncate(old + n);
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
         }
-        self.try_send_pending()?;
-        Ok(n > 0)
+        r.map(|n| n > 0)
+    }
+
+    /// Moves decrypted bytes to `buf`; frees the plaintext once all read.
+    fn take_plain(&mut self, buf: &mut [u8]) -> usize {
+        let n = (self.plain.len() - self.plain_at).min(buf.len());
+        buf[..n].copy_from_slice(&self.plain[self.plain_at..self.plain_at + n]);
+        self.plain_at += n;
+        if self.plain_at == self.plain.len() {
+            self.plain = Vec::new();
+            self.plain_at = 0;
+        }
+        n
+    }
+}
+
+/// Encodes or encrypts into the free end of `out`, growing it to the size
+/// rustls asks for.
+fn encode_into<E: Into<Grow>>(
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> io::Result<()> {
+    let start = out.len();
+    let mut room = 0;
+    loop {
+        out.resize(start + room, 0);
+        match f(&mut out[start..]).map_err(Into::into) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(Grow::To(size)) if size > room => room = size,
+            Err(Grow::To(_)) | Err(Grow::Fail) => {
+                out.truncate(start);
+                return Err(io::Error::other("TLS encoding failed"));
+            }
+        }
+    }
+}
+
+/// What an encode or encrypt error asks of the buffer.
+enum Grow {
+    To(usize),
+    Fail,
+}
+
+impl From<EncodeError> for Grow {
+    fn from(e: EncodeError) -> Grow {
+        match e {
+            EncodeError::InsufficientSize(s) => Grow::To(s.required_size),
+            _ => Grow::Fail,
+        }
+    }
+}
+
+impl From<EncryptError> for Grow {
+    fn from(e: EncryptError) -> Grow {
+        match e {
+            EncryptError::InsufficientSize(s) => Grow::To(s.required_size),
+            _ => Grow::Fail,
+        }
     }
 }
 
@@ -118,52 +349,66 @@ impl Read for TlsSock {
     /// socket has them; returns short only once the socket is drained (or at
     /// EOF), and `WouldBlock` when there is no plaintext at all.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let mut filled = 0;
-        loop {
-            match self.tls.reader().read(&mut buf[filled..]) {
-                // The peer's close_notify once everything before it is read.
-                Ok(0) => return Ok(filled),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        return Ok(filled);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // A TCP close without close_notify: an EOF to the layers
-                // above, whose frames and requests say themselves whether
-                // they are complete.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
-                Err(e) => return Err(e),
-            }
-            match self.pull() {
-                Ok(true) => {}
-                Ok(false) => return Ok(filled),
+        let mut filled = self.take_plain(buf);
+        while filled < buf.len() && self.phase == Phase::Open {
+            match self.process() {
+                Ok(Processed::NeedMore) => {}
+                Ok(Processed::Ended) => self.phase = Phase::Ended,
                 Err(_) if filled > 0 => return Ok(filled),
                 Err(e) => return Err(e),
             }
+            filled += self.take_plain(&mut buf[filled..]);
+            if filled == buf.len() || self.phase == Phase::Ended {
+                break;
+            }
+            match self.fill() {
+                Ok(true) => {}
+                // A TCP close without close_notify is an EOF to the layers
+                // above, whose frames and requests say whether they ended.
+                Ok(false) => self.phase = Phase::Ended,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => break,
+                Err(e) => return Err(e),
+            }
         }
+        if filled == 0 && self.phase == Phase::Open {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(filled)
     }
 }
 
 impl Write for TlsSock {
-    /// Accepts plaintext only when nothing encrypted is left over, so the
-    /// connection's queue, not rustls, holds what the peer is slow to read.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
     }
 
+    /// Encrypts up to one record's worth of plaintext, only when nothing
+    /// encrypted is left over, so that the connection's queue, not this
+    /// layer, holds what the peer is slow to read.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.send_pending()?;
-        let n = self.tls.writer().write_vectored(bufs)?;
-        self.try_send_pending()?;
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
-            // Still handshaking with the socket full: wait for writable.
+        let written = self.with_write_traffic(|w, out| {
+            let mut taken = 0;
+            for b in bufs {
+                if taken >= PENDING_TLS_LIMIT {
+                    break;
+                }
+                let part = &b[..b.len().min(PENDING_TLS_LIMIT - taken)];
+                if part.is_empty() {
+                    continue;
+                }
+                out.reserve(part.len() + RECORD_OVERHEAD);
+                encode_into(out, |buf| w.encrypt(part, buf))?;
+                taken += part.len();
+            }
+            Ok(taken)
+        })?;
+        let Some(n) = written else {
+            // Still handshaking: the request has not been read, so nothing
+            // should be written yet; wait for the socket.
             return Err(io::ErrorKind::WouldBlock.into());
-        }
+        };
+        self.try_send_pending()?;
         Ok(n)
     }
 
