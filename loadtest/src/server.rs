@@ -52,6 +52,9 @@ pub struct Own<'a> {
     /// The address to listen on (`None`: a free loopback port); a child
     /// restarted by the drill takes its old port again.
     pub bind: Option<SocketAddr>,
+    /// `--jwt-algorithm` and `--jwt-public-key` for asymmetric tokens
+    /// (`None`: HS256 with `secret`).
+    pub jwt: Option<&'a (String, std::path::PathBuf)>,
 }
 
 fn config(own: &Own) -> wsedge::Config {
@@ -65,6 +68,11 @@ fn config(own: &Own) -> wsedge::Config {
     c.max_connections_per_user = own.max_per_user.max(c.max_connections_per_user);
     if let Some(n) = own.history_size {
         c.history_size = n;
+    }
+    if let Some((alg, key)) = own.jwt {
+        c.jwt_secret = None;
+        c.jwt_algorithm = alg.clone();
+        c.jwt_public_key = Some(key.clone());
     }
     c
 }
@@ -183,8 +191,15 @@ impl ServerUnderTest {
             .arg(own.shards.to_string())
             .arg("--max-connections-per-user")
             .arg(own.max_per_user.max(100).to_string())
-            .env("JWT_SECRET", own.secret)
             .env("RUST_LOG", "warn,wsedge::server=info");
+        match own.jwt {
+            Some((alg, key)) => cmd
+                .arg("--jwt-algorithm")
+                .arg(alg)
+                .arg("--jwt-public-key")
+                .arg(key),
+            None => cmd.env("JWT_SECRET", own.secret),
+        };
         spawn_and_wait(
             cmd,
             Kind::Binary,
@@ -302,6 +317,10 @@ fn child_command(own: &Own) -> Result<Command, String> {
         .arg("--internal-max-per-user")
         .arg(own.max_per_user.to_string())
         .env("WSEDGE_LOADTEST_SECRET", own.secret);
+    if let Some((alg, key)) = own.jwt {
+        cmd.env("WSEDGE_LOADTEST_JWT_ALGORITHM", alg)
+            .env("WSEDGE_LOADTEST_JWT_PUBLIC_KEY", key);
+    }
     if let Some(n) = own.history_size {
         cmd.arg("--server-history-size").arg(n.to_string());
     }
@@ -455,11 +474,15 @@ pub fn serve_child(shards: usize, max_per_user: usize, history_size: Option<usiz
         eprintln!("wsedge-loadtest: --internal-serve is for the tool's own use");
         return 2;
     };
+    let jwt = std::env::var("WSEDGE_LOADTEST_JWT_ALGORITHM")
+        .ok()
+        .zip(std::env::var_os("WSEDGE_LOADTEST_JWT_PUBLIC_KEY").map(std::path::PathBuf::from));
     let own = Own {
         secret: &secret,
         shards,
         max_per_user,
         history_size,
+        jwt: jwt.as_ref(),
         bind: std::env::var("WSEDGE_LOADTEST_BIND")
             .ok()
             .and_then(|a| a.parse().ok()),
