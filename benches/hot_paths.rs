@@ -65,6 +65,51 @@ fn jwt_verify(c: &mut Criterion) {
             b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
         });
     }
+
+    // RS256 through a JWKS key set of three keys, picked by kid: the same
+    // signature check plus the header parse and the key set read.
+    let (verifier, token) = jwks_rs256();
+    c.bench_function("jwt_verify/rs256_jwks", |b| {
+        b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
+    });
+}
+
+/// A JWKS verifier (its endpoint never asked: the document is installed
+/// directly) with the RSA, P-256 and Ed25519 test keys, and an RS256 token.
+fn jwks_rs256() -> (Verifier, String) {
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let read = |name: &str| std::fs::read(format!("{keys}/{name}")).expect("key");
+    let rsa = EncodingKey::from_rsa_pem(&read("rsa_private.pem")).expect("rsa");
+    let ec = EncodingKey::from_ec_pem(&read("ec256_private.pem")).expect("ec");
+    let ed = EncodingKey::from_ed_pem(&read("ed25519_private.pem")).expect("ed");
+    let jwk = |key: &EncodingKey, alg: Algorithm, kid: &str| {
+        let mut v =
+            serde_json::to_value(Jwk::from_encoding_key(key, alg).expect("jwk")).expect("jwk json");
+        v["kid"] = kid.into();
+        v
+    };
+    let doc = json!({"keys": [
+        jwk(&ec, Algorithm::ES256, "ec"),
+        jwk(&rsa, Algorithm::RS256, "rsa"),
+        jwk(&ed, Algorithm::EdDSA, "ed"),
+    ]});
+    let cfg = Config {
+        jwt_jwks_url: Some("http://127.0.0.1:9/jwks".into()),
+        ..Config::default()
+    };
+    let verifier = Verifier::from_config(&cfg, None).expect("jwks verifier");
+    wsedge::testbed::load_jwks(&verifier, doc.to_string().as_bytes()).expect("key set");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "user-42", "exp": now_secs() + 3600}),
+        &rsa,
+    )
+    .expect("token");
+    (verifier, token)
 }
 
 /// A verifier for `alg` with the public key file and a token signed with the

@@ -458,6 +458,16 @@ impl Jwks {
         );
     }
 
+    /// Installs `body` as if it had just been fetched, without the
+    /// refresher: for the benches and the fuzz targets, which have no
+    /// endpoint. Returns the number of keys.
+    pub fn install_document(&self, body: &[u8]) -> Result<usize, JwksError> {
+        let (set, _) = parse_document(body)?;
+        let n = set.len();
+        self.install(set);
+        Ok(n)
+    }
+
     fn finished_first(&self) {
         let (lock, cond) = &self.first;
         match lock.lock() {
