@@ -18,6 +18,7 @@ use wsedge::{Config, Server};
 
 pub mod cluster;
 pub mod process;
+pub mod tls;
 
 pub const SECRET: &str = "integration-test-secret";
 pub const ADMIN_KEY: &str = "integration-admin-key";

@@ -1,0 +1,207 @@
+//! The Rust client over `wss://` (docs/PROTOCOL.md §6.2, §12.2): TLS with
+//! certificates made at test time (`common::tls::TestPki`), trusted through
+//! the extra CA file; an untrusted CA or a certificate for another name is
+//! a `tls` error, retried like any failed attempt.
+//!
+//! `proxy` puts a small TLS terminator (rustls, in a test thread) in front
+//! of a plain server: it tests the client's TLS on its own, apart from the
+//! server's.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use serde_json::json;
+use wsedge::client::{Client, ClientConfig, ClientError, Event, State, Subscription};
+
+use common::tls::TestPki;
+use common::{start, token, WAIT};
+
+fn events(client: &Client, kind: &str) -> (Subscription, Receiver<Event>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let sub = client.on(kind, move |ev| {
+        let _ = tx.send(ev.clone());
+    });
+    (sub, rx)
+}
+
+fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
+    match rx.recv_timeout(WAIT) {
+        Ok(v) => v,
+        Err(e) => panic!("no {what} within {WAIT:?}: {e}"),
+    }
+}
+
+fn fast(url: String) -> ClientConfig {
+    ClientConfig::new(url)
+        .base_delay(Duration::from_millis(50))
+        .jitter(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(200))
+        .max_attempts(3)
+}
+
+/// A TLS terminator on an ephemeral port: each connection's TLS is
+/// decrypted with `pki`'s leaf and relayed to `backend` in plain TCP.
+/// Relays run on their own threads and end with their connections.
+fn proxy(pki: &TestPki, backend: SocketAddr) -> SocketAddr {
+    proxy_on(pki, backend, "127.0.0.1")
+}
+
+fn proxy_on(pki: &TestPki, backend: SocketAddr, ip: &str) -> SocketAddr {
+    let config = pki.server_config();
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let _ = relay(config, conn, backend);
+            });
+        }
+    });
+    addr
+}
+
+fn relay(
+    config: Arc<rustls::ServerConfig>,
+    client: TcpStream,
+    backend: SocketAddr,
+) -> io::Result<()> {
+    let tick = Some(Duration::from_millis(5));
+    client.set_read_timeout(tick)?;
+    let mut tls = rustls::StreamOwned::new(
+        rustls::ServerConnection::new(config).map_err(io::Error::other)?,
+        client,
+    );
+    let mut plain = TcpStream::connect(backend)?;
+    plain.set_read_timeout(tick)?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let quiet = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    };
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => plain.write_all(&buf[..n])?,
+            Err(e) if quiet(&e) => {}
+            Err(e) => return Err(e),
+        }
+        match plain.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                tls.write_all(&buf[..n])?;
+                tls.flush()?;
+            }
+            Err(e) if quiet(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn wss_through_a_tls_terminator_trusting_the_ca_file() {
+    let srv = start(|_| {});
+    let pki = TestPki::new();
+    let front = proxy(&pki, srv.addr);
+    // By name (SNI "localhost") and by IP address (127.0.0.1 SAN).
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("wss://{host}:{}/ws", front.port());
+        let client = Client::new(fast(url).token(token("alice", 600)).ca_file(&pki.ca_path))
+            .expect("client");
+        let (_c, connected) = events(&client, "connected");
+        let (_e, echoes) = events(&client, "echo");
+        client.connect();
+        let hello = recv(&connected, "connected event over TLS");
+        assert_eq!(hello.payload["userId"], "alice", "{hello:?}");
+        assert_eq!(client.state(), State::Connected);
+        for n in 0..3 {
+            client.send("test", json!({"n": n})).expect("send");
+            let echo = recv(&echoes, "echo over TLS");
+            assert_eq!(echo.payload["originalMessage"]["payload"]["n"], n);
+        }
+        client.disconnect();
+        assert!(client.wait_for(State::Disconnected, WAIT));
+    }
+}
+
+#[test]
+fn an_untrusted_ca_is_a_tls_error_and_is_retried() {
+    let srv = start(|_| {});
+    let pki = TestPki::new();
+    let other = TestPki::new();
+    let front = proxy(&pki, srv.addr);
+    let url = format!("wss://localhost:{}/ws", front.port());
+    let client =
+        Client::new(fast(url).token(token("bob", 600)).ca_file(&other.ca_path)).expect("client");
+    let (_e, errors) = events(&client, "error");
+    let (_r, retries) = events(&client, "reconnecting");
+    client.connect();
+    let err = recv(&errors, "tls error");
+    assert_eq!(err.payload["kind"], "tls", "{err:?}");
+    let msg = err.payload["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("certificate"), "{msg}");
+    assert!(matches!(client.last_error(), Some(ClientError::Tls(_))));
+    // Counted as a failed attempt: the backoff schedules another.
+    let r = recv(&retries, "reconnecting after a tls error");
+    assert_eq!(r.payload["attempt"], 1);
+    assert_ne!(client.state(), State::Connected);
+}
+
+#[test]
+fn a_certificate_for_another_name_is_a_tls_error() {
+    let srv = start(|_| {});
+    let pki = TestPki::new();
+    // 127.0.0.2 is a loopback address the certificate does not name.
+    let front = proxy_on(&pki, srv.addr, "127.0.0.2");
+    let url = format!("wss://127.0.0.2:{}/ws", front.port());
+    let client = Client::new(fast(url).max_attempts(0).ca_file(&pki.ca_path)).expect("client");
+    let (_e, errors) = events(&client, "error");
+    client.connect();
+    let err = recv(&errors, "tls error");
+    assert_eq!(err.payload["kind"], "tls", "{err:?}");
+    assert!(
+        err.payload["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("certificate")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn without_the_ca_file_the_system_roots_do_not_trust_a_test_ca() {
+    let srv = start(|_| {});
+    let pki = TestPki::new();
+    let front = proxy(&pki, srv.addr);
+    let url = format!("wss://localhost:{}/ws", front.port());
+    let client = match Client::new(fast(url).max_attempts(0)) {
+        Ok(c) => c,
+        // A machine without any system root: also a TLS error, at once.
+        Err(e) => {
+            assert!(matches!(e, ClientError::Tls(_)), "{e}");
+            return;
+        }
+    };
+    let (_e, errors) = events(&client, "error");
+    client.connect();
+    assert_eq!(recv(&errors, "tls error").payload["kind"], "tls");
+}
+
+#[test]
+fn an_unreadable_ca_file_fails_client_new() {
+    let missing = std::env::temp_dir().join("wsedge-no-such-ca-file.pem");
+    let Err(err) = Client::new(ClientConfig::new("wss://localhost:1/ws").ca_file(&missing)) else {
+        panic!("a missing CA file was accepted");
+    };
+    assert_eq!(err.kind(), "tls", "{err}");
+}
