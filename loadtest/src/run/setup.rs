@@ -3,6 +3,7 @@
 //! server(s) under test, and the tokens.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::channels::{self, Layout};
 use crate::rest::Mode;
 use crate::server::{Kind, Own, ServerUnderTest};
 use crate::sys;
+use crate::tls::Tls;
 use crate::Cli;
 
 /// Refuses flags out of range before anything starts.
@@ -67,7 +69,24 @@ fn check_hostile_flags(cli: &Cli) -> Result<(), String> {
     if cli.hostile > 0 && cli.duration <= 0.0 && cli.rate.is_none() {
         return Err("--hostile runs a measured phase again under attack: it needs --duration above 0 or --rate".into());
     }
+    if cli.hostile > 0 && uses_tls(cli) {
+        // The attacks write raw bytes on the socket (slow heads, garbage
+        // frames): over TLS they would test the TLS layer, not the server's
+        // HTTP and WebSocket limits they are meant for.
+        return Err(
+            "--hostile is plaintext only: not with a wss:// --target or --server-tls".into(),
+        );
+    }
     Ok(())
+}
+
+/// The run is over TLS: `--server-tls`, or a `wss://`/`https://` target.
+pub fn uses_tls(cli: &Cli) -> bool {
+    cli.server_tls
+        || cli.target.as_deref().is_some_and(|t| {
+            t.split(',')
+                .any(|u| u.trim().starts_with("wss://") || u.trim().starts_with("https://"))
+        })
 }
 
 /// A last resort against any wait this tool failed to bound: the whole
@@ -204,13 +223,27 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub host_header: String,
     pub path: String,
+    /// `wss://` (and `https://` for the REST calls): the TLS settings,
+    /// with the URL's host as the name the certificate must match.
+    pub tls: Option<Tls>,
 }
 
-fn parse_target(url: &str) -> Result<Endpoint, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("--target {url:?}: expected ws://HOST:PORT[/path] (no TLS)"))?;
+/// `ws://` or `http://` (plain), `wss://` or `https://` (TLS, trusting the
+/// system's roots and `ca_file`).
+fn parse_target(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, String> {
+    let (rest, secure) = if let Some(r) = url.strip_prefix("ws://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (r, true)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
+    } else {
+        return Err(format!(
+            "--target {url:?}: expected ws://HOST:PORT[/path] or wss://HOST:PORT[/path]"
+        ));
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/ws"),
@@ -223,10 +256,23 @@ fn parse_target(url: &str) -> Result<Endpoint, String> {
         .ok_or_else(|| {
             format!("--target {url:?}: only loopback IPv4 targets (127.0.0.0/8, localhost): the clients bind 127.0.0.x source addresses")
         })?;
+    let tls = if secure {
+        // The name the certificate must match: the host without its port
+        // (and without the brackets of an IPv6 literal).
+        let host = match hostport.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => hostport,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some(Tls::new(ca_file, host).map_err(|e| format!("--target {url:?}: {e}"))?)
+    } else {
+        None
+    };
     Ok(Endpoint {
         addr,
         host_header: hostport.to_string(),
         path: path.to_string(),
+        tls,
     })
 }
 
@@ -276,8 +322,14 @@ impl Server {
             Some(urls) => {
                 let eps = urls
                     .split(',')
-                    .map(|u| parse_target(u.trim()))
+                    .map(|u| parse_target(u.trim(), cli.ca_file.as_deref()))
                     .collect::<Result<Vec<_>, _>>()?;
+                if eps.iter().any(|e| e.tls.is_some()) && eps.iter().any(|e| e.tls.is_none()) {
+                    return Err(
+                        "--target: every node plain (ws://) or every node TLS (wss://), not a mix"
+                            .into(),
+                    );
+                }
                 let srv = ServerUnderTest::target(eps[0].addr, cli.server_pid);
                 (eps, srv)
             }
@@ -290,6 +342,7 @@ impl Server {
                         addr,
                         host_header: addr.to_string(),
                         path: "/ws".into(),
+                        tls: None,
                     })
                     .collect();
                 (eps, srv)
@@ -448,11 +501,11 @@ mod tests {
 
     #[test]
     fn targets_must_be_loopback() {
-        let ep = parse_target("ws://127.0.0.1:3100").unwrap();
+        let ep = parse_target("ws://127.0.0.1:3100", None).unwrap();
         assert_eq!(ep.path, "/ws");
         assert_eq!(ep.addr.port(), 3100);
-        assert_eq!(parse_target("ws://localhost:9/x").unwrap().path, "/x");
-        assert!(parse_target("ws://10.0.0.1:80").is_err());
-        assert!(parse_target("wss://127.0.0.1:80").is_err());
+        assert_eq!(parse_target("ws://localhost:9/x", None).unwrap().path, "/x");
+        assert!(parse_target("ws://10.0.0.1:80", None).is_err());
+        assert!(parse_target("ftp://127.0.0.1:80", None).is_err());
     }
 }

@@ -1,0 +1,213 @@
+//! `wss://` and `https://`: the client TLS settings every connection of a
+//! run shares, and the I/O helpers that run rustls over this tool's
+//! non-blocking (mio) and blocking (REST) sockets.
+//!
+//! The roots are the system's plus every certificate of `--ca-file`, built
+//! by the same function as the Rust client's
+//! ([`wsedge::client::tls_client_config`]: aws-lc-rs, TLS 1.2 and 1.3,
+//! ALPN `http/1.1`).
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
+
+/// TLS for one target: the shared configuration and the name its
+/// certificate must match (the URL's host: SNI, or an IP SAN).
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
+impl Tls {
+    /// The client configuration of a run (system roots + `ca_file`) for
+    /// the server called `host`.
+    pub fn new(ca_file: Option<&Path>, host: &str) -> Result<Tls, String> {
+        let config = wsedge::client::tls_client_config(ca_file).map_err(|e| e.to_string())?;
+        Tls::with_config(config, host)
+    }
+
+    pub fn with_config(config: Arc<rustls::ClientConfig>, host: &str) -> Result<Tls, String> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
+        Ok(Tls { config, name })
+    }
+
+    /// A fresh client connection (nothing sent yet).
+    pub fn connect(&self) -> io::Result<ClientConnection> {
+        ClientConnection::new(self.config.clone(), self.name.clone()).map_err(io::Error::other)
+    }
+}
+
+/// A rustls error as an I/O error whose text says it is TLS.
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}
+
+/// Reads plaintext from a non-blocking socket through `tls`: what rustls
+/// already decrypted first, else more records from `sock`. `WouldBlock`
+/// only when both are empty, so an edge-triggered caller that reads until
+/// `WouldBlock` never leaves decrypted bytes behind. `Ok(0)` at the end of
+/// the stream, with or without `close_notify` (a load tool does not care
+/// about truncation attacks; it reports the close either way). Handshake
+/// records rustls wants to answer are written at once (what the socket
+/// does not take waits for [`flush_tls`]).
+pub fn recv<S: Read + Write>(
+    tls: &mut ClientConnection,
+    sock: &mut S,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        // Ok(0) is the peer's FIN: rustls notes it, and its reader says
+        // Ok(0) or UnexpectedEof on the next turn.
+        tls.read_tls(sock)?;
+        let state = tls.process_new_packets();
+        // On an error rustls has queued an alert: try to send it.
+        let _ = flush_tls(tls, sock);
+        state.map_err(tls_error)?;
+    }
+}
+
+/// Writes what rustls has queued (handshake, records, alerts) until it is
+/// all out (`Ok(true)`) or the socket would block (`Ok(false)`).
+pub fn flush_tls<S: Write>(tls: &mut ClientConnection, sock: &mut S) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Hands plaintext to rustls (buffered until the handshake is done);
+/// returns how much it took: rustls caps what it holds (64 KiB by
+/// default), the caller keeps the rest for later.
+pub fn send(tls: &mut ClientConnection, data: &[u8]) -> io::Result<usize> {
+    tls.writer().write(data)
+}
+
+/// A blocking TLS connection split in two halves for two threads (the REST
+/// driver writes requests on one thread and reads answers on another):
+/// the rustls state is shared under a mutex that is never held during
+/// socket I/O, so a blocked read never stops a write. Only the writer half
+/// writes to the socket, so records go out in order.
+pub struct Split {
+    tls: Arc<Mutex<ClientConnection>>,
+}
+
+impl Split {
+    /// Runs the handshake to its end on `sock` (blocking, bounded by its
+    /// timeouts), then returns the reader and writer halves.
+    pub fn handshake(
+        tls: &Tls,
+        mut sock: std::net::TcpStream,
+    ) -> io::Result<(SplitReader, SplitWriter)> {
+        let mut conn = tls.connect()?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        let shared = Split {
+            tls: Arc::new(Mutex::new(conn)),
+        };
+        let reader = SplitReader {
+            tls: shared.tls.clone(),
+            sock: sock.try_clone()?,
+        };
+        Ok((
+            reader,
+            SplitWriter {
+                tls: shared.tls,
+                sock,
+            },
+        ))
+    }
+}
+
+pub struct SplitReader {
+    tls: Arc<Mutex<ClientConnection>>,
+    sock: std::net::TcpStream,
+}
+
+pub struct SplitWriter {
+    tls: Arc<Mutex<ClientConnection>>,
+    sock: std::net::TcpStream,
+}
+
+impl Read for SplitReader {
+    /// Decrypted bytes; the raw read (which may block up to the socket's
+    /// read timeout) happens without the lock. Whatever rustls wants to
+    /// send in answer (rare after the handshake) waits in it for the
+    /// writer half's next write.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut raw = [0u8; 16 * 1024];
+        loop {
+            {
+                let mut tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+                match tls.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let n = self.sock.read(&mut raw)?;
+            let mut tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut data = &raw[..n];
+            // n == 0: the peer's FIN (read_tls of nothing records it).
+            loop {
+                tls.read_tls(&mut data)?;
+                tls.process_new_packets().map_err(tls_error)?;
+                if data.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Write for SplitWriter {
+    /// Encrypts under the lock, writes the records after releasing it.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut records = Vec::with_capacity(buf.len() + 64);
+        let n = {
+            let mut tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = tls.writer().write(buf)?;
+            while tls.wants_write() {
+                tls.write_tls(&mut records)?;
+            }
+            n
+        };
+        self.sock.write_all(&records)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
+
+impl SplitWriter {
+    /// The socket underneath (timeouts, shutdown).
+    pub fn tcp(&self) -> &std::net::TcpStream {
+        &self.sock
+    }
+}
