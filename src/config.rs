@@ -17,6 +17,11 @@ use serde::Deserialize;
 pub struct Config {
     /// Address to listen on (`--bind`). Default `0.0.0.0:3000`.
     pub bind: SocketAddr,
+    /// PEM certificate chain served on `bind` (`--tls-cert`, with
+    /// `--tls-key`): HTTPS and WSS instead of plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
     /// Reactor threads (`--shards`). Default: number of CPUs.
     pub shards: usize,
     /// Static admin credential for the REST API (`--admin-key`).
@@ -106,6 +111,8 @@ impl Default for Config {
             bind: SocketAddr::from(([0, 0, 0, 0], 3000)),
             shards: default_shards(),
             admin_key: None,
+            tls_cert: None,
+            tls_key: None,
             jwt_secret: None,
             jwt_algorithm: "HS256".to_string(),
             jwt_public_key: None,
@@ -215,6 +222,11 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "--tls-cert and --tls-key go together: give both or neither".into(),
+            ));
         }
         if self.shards > MAX_SHARDS {
             return Err(ConfigError::TooManyShards);

@@ -13,6 +13,7 @@
 //! server.rs     start/stop: binds a listener per shard, assembles the shared
 //!               state, spawns the shards and the cluster link
 //! acceptor.rs   SO_REUSEPORT listeners; each shard accepts on its own
+//! tls.rs        the port's certificate and rustls config; SIGHUP reload
 //! shard/        a reactor: Poll loop, Slab of connections, timers (mod.rs);
 //!   commands.rs   the inbox: broadcasts fan out to connections here
 //!   registry.rs   the WebSocket lifecycle: limits, presence, users index
@@ -23,7 +24,8 @@
 //!   ws.rs         WebSocket state over tungstenite; close, ping, expiry
 //!   session.rs    what a session does with a message: handler, refresh
 //!   outbound.rs   the write queue (shared broadcast frames + owned bytes)
-//!   sock.rs       the socket: TCP, or an in-memory sink for the test bed
+//!   sock.rs       the socket: TCP, TLS, or an in-memory sink for the test bed
+//!   tls.rs        a TLS session over TCP: handshake, records, close_notify
 //! http/         request parsing on bytes (httparse) and response writing
 //! router.rs     a complete request → the upgrade checks or the REST API
 //! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT
@@ -56,7 +58,8 @@
 //! # The data flows
 //!
 //! ```text
-//! WebSocket: shard's listener → accept → conn Http: read → http::parse_request
+//! WebSocket: shard's listener → accept (→ TLS handshake in conn::tls)
+//!            → conn Http: read → http::parse_request
 //!            → router → upgrade::check (auth) → registry (limits) → 101
 //!            → conn Ws: frames ↔ tungstenite → session (handler)
 //! REST:      conn Http: read → http::parse_request → router → rest → ops
@@ -92,6 +95,7 @@ mod router;
 mod server;
 mod shard;
 mod shared;
+mod tls;
 mod upgrade;
 mod web;
 
@@ -104,3 +108,4 @@ pub use error::{CloseCode, HttpError};
 pub use handler::{Data, EchoHandler, MessageHandler, RawEchoHandler, RawVerdict};
 pub use ops::{ChannelCount, ChannelInfo, ChannelList, Handle, NodeStats, ShardStats, Stats};
 pub use server::{DevMode, Server, ServerBuilder, StartError};
+pub use tls::TlsError;

@@ -1,5 +1,6 @@
 //! The `wsedge` binary: flags / environment / TOML → `Config` → `Server`,
-//! then wait for SIGINT or SIGTERM and shut down gracefully (exit 0).
+//! then wait for SIGINT or SIGTERM and shut down gracefully (exit 0);
+//! SIGHUP reloads the TLS certificate and key.
 //!
 //! Precedence: flag, then environment variable, then the `--config` file,
 //! then the built-in default.
@@ -23,6 +24,12 @@ struct Cli {
     /// Address and port to listen on [default: 0.0.0.0:3000]
     #[arg(long, env = "WSEDGE_BIND", value_name = "ADDR:PORT")]
     bind: Option<SocketAddr>,
+    /// PEM certificate chain: serve HTTPS and WSS on --bind (with --tls-key; SIGHUP reloads both) [default: none: plaintext]
+    #[arg(long, env = "WSEDGE_TLS_CERT", value_name = "PEM_FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1) [default: none]
+    #[arg(long, env = "WSEDGE_TLS_KEY", value_name = "PEM_FILE")]
+    tls_key: Option<PathBuf>,
     /// Reactor threads [default: number of CPUs]
     #[arg(long, env = "WSEDGE_SHARDS", value_name = "N")]
     shards: Option<usize>,
@@ -187,6 +194,8 @@ impl Cli {
             cluster_name
         );
         set_opt!(
+            tls_cert,
+            tls_key,
             admin_key,
             jwt_secret,
             jwt_public_key,
@@ -219,6 +228,7 @@ fn main() -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -235,16 +245,30 @@ fn main() -> ExitCode {
     };
     let addr = server.local_addr();
     if let Some(dev) = server.dev_mode() {
-        print_dev_banner(addr, dev);
+        print_dev_banner(addr, dev, server.is_tls());
     }
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            match server.reload_tls() {
+                Ok(true) => log::info!("SIGHUP: TLS certificate and key reloaded"),
+                Ok(false) => log::info!("SIGHUP: no --tls-cert to reload"),
+                Err(e) => log::error!("SIGHUP: {e}; keeping the previous certificate"),
+            }
+            continue;
+        }
         log::info!("signal {sig}: shutting down");
+        break;
     }
     server.shutdown();
     ExitCode::SUCCESS
 }
 
-fn print_dev_banner(addr: SocketAddr, dev: &wsedge::DevMode) {
+fn print_dev_banner(addr: SocketAddr, dev: &wsedge::DevMode, tls: bool) {
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     let host = if addr.ip().is_unspecified() {
         format!("127.0.0.1:{}", addr.port())
     } else {
@@ -252,7 +276,7 @@ fn print_dev_banner(addr: SocketAddr, dev: &wsedge::DevMode) {
     };
     log::warn!("DEV MODE: no JWT_SECRET or --jwt-public-key given; using a random secret. Do not use in production.");
     println!(
-        "\n  wsedge dev mode (random secret, tokens valid 24 h)\n\n  test page:    http://{host}/\n  websocket:    ws://{host}/ws?token=<user token>\n  user token:   {user}\n  admin token:  {admin}\n\n  try: curl -X POST http://{host}/v1/websocket/broadcast -H 'Authorization: Bearer {admin}' \\\n         -H 'Content-Type: application/json' -d '{{\"type\":\"notification\",\"payload\":{{\"title\":\"hi\"}}}}'\n",
+        "\n  wsedge dev mode (random secret, tokens valid 24 h)\n\n  test page:    {http}://{host}/\n  websocket:    {ws}://{host}/ws?token=<user token>\n  user token:   {user}\n  admin token:  {admin}\n\n  try: curl -X POST {http}://{host}/v1/websocket/broadcast -H 'Authorization: Bearer {admin}' \\\n         -H 'Content-Type: application/json' -d '{{\"type\":\"notification\",\"payload\":{{\"title\":\"hi\"}}}}'\n",
         user = dev.user_token,
         admin = dev.admin_token,
     );

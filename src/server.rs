@@ -27,6 +27,7 @@ use crate::ops::Handle;
 use crate::presence::Presence;
 use crate::shard::{Registry, Shard, ShardCtx, LISTENER, WAKER};
 use crate::shared::Shared;
+use crate::tls::{ServerTls, TlsError};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum StartError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Tokens made up in dev mode (no key configured), valid for 24 hours.
@@ -164,7 +167,12 @@ impl Server {
             );
         }
         log::info!(
-            "wsedge listening on {local_addr} with {} shards",
+            "wsedge listening on {local_addr} ({}) with {} shards",
+            if handle.shared.tls.is_some() {
+                "TLS"
+            } else {
+                "plaintext"
+            },
             shards.len()
         );
         Ok(Server {
@@ -184,6 +192,21 @@ impl Server {
     /// The bound address (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again (what `SIGHUP` does): new
+    /// handshakes present the new pair, open connections keep theirs. On
+    /// error the old pair stays. `Ok(false)` when the port is plaintext.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.handle.shared.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether the port speaks TLS (`--tls-cert`).
+    pub fn is_tls(&self) -> bool {
+        self.handle.shared.tls.is_some()
     }
 
     /// Dev mode's secret and tokens; `None` when a key was configured.
@@ -249,6 +272,10 @@ pub(crate) fn assemble(
         .clone()
         .or_else(|| dev.as_ref().map(|d| d.secret.clone()));
     let verifier = Verifier::from_config(&config, secret.as_deref())?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(cert, key)?)),
+        _ => None,
+    };
     let mut inboxes = Vec::with_capacity(config.shards);
     let mut shards = Vec::with_capacity(config.shards);
     for _ in 0..config.shards {
@@ -301,6 +328,7 @@ pub(crate) fn assemble(
         dev_user_token: dev.as_ref().map(|d| d.user_token.clone()),
         ws_slots: Arc::new(AtomicUsize::new(0)),
         http_slots: Arc::new(AtomicUsize::new(0)),
+        tls,
         config: Arc::new(config),
     };
     Ok(Parts {

@@ -5,7 +5,7 @@
 //! Built once by `server` and never replaced. Who writes what: shards write
 //! presence and their own counters (through their registry); the cluster
 //! link writes its view of the other nodes; everything else is read-only
-//! after start. Nothing here is locked on the hot path: presence is striped
+//! after start (the TLS pair is swapped whole on reload). Nothing here is locked on the hot path: presence is striped
 //! and counters are relaxed atomics.
 
 use std::sync::atomic::AtomicUsize;
@@ -21,6 +21,7 @@ use crate::handler::MessageHandler;
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::tls::ServerTls;
 
 /// State shared by every shard, the REST routes and the [`crate::Handle`].
 pub(crate) struct Shared {
@@ -45,4 +46,7 @@ pub(crate) struct Shared {
     pub http_slots: Arc<AtomicUsize>,
     /// The link to the other nodes, in cluster mode (`--redis-url`).
     pub cluster: Option<Arc<Cluster>>,
+    /// The port's certificate and TLS config (`--tls-cert`), reloaded in
+    /// place on `SIGHUP`.
+    pub tls: Option<Arc<ServerTls>>,
 }

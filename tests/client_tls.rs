@@ -3,15 +3,11 @@
 //! the extra CA file; an untrusted CA or a certificate for another name is
 //! a `tls` error, retried like any failed attempt.
 //!
-//! `proxy` puts a small TLS terminator (rustls, in a test thread) in front
-//! of a plain server: it tests the client's TLS on its own, apart from the
-//! server's.
+//! The server is a real wsedge with `--tls-cert`/`--tls-key` (docs/PROTOCOL.md
+//! §12.1) on an ephemeral port.
 
 mod common;
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -19,7 +15,7 @@ use serde_json::json;
 use wsedge::client::{Client, ClientConfig, ClientError, Event, State, Subscription};
 
 use common::tls::TestPki;
-use common::{start, token, WAIT};
+use common::{start, token, TestServer, WAIT};
 
 fn events(client: &Client, kind: &str) -> (Subscription, Receiver<Event>) {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -44,73 +40,24 @@ fn fast(url: String) -> ClientConfig {
         .max_attempts(3)
 }
 
-/// A TLS terminator on an ephemeral port: each connection's TLS is
-/// decrypted with `pki`'s leaf and relayed to `backend` in plain TCP.
-/// Relays run on their own threads and end with their connections.
-fn proxy(pki: &TestPki, backend: SocketAddr) -> SocketAddr {
-    proxy_on(pki, backend, "127.0.0.1")
+/// A wsedge serving HTTPS and WSS on `ip`:0 with `pki`'s certificate.
+fn start_tls_on(pki: &TestPki, ip: &str) -> TestServer {
+    start(|c| {
+        c.bind = format!("{ip}:0").parse().expect("addr");
+        c.tls_cert = Some(pki.cert_path.clone());
+        c.tls_key = Some(pki.key_path.clone());
+    })
 }
 
-fn proxy_on(pki: &TestPki, backend: SocketAddr, ip: &str) -> SocketAddr {
-    let config = pki.server_config();
-    let listener = TcpListener::bind((ip, 0)).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let config = config.clone();
-            std::thread::spawn(move || {
-                let _ = relay(config, conn, backend);
-            });
-        }
-    });
-    addr
-}
-
-fn relay(
-    config: Arc<rustls::ServerConfig>,
-    client: TcpStream,
-    backend: SocketAddr,
-) -> io::Result<()> {
-    let tick = Some(Duration::from_millis(5));
-    client.set_read_timeout(tick)?;
-    let mut tls = rustls::StreamOwned::new(
-        rustls::ServerConnection::new(config).map_err(io::Error::other)?,
-        client,
-    );
-    let mut plain = TcpStream::connect(backend)?;
-    plain.set_read_timeout(tick)?;
-    let mut buf = vec![0u8; 16 * 1024];
-    let quiet = |e: &io::Error| {
-        matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        )
-    };
-    loop {
-        match tls.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => plain.write_all(&buf[..n])?,
-            Err(e) if quiet(&e) => {}
-            Err(e) => return Err(e),
-        }
-        match plain.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                tls.write_all(&buf[..n])?;
-                tls.flush()?;
-            }
-            Err(e) if quiet(&e) => {}
-            Err(e) => return Err(e),
-        }
-    }
+fn start_tls(pki: &TestPki) -> TestServer {
+    start_tls_on(pki, "127.0.0.1")
 }
 
 #[test]
-fn wss_through_a_tls_terminator_trusting_the_ca_file() {
-    let srv = start(|_| {});
+fn wss_to_a_tls_server_trusting_the_ca_file() {
     let pki = TestPki::new();
-    let front = proxy(&pki, srv.addr);
+    let srv = start_tls(&pki);
+    let front = srv.addr;
     // By name (SNI "localhost") and by IP address (127.0.0.1 SAN).
     for host in ["localhost", "127.0.0.1"] {
         let url = format!("wss://{host}:{}/ws", front.port());
@@ -134,10 +81,10 @@ fn wss_through_a_tls_terminator_trusting_the_ca_file() {
 
 #[test]
 fn an_untrusted_ca_is_a_tls_error_and_is_retried() {
-    let srv = start(|_| {});
     let pki = TestPki::new();
     let other = TestPki::new();
-    let front = proxy(&pki, srv.addr);
+    let srv = start_tls(&pki);
+    let front = srv.addr;
     let url = format!("wss://localhost:{}/ws", front.port());
     let client =
         Client::new(fast(url).token(token("bob", 600)).ca_file(&other.ca_path)).expect("client");
@@ -160,10 +107,10 @@ fn an_untrusted_ca_is_a_tls_error_and_is_retried() {
 
 #[test]
 fn a_certificate_for_another_name_is_a_tls_error() {
-    let srv = start(|_| {});
     let pki = TestPki::new();
     // 127.0.0.2 is a loopback address the certificate does not name.
-    let front = proxy_on(&pki, srv.addr, "127.0.0.2");
+    let srv = start_tls_on(&pki, "127.0.0.2");
+    let front = srv.addr;
     let url = format!("wss://127.0.0.2:{}/ws", front.port());
     let client = Client::new(fast(url).max_attempts(0).ca_file(&pki.ca_path)).expect("client");
     let (_e, errors) = events(&client, "error");
@@ -180,10 +127,9 @@ fn a_certificate_for_another_name_is_a_tls_error() {
 
 #[test]
 fn without_the_ca_file_the_system_roots_do_not_trust_a_test_ca() {
-    let srv = start(|_| {});
     let pki = TestPki::new();
-    let front = proxy(&pki, srv.addr);
-    let url = format!("wss://localhost:{}/ws", front.port());
+    let srv = start_tls(&pki);
+    let url = format!("wss://localhost:{}/ws", srv.addr.port());
     let client = match Client::new(fast(url).max_attempts(0)) {
         Ok(c) => c,
         // A machine without any system root: also a TLS error, at once.
@@ -204,4 +150,36 @@ fn an_unreadable_ca_file_fails_client_new() {
         panic!("a missing CA file was accepted");
     };
     assert_eq!(err.kind(), "tls", "{err}");
+}
+
+#[test]
+fn a_whole_rustls_config_is_used_as_given() {
+    let pki = TestPki::new();
+    let srv = start_tls(&pki);
+    let url = format!("wss://localhost:{}/ws", srv.addr.port());
+    // Trusts the test CA only (no system roots, no CA file).
+    let client = Client::new(
+        fast(url)
+            .token(token("carol", 600))
+            .tls_config(pki.client()),
+    )
+    .expect("client");
+    let (_c, connected) = events(&client, "connected");
+    client.connect();
+    assert_eq!(recv(&connected, "connected").payload["userId"], "carol");
+}
+
+#[test]
+fn a_ws_url_to_a_tls_port_fails_and_retries() {
+    let pki = TestPki::new();
+    let srv = start_tls(&pki);
+    let url = format!("ws://127.0.0.1:{}/ws", srv.addr.port());
+    let client = Client::new(fast(url).token(token("dave", 600))).expect("client");
+    let (_e, errors) = events(&client, "error");
+    let (_r, retries) = events(&client, "reconnecting");
+    client.connect();
+    let err = recv(&errors, "error");
+    assert_ne!(err.payload["kind"], "tls", "{err:?}");
+    recv(&retries, "reconnecting");
+    assert_ne!(client.state(), State::Connected);
 }

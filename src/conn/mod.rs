@@ -17,12 +17,14 @@ mod http;
 mod outbound;
 mod session;
 mod sock;
+mod tls;
 mod ws;
 
 pub(crate) use http::{Dispatch, Dispatcher};
 pub use outbound::{Flushed, Outbound};
 pub use session::feed;
 pub(crate) use sock::{Sink, Sock};
+pub(crate) use tls::TlsSock;
 pub(crate) use ws::Own;
 use ws::Subscriptions;
 pub use ws::{ChannelOp, WsEnv, WsRead, WsState};
@@ -264,7 +266,10 @@ impl Conn {
     pub fn write_turn(&mut self, cfg: &Config, now: Instant) -> Written {
         self.dirty = false;
         let mut bytes = 0;
-        if !self.out.is_empty() || matches!(self.state, State::Flushing { .. }) {
+        if !self.out.is_empty()
+            || self.sock.has_pending()
+            || matches!(self.state, State::Flushing { .. })
+        {
             bytes = self.flush(now);
         }
         let read_again = self.http_flushed(bytes > 0, cfg, now);
@@ -294,7 +299,20 @@ impl Conn {
     /// Writes the queue. Returns the bytes written; a write error closes.
     fn flush(&mut self, now: Instant) -> u64 {
         let mut written = 0;
-        match self.out.flush_to(&mut self.sock, &mut written) {
+        // What the queue handed a TLS session must reach the socket too
+        // before the connection counts as written (and may close).
+        let flushed = self
+            .out
+            .flush_to(&mut self.sock, &mut written)
+            .and_then(|f| match f {
+                Flushed::All => match self.sock.send_pending() {
+                    Ok(()) => Ok(Flushed::All),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Flushed::Partial),
+                    Err(e) => Err(e),
+                },
+                partial => Ok(partial),
+            });
+        match flushed {
             Ok(Flushed::All) => match self.state {
                 State::Flushing { linger: true, .. } => {
                     let _ = self.sock.shutdown(std::net::Shutdown::Write);

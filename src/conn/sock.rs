@@ -1,9 +1,11 @@
-//! The socket a connection reads from and writes to: a real TCP stream, or
-//! an in-memory sink that stands in for one in the fan-out bench and tests.
+//! The socket a connection reads from and writes to: a real TCP stream, a
+//! TLS session over one (`--tls-cert`), or an in-memory sink that stands in
+//! for one in the fan-out bench and tests.
 //!
 //! This module owns only the byte transport: `recv`/`read`, `send`/`sendmsg`,
 //! shutdown and poll registration. It must never buffer, retry or interpret
-//! bytes (the outbound queue and the state machine do that), and the server
+//! plaintext (the outbound queue and the state machine do that; a TLS
+//! session holds only what it encrypted, see [`super::tls`]), and the server
 //! must never create a [`Sock::Sink`]: sinks exist only through the test bed
 //! in [`crate::shard::SinkShard`]. The TCP path costs one `match` per system
 //! call over calling the stream directly.
@@ -15,10 +17,15 @@ use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::tls::TlsSock;
+
 /// A connection's socket.
 #[derive(Debug)]
 pub enum Sock {
     Tcp(TcpStream),
+    /// Boxed: rustls' state is ~1 KiB, and plaintext connections must not
+    /// pay for it in every slab slot.
+    Tls(Box<TlsSock>),
     /// Takes every byte at once and only counts them; reads find nothing.
     Sink(Sink),
 }
@@ -28,9 +35,9 @@ pub enum Sock {
 #[derive(Debug, Default)]
 pub struct Sink {
     /// Bytes written into it since it was made. A `u32` that wraps rather
-    /// than a `u64`: it keeps `Sock` at 8 bytes (a TCP stream is a 4-byte
-    /// fd), so the test bed does not grow every real connection by 8 bytes,
-    /// and the tests that read it write far less than 4 GiB per sink.
+    /// than a `u64`: it keeps `Sock` at 16 bytes (a box and a tag), so the
+    /// test bed does not grow every real connection, and the tests that
+    /// read it write far less than 4 GiB per sink.
     written: u32,
 }
 
@@ -47,10 +54,12 @@ impl Sink {
 }
 
 impl Sock {
-    /// Closes both directions; a sink has nothing to close.
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+    /// Closes one or both directions (a TLS session says `close_notify`
+    /// first); a sink has nothing to close.
+    pub fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.shutdown(how),
+            Sock::Tls(s) => s.shutdown(how),
             Sock::Sink(_) => Ok(()),
         }
     }
@@ -58,14 +67,31 @@ impl Sock {
     /// Whether a close may linger (read what the peer still sends): a sink
     /// has no peer, and its reads never end.
     pub fn can_linger(&self) -> bool {
-        matches!(self, Sock::Tcp(_))
+        !matches!(self, Sock::Sink(_))
+    }
+
+    /// Bytes below the connection's queue still wait for the socket: what a
+    /// TLS session encrypted and the socket did not take yet.
+    pub fn has_pending(&self) -> bool {
+        match self {
+            Sock::Tls(s) => s.has_pending(),
+            Sock::Tcp(_) | Sock::Sink(_) => false,
+        }
+    }
+
+    /// Writes those bytes; `WouldBlock` while the socket cannot take them.
+    pub fn send_pending(&mut self) -> io::Result<()> {
+        match self {
+            Sock::Tls(s) => s.send_pending(),
+            Sock::Tcp(_) | Sock::Sink(_) => Ok(()),
+        }
     }
 
     /// The sink behind this socket, if it is one.
     pub fn sink(&self) -> Option<&Sink> {
         match self {
-            Sock::Tcp(_) => None,
             Sock::Sink(s) => Some(s),
+            Sock::Tcp(_) | Sock::Tls(_) => None,
         }
     }
 }
@@ -74,6 +100,7 @@ impl Read for Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => s.read(buf),
+            Sock::Tls(s) => s.read(buf),
             // A peer that never sends: like a drained non-blocking socket.
             Sock::Sink(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -89,6 +116,7 @@ impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => socket2::SockRef::from(&*s).send(buf),
+            Sock::Tls(s) => s.write(buf),
             Sock::Sink(s) => Ok(s.take(buf.len())),
         }
     }
@@ -102,6 +130,7 @@ impl Write for Sock {
                     _ => sock.send_vectored(bufs),
                 }
             }
+            Sock::Tls(s) => s.write_vectored(bufs),
             Sock::Sink(s) => Ok(s.take(bufs.iter().map(|b| b.len()).sum())),
         }
     }
@@ -122,6 +151,7 @@ impl Source for Sock {
     ) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.register(registry, token, interests),
+            Sock::Tls(s) => s.tcp.register(registry, token, interests),
             Sock::Sink(_) => Ok(()),
         }
     }
@@ -134,6 +164,7 @@ impl Source for Sock {
     ) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.reregister(registry, token, interests),
+            Sock::Tls(s) => s.tcp.reregister(registry, token, interests),
             Sock::Sink(_) => Ok(()),
         }
     }
@@ -141,6 +172,7 @@ impl Source for Sock {
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.deregister(registry),
+            Sock::Tls(s) => s.tcp.deregister(registry),
             Sock::Sink(_) => Ok(()),
         }
     }

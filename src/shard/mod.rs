@@ -37,7 +37,7 @@ use crate::bus::Bus;
 use crate::bus::{ConnRef, Inbox};
 use crate::channels::{Directory, Grants};
 use crate::config::Config;
-use crate::conn::{Conn, Env, Readable, Sock, WsEnv};
+use crate::conn::{Conn, Env, Readable, Sock, TlsSock, WsEnv};
 use crate::frame;
 use crate::handler::MessageHandler;
 use crate::history::{History, Resume};
@@ -98,6 +98,9 @@ pub(crate) struct ShardCtx {
     /// Stream offsets and recent messages: read when a connection opens or
     /// subscribes, for its starting offsets and what it missed.
     pub history: Arc<History>,
+    /// What every accepted connection starts its TLS handshake from, when
+    /// the port speaks TLS (`--tls-cert`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ShardCtx {
@@ -112,6 +115,7 @@ impl ShardCtx {
             channels: s.channels.clone(),
             bus: s.bus.clone(),
             history: s.history.clone(),
+            tls: s.tls.as_ref().map(|t| t.config().clone()),
         }
     }
 }
@@ -373,7 +377,17 @@ impl Shard {
         };
         let metrics = self.ctx.metrics.clone();
         acceptor.accept(now, &metrics, |sock| {
-            self.adopt(Sock::Tcp(sock), now);
+            let sock = match &self.ctx.tls {
+                None => Sock::Tcp(sock),
+                Some(config) => match TlsSock::new(sock, config.clone()) {
+                    Ok(tls) => Sock::Tls(Box::new(tls)),
+                    Err(e) => {
+                        log::warn!("shard {}: cannot start TLS: {e}", self.id);
+                        return;
+                    }
+                },
+            };
+            self.adopt(sock, now);
         });
         self.acceptor = Some(acceptor);
     }

@@ -169,7 +169,7 @@ pub fn try_connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Re
 }
 
 /// The next text message as JSON (pings are answered by tungstenite).
-pub fn next_json(ws: &mut Ws) -> Value {
+pub fn next_json<S: Read + Write>(ws: &mut WebSocket<S>) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         assert!(Instant::now() < deadline, "no message within {WAIT:?}");
@@ -211,7 +211,7 @@ pub fn http_raw(addr: SocketAddr, raw: &[u8]) -> (u16, String, Vec<u8>) {
 }
 
 /// Reads one HTTP response (Content-Length framed) from a stream.
-pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+pub fn read_response(s: &mut impl Read) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -326,7 +326,7 @@ pub fn publish(addr: SocketAddr, channel: &str, kind: &str, payload: Value) -> (
 /// carries a stream (`channel`) and an offset of at least 1. Returned as
 /// the original service sent it, without `offset` and without an `@all` or
 /// `@user` channel (a channel's name stays).
-pub fn next_api(ws: &mut Ws) -> Value {
+pub fn next_api<S: Read + Write>(ws: &mut WebSocket<S>) -> Value {
     api_view(next_json(ws))
 }
 
