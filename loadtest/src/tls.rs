@@ -8,7 +8,7 @@
 //! ALPN `http/1.1`).
 
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::pki_types::ServerName;
@@ -209,5 +209,86 @@ impl SplitWriter {
     /// The socket underneath (timeouts, shutdown).
     pub fn tcp(&self) -> &std::net::TcpStream {
         &self.sock
+    }
+}
+
+/// `--server-tls`: a throwaway CA and a server certificate it signed for
+/// `localhost` and 127.0.0.1, made at start-up (rcgen, aws-lc-rs) as PEM
+/// files in a fresh temp directory, removed on drop. The server reads the
+/// leaf and key; this tool trusts the CA.
+pub struct ServerCert {
+    pub dir: PathBuf,
+    pub ca_path: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl ServerCert {
+    pub fn new() -> Result<ServerCert, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let e = |what: &str| {
+            let what = what.to_string();
+            move |err: rcgen::Error| format!("--server-tls: {what}: {err}")
+        };
+        let ca_key = KeyPair::generate().map_err(e("CA key"))?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e("CA"))?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "wsedge-loadtest throwaway CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).map_err(e("CA certificate"))?;
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().map_err(e("server key"))?;
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(e("server certificate"))?
+            .signed_by(&leaf_key, &issuer)
+            .map_err(e("server certificate"))?;
+        let dir = std::env::temp_dir().join(format!(
+            "wsedge-loadtest-tls-{}-{}",
+            std::process::id(),
+            crate::sys::unix_micros()
+        ));
+        let cert = ServerCert {
+            ca_path: dir.join("ca.pem"),
+            cert_path: dir.join("cert.pem"),
+            key_path: dir.join("key.pem"),
+            dir,
+        };
+        let write = |path: &Path, text: String| {
+            std::fs::write(path, text).map_err(|e| format!("--server-tls: {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(&cert.dir)
+            .map_err(|e| format!("--server-tls: {}: {e}", cert.dir.display()))?;
+        write(&cert.ca_path, ca_cert.pem())?;
+        write(&cert.cert_path, leaf.pem())?;
+        write(&cert.key_path, leaf_key.serialize_pem())?;
+        Ok(cert)
+    }
+
+    /// The clients' TLS for a server with this certificate: the CA of
+    /// this run (and nothing else: no system roots needed) and the name
+    /// `localhost`.
+    pub fn client_tls(&self) -> Result<Tls, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = rustls::pki_types::CertificateDer::from_pem_file(&self.ca_path)
+            .map_err(|e| format!("--server-tls: {}: {e}", self.ca_path.display()))?;
+        roots.add(ca).map_err(|e| format!("--server-tls: {e}"))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Tls::with_config(Arc::new(config), "localhost")
+    }
+}
+
+impl Drop for ServerCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

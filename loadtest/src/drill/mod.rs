@@ -150,6 +150,7 @@ pub fn run(cli: &Cli) -> Result<DrillReport, String> {
         // every connection of a user twice.
         max_per_user: 2 * plan.n.div_ceil(plan.users) + 2,
         history_size: cli.server_history_size,
+        tls: None,
         bind: None,
     };
     let mut srv = match plan.drill {

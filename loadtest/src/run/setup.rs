@@ -14,7 +14,7 @@ use crate::channels::{self, Layout};
 use crate::rest::Mode;
 use crate::server::{Kind, Own, ServerUnderTest};
 use crate::sys;
-use crate::tls::Tls;
+use crate::tls::{ServerCert, Tls};
 use crate::Cli;
 
 /// Refuses flags out of range before anything starts.
@@ -298,6 +298,9 @@ pub struct Server {
     pub secret: String,
     /// A target's own open-file soft limit, when it can be read.
     pub soft_limit: Option<u64>,
+    /// `--server-tls`: the throwaway certificate files, kept (and then
+    /// removed) for as long as the server(s) may read them.
+    pub cert: Option<ServerCert>,
 }
 
 impl Server {
@@ -311,12 +314,21 @@ impl Server {
             }
             (None, _) => random_hex(32),
         };
+        let cert = match (cli.server_tls, &cli.target) {
+            (false, _) => None,
+            (true, Some(_)) => {
+                return Err("--server-tls is for a server started here: give a wss:// --target (and --ca-file) instead".into())
+            }
+            (true, None) => Some(ServerCert::new()?),
+        };
+        let client_tls = cert.as_ref().map(ServerCert::client_tls).transpose()?;
         let own = Own {
             secret: &secret,
             shards: cli.server_shards.unwrap_or(sizes.cpus).max(1),
             max_per_user: sizes.per_user + 1,
             history_size: cli.server_history_size,
             bind: None,
+            tls: cert.as_ref(),
         };
         let (endpoints, srv) = match &cli.target {
             Some(urls) => {
@@ -342,7 +354,7 @@ impl Server {
                         addr,
                         host_header: addr.to_string(),
                         path: "/ws".into(),
-                        tls: None,
+                        tls: client_tls.clone(),
                     })
                     .collect();
                 (eps, srv)
@@ -353,6 +365,7 @@ impl Server {
             endpoints,
             secret,
             soft_limit: None,
+            cert,
         };
         server.soft_limit = server.announce(sizes.n, notes);
         Ok(server)
@@ -379,6 +392,15 @@ impl Server {
                 " (pid unknown: no memory/CPU figures; give --server-pid)".into()
             })
         ));
+        if let Some(cert) = &self.cert {
+            say(format!(
+                "TLS: the server serves a throwaway certificate for localhost and 127.0.0.1 (CA {})",
+                cert.ca_path.display()
+            ));
+        }
+        if self.endpoints.iter().any(|e| e.tls.is_some()) {
+            notes.push("over TLS (wss:// and https://): the connect rate and handshake times include the TLS handshake, reported apart as well".into());
+        }
         let soft_limit = if srv.kind == Kind::Target {
             srv.pid.and_then(sys::fd_soft_limit_of)
         } else {
