@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -907,47 +906,15 @@ fn time_tls(conn: &mut Conn, hist: &mut Histogram<u64>) {
 
 /// Reads plaintext: straight from the socket, or through TLS.
 fn recv(conn: &mut Conn, buf: &mut [u8]) -> io::Result<usize> {
-    match conn.tls.as_deref_mut() {
-        None => sys::recv(conn.stream.as_raw_fd(), buf),
-        Some(tls) => tls::recv(tls, &mut conn.stream, buf),
-    }
+    tls::read_plain(conn.tls.as_deref_mut(), &mut conn.stream, buf)
 }
 
 /// Something waits to be written: plaintext, or TLS records.
 fn needs_flush(conn: &Conn) -> bool {
-    !conn.out.is_empty() || conn.tls.as_ref().is_some_and(|t| t.wants_write())
+    tls::wants_flush(conn.tls.as_deref(), &conn.out)
 }
 
 /// Writes what is queued; keeps the rest for the next writable event.
-/// Over TLS, the plaintext goes into rustls (as much as it takes), then
-/// rustls's records to the socket.
 fn flush(conn: &mut Conn) -> io::Result<()> {
-    if let Some(tls) = conn.tls.as_deref_mut() {
-        loop {
-            if !conn.out.is_empty() {
-                let n = tls::send(tls, &conn.out)?;
-                conn.out.drain(..n);
-            }
-            if !tls::flush_tls(tls, &mut conn.stream)? || conn.out.is_empty() {
-                break;
-            }
-        }
-        if conn.out.is_empty() {
-            conn.out = Vec::new();
-        }
-        return Ok(());
-    }
-    while !conn.out.is_empty() {
-        match conn.stream.write(&conn.out) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.out.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    conn.out = Vec::new();
-    Ok(())
+    tls::write_plain(conn.tls.as_deref_mut(), &mut conn.stream, &mut conn.out)
 }

@@ -150,7 +150,7 @@ struct Cli {
     /// TLS: trust the CA certificates of this PEM file on top of the system's roots (for a wss:// --target with a private or self-signed certificate)
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
-    /// Start the server(s) here with TLS (--tls-cert/--tls-key): a throwaway CA and a certificate for localhost and 127.0.0.1 are made at start-up in a temp directory and trusted; the clients use wss:// and the REST calls https://
+    /// Start the server(s) here with TLS (--tls-cert/--tls-key), the drill's too: a throwaway CA and a certificate for localhost and 127.0.0.1 are made at start-up in a temp directory and trusted; the clients use wss:// and the REST calls https://
     #[arg(long)]
     server_tls: bool,
     /// Start a cluster of this many wsedge nodes (child processes joined through Redis), spread the connections over them and send the REST calls to node 0

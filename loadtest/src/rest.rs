@@ -654,17 +654,8 @@ pub fn get_json(
     path: &str,
     bearer: &str,
 ) -> Result<serde_json::Value, String> {
-    let t = Duration::from_secs(2);
-    let s = TcpStream::connect_timeout(&addr, t).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(t)).map_err(|e| e.to_string())?;
-    let mut s: Box<dyn ReadWrite> = match tls {
-        None => Box::new(s),
-        Some(tls) => Box::new(rustls::StreamOwned::new(
-            tls.connect().map_err(|e| e.to_string())?,
-            s,
-        )),
-    };
+    let mut s =
+        tls::Blocking::connect(addr, tls, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n"
@@ -672,13 +663,9 @@ pub fn get_json(
     .and_then(|()| s.flush())
     .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    // The server may end a TLS stream without close_notify after a
-    // `Connection: close` answer: what was read is the answer.
-    match s.take(16 << 20).read_to_end(&mut buf) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
-        Err(e) => return Err(e.to_string()),
-    }
+    s.take(16 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
     let at = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -688,9 +675,6 @@ pub fn get_json(
     }
     serde_json::from_slice(&buf[at + 4..]).map_err(|e| e.to_string())
 }
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 pub fn parse_answer(data: &[u8]) -> Result<Option<(Answer, usize)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];

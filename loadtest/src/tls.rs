@@ -98,6 +98,63 @@ pub fn flush_tls<S: Write>(tls: &mut ClientConnection, sock: &mut S) -> io::Resu
     Ok(true)
 }
 
+/// Reads plaintext from a non-blocking client socket: straight from it,
+/// or through its TLS connection.
+pub fn read_plain(
+    tls: Option<&mut ClientConnection>,
+    stream: &mut mio::net::TcpStream,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    match tls {
+        None => crate::sys::recv(stream.as_raw_fd(), buf),
+        Some(tls) => recv(tls, stream, buf),
+    }
+}
+
+/// Something waits to be written: plaintext, or TLS records.
+pub fn wants_flush(tls: Option<&ClientConnection>, out: &[u8]) -> bool {
+    !out.is_empty() || tls.is_some_and(|t| t.wants_write())
+}
+
+/// Writes what `out` holds to a non-blocking client socket; keeps the rest
+/// for the next writable event. Over TLS, the plaintext goes into rustls
+/// (as much as it takes), then rustls's records to the socket.
+pub fn write_plain(
+    tls: Option<&mut ClientConnection>,
+    stream: &mut mio::net::TcpStream,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    if let Some(tls) = tls {
+        loop {
+            if !out.is_empty() {
+                let n = send(tls, out)?;
+                out.drain(..n);
+            }
+            if !flush_tls(tls, stream)? || out.is_empty() {
+                break;
+            }
+        }
+    } else {
+        while !out.is_empty() {
+            match stream.write(out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if out.is_empty() {
+        // Give back a buffer a large write grew.
+        *out = Vec::new();
+    }
+    Ok(())
+}
+
 /// Hands plaintext to rustls (buffered until the handshake is done);
 /// returns how much it took: rustls caps what it holds (64 KiB by
 /// default), the caller keeps the rest for later.
@@ -290,5 +347,61 @@ impl ServerCert {
 impl Drop for ServerCert {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A blocking connection for setup checks and the drill's publisher: TCP,
+/// or TLS over it (handshake on first use, bounded by the socket's
+/// timeouts).
+pub enum Blocking {
+    Plain(std::net::TcpStream),
+    Tls(Box<rustls::StreamOwned<ClientConnection, std::net::TcpStream>>),
+}
+
+impl Blocking {
+    /// Connects to `addr` within `timeout`, with `timeout` on every read
+    /// and write, and TCP_NODELAY (requests are small and awaited).
+    pub fn connect(
+        addr: std::net::SocketAddr,
+        tls: Option<&Tls>,
+        timeout: std::time::Duration,
+    ) -> io::Result<Blocking> {
+        let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(match tls {
+            None => Blocking::Plain(s),
+            Some(t) => Blocking::Tls(Box::new(rustls::StreamOwned::new(t.connect()?, s))),
+        })
+    }
+}
+
+impl Read for Blocking {
+    /// The end of the stream without `close_notify` (a server that closes
+    /// after a `Connection: close` answer) reads as the end, as over TCP.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(s) => s.read(buf),
+            Blocking::Tls(s) => match s.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+        }
+    }
+}
+
+impl Write for Blocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(s) => s.write(buf),
+            Blocking::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Blocking::Plain(s) => s.flush(),
+            Blocking::Tls(s) => s.flush(),
+        }
     }
 }
