@@ -30,6 +30,7 @@ mod run;
 mod server;
 mod sys;
 mod tls;
+mod tokens;
 mod ws;
 
 use std::path::PathBuf;
@@ -162,6 +163,15 @@ struct Cli {
     /// The server's JWT secret (HS256): user tokens, and the admin token unless --admin-key [default: random, for a server started here]
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Algorithm of the tokens: HS256 (from --secret), or RS256, ES256, EdDSA… signed with --jwt-private-key, to measure what asymmetric tokens cost per handshake
+    #[arg(long, default_value = "HS256", value_name = "ALG")]
+    jwt_algorithm: String,
+    /// PEM private key that signs the tokens with a non-HMAC --jwt-algorithm
+    #[arg(long, value_name = "PEM_FILE")]
+    jwt_private_key: Option<PathBuf>,
+    /// PEM public key given to a server started here, with a non-HMAC --jwt-algorithm
+    #[arg(long, value_name = "PEM_FILE")]
+    jwt_public_key: Option<PathBuf>,
     /// Static admin key for the REST API, instead of an admin JWT minted from --secret
     #[arg(long, env = "WSEDGE_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,

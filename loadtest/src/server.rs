@@ -55,6 +55,9 @@ pub struct Own<'a> {
     pub bind: Option<SocketAddr>,
     /// `--server-tls`: serve HTTPS and WSS with this certificate and key.
     pub tls: Option<&'a ServerCert>,
+    /// `--jwt-algorithm` and `--jwt-public-key` for asymmetric tokens
+    /// (`None`: HS256 with `secret`).
+    pub jwt: Option<&'a (String, std::path::PathBuf)>,
 }
 
 fn config(own: &Own) -> wsedge::Config {
@@ -72,6 +75,11 @@ fn config(own: &Own) -> wsedge::Config {
     if let Some(t) = own.tls {
         c.tls_cert = Some(t.cert_path.clone());
         c.tls_key = Some(t.key_path.clone());
+    }
+    if let Some((alg, key)) = own.jwt {
+        c.jwt_secret = None;
+        c.jwt_algorithm = alg.clone();
+        c.jwt_public_key = Some(key.clone());
     }
     c
 }
@@ -196,8 +204,15 @@ impl ServerUnderTest {
             .arg(own.shards.to_string())
             .arg("--max-connections-per-user")
             .arg(own.max_per_user.max(100).to_string())
-            .env("JWT_SECRET", own.secret)
             .env("RUST_LOG", "warn,wsedge::server=info");
+        match own.jwt {
+            Some((alg, key)) => cmd
+                .arg("--jwt-algorithm")
+                .arg(alg)
+                .arg("--jwt-public-key")
+                .arg(key),
+            None => cmd.env("JWT_SECRET", own.secret),
+        };
         spawn_and_wait(
             cmd,
             Kind::Binary,
@@ -315,6 +330,10 @@ fn child_command(own: &Own) -> Result<Command, String> {
         .arg("--internal-max-per-user")
         .arg(own.max_per_user.to_string())
         .env("WSEDGE_LOADTEST_SECRET", own.secret);
+    if let Some((alg, key)) = own.jwt {
+        cmd.env("WSEDGE_LOADTEST_JWT_ALGORITHM", alg)
+            .env("WSEDGE_LOADTEST_JWT_PUBLIC_KEY", key);
+    }
     if let Some(n) = own.history_size {
         cmd.arg("--server-history-size").arg(n.to_string());
     }
@@ -472,11 +491,15 @@ pub fn serve_child(shards: usize, max_per_user: usize, history_size: Option<usiz
         eprintln!("wsedge-loadtest: --internal-serve is for the tool's own use");
         return 2;
     };
+    let jwt = std::env::var("WSEDGE_LOADTEST_JWT_ALGORITHM")
+        .ok()
+        .zip(std::env::var_os("WSEDGE_LOADTEST_JWT_PUBLIC_KEY").map(std::path::PathBuf::from));
     let own = Own {
         secret: &secret,
         shards,
         max_per_user,
         history_size,
+        jwt: jwt.as_ref(),
         bind: std::env::var("WSEDGE_LOADTEST_BIND")
             .ok()
             .and_then(|a| a.parse().ok()),

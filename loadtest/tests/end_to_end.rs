@@ -341,3 +341,26 @@ fn hostile_connections_of_every_kind_are_ended_by_the_server_while_the_measured_
         kinds[3]
     );
 }
+
+#[test]
+fn asymmetric_tokens_sign_every_connection_and_the_admin_calls() {
+    // ES256 tokens from the test key pair; the server started here checks
+    // them with the public key, REST calls included (an admin ES256 token).
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/keys");
+    let private = format!("{keys}/ec256_private.pem");
+    let public = format!("{keys}/ec256_public.pem");
+    let r = run(&[
+        "-n",
+        "200",
+        "--duration",
+        "1",
+        "--jwt-algorithm",
+        "ES256",
+        "--jwt-private-key",
+        &private,
+        "--jwt-public-key",
+        &public,
+    ]);
+    check_delivery(&r, 200);
+    assert_eq!(r["connect"]["failed"], 0, "{r}");
+}

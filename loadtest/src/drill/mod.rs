@@ -30,6 +30,7 @@ use crate::rest::{self, Mode};
 use crate::server::{Own, ServerUnderTest};
 use crate::sys;
 use crate::tls::{Blocking, ServerCert, Tls};
+use crate::tokens::Signer;
 use crate::Cli;
 
 use report::{Drill, DrillReport, Inputs};
@@ -139,8 +140,11 @@ pub fn run(cli: &Cli) -> Result<DrillReport, String> {
     let cert = cli.server_tls.then(ServerCert::new).transpose()?;
     let tls = cert.as_ref().map(ServerCert::client_tls).transpose()?;
     let secret = random_hex(32);
-    let (user_ids, tokens) = tokens(&secret, plan.users);
-    let bearer = admin_bearer(cli, &secret)?;
+    let signer = Signer::new(cli, &secret)?;
+    let (user_ids, tokens) =
+        signer.users("lt-u", plan.users, &json!({"channels": [channels::CLAIM]}));
+    let (user_ids, tokens) = (Arc::new(user_ids), Arc::new(tokens));
+    let bearer = signer.admin(cli)?;
     let own = Own {
         secret: &secret,
         shards: cli
@@ -153,6 +157,7 @@ pub fn run(cli: &Cli) -> Result<DrillReport, String> {
         history_size: cli.server_history_size,
         tls: cert.as_ref(),
         bind: None,
+        jwt: signer.server_key.as_ref(),
     };
     let mut srv = match plan.drill {
         Drill::KillNode => ServerUnderTest::cluster(&own, plan.nodes, cli.redis_url.as_deref())?,
@@ -471,36 +476,6 @@ fn start_watchdog(cli: &Cli, plan: &Plan) {
             eprintln!("wsedge-loadtest: the drill still runs after {budget:.0} s: giving up");
             std::process::exit(3);
         });
-}
-
-/// Users `lt-u0 …` and their tokens, each allowed the channels `lt:*`.
-fn tokens(secret: &str, users: usize) -> (Arc<Vec<String>>, Arc<Vec<String>>) {
-    let exp = wsedge::now_secs() + 6 * 3600;
-    let ids: Vec<String> = (0..users).map(|i| format!("lt-u{i}")).collect();
-    let tokens = ids
-        .iter()
-        .map(|u| {
-            wsedge::mint_hs256(
-                secret,
-                &json!({"sub": u, "exp": exp, "channels": [channels::CLAIM]}),
-            )
-        })
-        .collect();
-    (Arc::new(ids), Arc::new(tokens))
-}
-
-fn admin_bearer(cli: &Cli, secret: &str) -> Result<String, String> {
-    if let Some(k) = &cli.admin_key {
-        return Ok(k.clone());
-    }
-    let (claim, value) = cli
-        .admin_claim
-        .split_once('=')
-        .ok_or("--admin-claim must be CLAIM=VALUE")?;
-    Ok(wsedge::mint_hs256(
-        secret,
-        &json!({"sub": "lt-admin", claim: value, "exp": wsedge::now_secs() + 6 * 3600}),
-    ))
 }
 
 fn random_hex(bytes: usize) -> String {

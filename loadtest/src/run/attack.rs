@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::phases::Plan;
-use super::setup::user_tokens;
 use super::{say, Run};
 use crate::hostile::{self, Attack, KindStats};
 use crate::report::{Compared, HostileInfo, PhaseInfo};
@@ -150,7 +149,10 @@ impl Run {
     /// clients', under another prefix).
     fn hostile_config(&self, deadline: Instant) -> hostile::Config {
         let eps = &self.server.endpoints;
-        let (_, tokens) = user_tokens(&self.server.secret, "lt-h", self.cli.hostile);
+        let (_, tokens) =
+            self.server
+                .signer
+                .users("lt-h", self.cli.hostile, &serde_json::json!({}));
         hostile::Config {
             targets: eps.iter().map(|e| e.addr).collect(),
             host_header: eps[0].host_header.clone(),

@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> Result<Report, String> {
     let mut notes = Vec::new();
     let sizes = Sizes::fit(&cli, &mut notes)?;
     let server = Server::start(&cli, &sizes, &mut notes)?;
-    let creds = Credentials::mint(&cli, &server.secret, sizes.users)?;
+    let creds = Credentials::mint(&cli, &server.signer, sizes.users)?;
     let idle = Sample::idle(&server.srv);
     let clients = Clients::connect(&cli, &sizes, &server.endpoints, &creds.tokens)?;
     let mut run = Run {

@@ -15,6 +15,7 @@ use crate::rest::Mode;
 use crate::server::{Kind, Own, ServerUnderTest};
 use crate::sys;
 use crate::tls::{ServerCert, Tls};
+use crate::tokens::Signer;
 use crate::Cli;
 
 /// Refuses flags out of range before anything starts.
@@ -294,8 +295,8 @@ pub struct Server {
     pub srv: ServerUnderTest,
     /// Node 0 first: it takes the REST calls.
     pub endpoints: Vec<Endpoint>,
-    /// The HS256 secret the tokens are minted with.
-    pub secret: String,
+    /// Signs the tokens: HS256 with the secret, or `--jwt-algorithm`.
+    pub signer: Signer,
     /// A target's own open-file soft limit, when it can be read.
     pub soft_limit: Option<u64>,
     /// `--server-tls`: the throwaway certificate files, kept (and then
@@ -322,6 +323,8 @@ impl Server {
             (true, None) => Some(ServerCert::new()?),
         };
         let client_tls = cert.as_ref().map(ServerCert::client_tls).transpose()?;
+        let signer = Signer::new(cli, &secret)?;
+        let jwt = own_jwt(cli, &signer)?;
         let own = Own {
             secret: &secret,
             shards: cli.server_shards.unwrap_or(sizes.cpus).max(1),
@@ -329,6 +332,7 @@ impl Server {
             history_size: cli.server_history_size,
             bind: None,
             tls: cert.as_ref(),
+            jwt: jwt.as_ref(),
         };
         let (endpoints, srv) = match &cli.target {
             Some(urls) => {
@@ -363,7 +367,7 @@ impl Server {
         let mut server = Server {
             srv,
             endpoints,
-            secret,
+            signer,
             soft_limit: None,
             cert,
         };
@@ -455,32 +459,14 @@ pub struct Credentials {
 impl Credentials {
     /// Tokens for `users` users (`lt-u0`, `lt-u1`, …), valid for six hours;
     /// the bearer is `--admin-key`, or an admin JWT.
-    pub fn mint(cli: &Cli, secret: &str, users: usize) -> Result<Credentials, String> {
-        let exp = wsedge::now_secs() + 6 * 3600;
-        let (user_ids, tokens) = if cli.mode == Mode::Channel {
-            tokens_with(
-                secret,
-                "lt-u",
-                users,
-                json!({"channels": [channels::CLAIM]}),
-            )
-        } else {
-            user_tokens(secret, "lt-u", users)
+    pub fn mint(cli: &Cli, signer: &Signer, users: usize) -> Result<Credentials, String> {
+        let extra = match cli.mode {
+            Mode::Channel => json!({"channels": [channels::CLAIM]}),
+            _ => json!({}),
         };
+        let (user_ids, tokens) = signer.users("lt-u", users, &extra);
         let (user_ids, tokens) = (Arc::new(user_ids), Arc::new(tokens));
-        let bearer = match &cli.admin_key {
-            Some(k) => k.clone(),
-            None => {
-                let (claim, value) = cli
-                    .admin_claim
-                    .split_once('=')
-                    .ok_or("--admin-claim must be CLAIM=VALUE")?;
-                wsedge::mint_hs256(
-                    secret,
-                    &json!({"sub": "lt-admin", claim: value, "exp": exp}),
-                )
-            }
-        };
+        let bearer = signer.admin(cli)?;
         Ok(Credentials {
             user_ids,
             tokens,
@@ -489,32 +475,18 @@ impl Credentials {
     }
 }
 
-/// `n` users `{prefix}0`, `{prefix}1`, … and a token for each, valid for
-/// six hours.
-pub fn user_tokens(secret: &str, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
-    tokens_with(secret, prefix, n, json!({}))
-}
-
-/// As [`user_tokens`], the claims of `extra` (an object) added to each.
-fn tokens_with(
-    secret: &str,
-    prefix: &str,
-    n: usize,
-    extra: serde_json::Value,
-) -> (Vec<String>, Vec<String>) {
-    let exp = wsedge::now_secs() + 6 * 3600;
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
-    let tokens = ids
-        .iter()
-        .map(|u| {
-            let mut claims = json!({"sub": u, "exp": exp});
-            if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
-                c.extend(e.clone());
-            }
-            wsedge::mint_hs256(secret, &claims)
-        })
-        .collect();
-    (ids, tokens)
+/// The key a server started here checks asymmetric tokens with: needed
+/// with a non-HMAC `--jwt-algorithm` unless the server is a `--target`.
+fn own_jwt(cli: &Cli, signer: &Signer) -> Result<Option<(String, std::path::PathBuf)>, String> {
+    match (&signer.server_key, &cli.target) {
+        (Some(k), _) => Ok(Some(k.clone())),
+        (None, Some(_)) => Ok(None),
+        (None, None) if cli.jwt_algorithm.to_ascii_uppercase().starts_with("HS") => Ok(None),
+        (None, None) => Err(format!(
+            "--jwt-algorithm {} needs --jwt-public-key for the server started here",
+            cli.jwt_algorithm
+        )),
+    }
 }
 
 #[cfg(test)]
