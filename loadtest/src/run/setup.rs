@@ -501,5 +501,32 @@ mod tests {
         assert_eq!(parse_target("ws://localhost:9/x", None).unwrap().path, "/x");
         assert!(parse_target("ws://10.0.0.1:80", None).is_err());
         assert!(parse_target("ftp://127.0.0.1:80", None).is_err());
+        assert!(parse_target("ws://127.0.0.1:80", None)
+            .unwrap()
+            .tls
+            .is_none());
+    }
+
+    #[test]
+    fn wss_targets_take_the_hosts_name_and_the_ca_file() {
+        let cert = ServerCert::new().expect("throwaway certificate");
+        let ca = Some(cert.ca_path.as_path());
+        let ep = parse_target("wss://localhost:3443/ws", ca).unwrap();
+        assert_eq!(ep.addr.port(), 3443);
+        assert_eq!(ep.host_header, "localhost:3443");
+        let tls = ep.tls.expect("tls");
+        assert_eq!(format!("{:?}", tls.name), r#"DnsName("localhost")"#);
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let ep = parse_target("https://127.0.0.1:3443", ca).unwrap();
+        assert!(matches!(
+            ep.tls.expect("tls").name,
+            rustls::pki_types::ServerName::IpAddress(_)
+        ));
+        // A CA file that is not there is an error before anything connects.
+        let missing = cert.dir.join("missing.pem");
+        let err = parse_target("wss://localhost:3443", Some(&missing))
+            .err()
+            .expect("refused");
+        assert!(err.contains("missing.pem"), "{err}");
     }
 }
