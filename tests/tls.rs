@@ -234,3 +234,31 @@ fn sighup_reloads_the_pair_and_a_bad_file_keeps_the_old_one() {
         "server stopped answering after a bad reload"
     );
 }
+
+#[test]
+fn a_handshake_that_never_finishes_is_cut_at_the_handshake_timeout() {
+    let pki = TestPki::new();
+    let srv = start(|c| {
+        c.tls_cert = Some(pki.cert_path.clone());
+        c.tls_key = Some(pki.key_path.clone());
+        c.handshake_timeout_secs = 1;
+    });
+    // The start of a ClientHello record, and then nothing.
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("write");
+    let started = Instant::now();
+    let got = read_to_close(&mut s);
+    assert!(got.is_empty(), "answered a half handshake: {got:?}");
+    // At the timeout, not after the 5 s a connection gets to write a last
+    // answer that no TLS peer could read before its handshake.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    // Others are served meanwhile and after.
+    let mut ws = wss_connect(srv.addr, pki.client(), &token("after-half", 60));
+    echo(&mut ws, "served");
+}

@@ -70,6 +70,11 @@ impl Sock {
         !matches!(self, Sock::Sink(_))
     }
 
+    /// A TLS handshake is under way: the peer cannot read an answer yet.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self, Sock::Tls(s) if s.is_handshaking())
+    }
+
     /// Bytes below the connection's queue still wait for the socket: what a
     /// TLS session encrypted and the socket did not take yet.
     pub fn has_pending(&self) -> bool {

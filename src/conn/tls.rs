@@ -101,6 +101,11 @@ impl TlsSock {
         })
     }
 
+    /// The handshake is not done: no answer could reach the peer yet.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
     /// Encrypted bytes wait for the socket (a handshake message, the tail
     /// of a record, a close alert).
     pub fn has_pending(&self) -> bool {
