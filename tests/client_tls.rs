@@ -183,3 +183,55 @@ fn a_ws_url_to_a_tls_port_fails_and_retries() {
     recv(&retries, "reconnecting");
     assert_ne!(client.state(), State::Connected);
 }
+
+#[test]
+fn over_tls_the_client_gets_the_close_code_reconnects_after_a_restart_and_receives_broadcasts() {
+    let pki = TestPki::new();
+    let mut first = start_tls(&pki);
+    let addr = first.addr;
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let client = Client::new(
+        fast(url)
+            .max_attempts(50)
+            .token(token("heidi", 600))
+            .ca_file(&pki.ca_path),
+    )
+    .expect("client");
+    let (_c, connected) = events(&client, "connected");
+    let (_d, disconnected) = events(&client, "disconnected");
+    let (_n, notes) = events(&client, "notification");
+    client.connect();
+    recv(&connected, "connected event");
+
+    // The close frame comes through TLS like any message.
+    first.stop();
+    let ev = recv(&disconnected, "disconnected event");
+    assert_eq!(ev.close_code(), Some(1001), "server shutdown: {ev:?}");
+
+    let second = start(|c| {
+        c.bind = addr;
+        c.tls_cert = Some(pki.cert_path.clone());
+        c.tls_key = Some(pki.key_path.clone());
+    });
+    let hello = recv(&connected, "connected to the new server");
+    assert_eq!(hello.payload["userId"], "heidi");
+    assert_eq!(client.connect_count(), 2);
+    let handle = second.handle();
+    common::eventually("the new server sees heidi", || {
+        handle.is_user_connected("heidi")
+    });
+    // Messages that arrive while the client thread sits in its timed-out
+    // reads (poll_interval) are read whole: a read timeout in the middle of
+    // a TLS record loses nothing.
+    for i in 0..20 {
+        let big = "x".repeat(20_000 * (i % 3));
+        assert_eq!(
+            handle.broadcast("notification", json!({"i": i, "pad": big}), None),
+            1
+        );
+    }
+    for i in 0..20 {
+        let note = recv(&notes, "broadcast over TLS");
+        assert_eq!(note.payload["i"], i);
+    }
+}
