@@ -126,8 +126,45 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
-            Transport::Tls(s) => s.read(buf),
+            Transport::Tls(s) => tls_read(&mut s.conn, &mut s.sock, buf),
         }
+    }
+}
+
+/// Reads plaintext over TLS without writing first. rustls' own
+/// `Stream::read` sends the records it holds before it reads, so while
+/// the server does not read (its socket full of what it sends us), such a
+/// read would only time out on the write and never take the server's
+/// bytes: both sides would wait for the keepalive. Here the records still
+/// waiting go out with the next write or flush; a read only reads (it
+/// tries to send what it produced itself, an alert or a key update
+/// answer, without waiting).
+fn tls_read(
+    conn: &mut ClientConnection,
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match conn.reader().read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Plaintext, the end after `close_notify` (Ok(0)), or a stream
+            // cut short (UnexpectedEof).
+            other => return other,
+        }
+        // Blocks at most the socket's read timeout; 0 is the peer's FIN,
+        // after which the reader answers Ok(0) or UnexpectedEof.
+        conn.read_tls(sock)?;
+        let state = conn.process_new_packets();
+        if conn.wants_write() {
+            sock.set_nonblocking(true)?;
+            while conn.wants_write() {
+                if conn.write_tls(sock).is_err() {
+                    break;
+                }
+            }
+            sock.set_nonblocking(false)?;
+        }
+        state.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
 }
 
