@@ -230,10 +230,14 @@ impl Read for SplitReader {
             let mut tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
             let mut data = &raw[..n];
             // n == 0: the peer's FIN (read_tls of nothing records it).
+            // rustls takes less than offered when its buffer is full, and
+            // nothing after `close_notify`: feed it in turns, and stop on
+            // a turn that takes nothing (what is left after the end of
+            // the TLS stream is of no use).
             loop {
-                tls.read_tls(&mut data)?;
+                let took = tls.read_tls(&mut data)?;
                 tls.process_new_packets().map_err(tls_error)?;
-                if data.is_empty() {
+                if data.is_empty() || took == 0 {
                     break;
                 }
             }
