@@ -48,26 +48,96 @@ fn jwt_verify(c: &mut Criterion) {
         b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
     });
 
-    // RS256 with the test key pair (tests/keys), as a deployment with an
-    // identity provider's public key would run.
+    // The asymmetric algorithms with the test key pairs (tests/keys), as a
+    // deployment with an identity provider's public key would run them.
+    for (name, alg, public, private) in [
+        ("rs256", "RS256", "rsa_public.pem", "rsa_private.pem"),
+        ("es256", "ES256", "ec256_public.pem", "ec256_private.pem"),
+        (
+            "eddsa",
+            "EdDSA",
+            "ed25519_public.pem",
+            "ed25519_private.pem",
+        ),
+    ] {
+        let (verifier, token) = asymmetric(alg, public, private);
+        c.bench_function(&format!("jwt_verify/{name}"), |b| {
+            b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
+        });
+    }
+
+    // RS256 through a JWKS key set of three keys, picked by kid: the same
+    // signature check plus the header parse and the key set read.
+    let (verifier, token) = jwks_rs256();
+    c.bench_function("jwt_verify/rs256_jwks", |b| {
+        b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
+    });
+}
+
+/// A JWKS verifier (its endpoint never asked: the document is installed
+/// directly) with the RSA, P-256 and Ed25519 test keys, and an RS256 token.
+fn jwks_rs256() -> (Verifier, String) {
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let read = |name: &str| std::fs::read(format!("{keys}/{name}")).expect("key");
+    let rsa = EncodingKey::from_rsa_pem(&read("rsa_private.pem")).expect("rsa");
+    let ec = EncodingKey::from_ec_pem(&read("ec256_private.pem")).expect("ec");
+    let ed = EncodingKey::from_ed_pem(&read("ed25519_private.pem")).expect("ed");
+    let jwk = |key: &EncodingKey, alg: Algorithm, kid: &str| {
+        let mut v =
+            serde_json::to_value(Jwk::from_encoding_key(key, alg).expect("jwk")).expect("jwk json");
+        v["kid"] = kid.into();
+        v
+    };
+    let doc = json!({"keys": [
+        jwk(&ec, Algorithm::ES256, "ec"),
+        jwk(&rsa, Algorithm::RS256, "rsa"),
+        jwk(&ed, Algorithm::EdDSA, "ed"),
+    ]});
     let cfg = Config {
-        jwt_algorithm: "RS256".into(),
-        jwt_public_key: Some(format!("{keys}/rsa_public.pem").into()),
+        jwt_jwks_url: Some("http://127.0.0.1:9/jwks".into()),
         ..Config::default()
     };
-    let verifier = Verifier::from_config(&cfg, None).expect("rs256 verifier");
-    let private = std::fs::read(format!("{keys}/rsa_private.pem")).expect("private key");
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&private).expect("rsa key");
+    let verifier = Verifier::from_config(&cfg, None).expect("jwks verifier");
+    wsedge::testbed::load_jwks(&verifier, doc.to_string().as_bytes()).expect("key set");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa".into());
     let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &header,
+        &json!({"sub": "user-42", "exp": now_secs() + 3600}),
+        &rsa,
+    )
+    .expect("token");
+    (verifier, token)
+}
+
+/// A verifier for `alg` with the public key file and a token signed with the
+/// private one, both from tests/keys.
+fn asymmetric(alg: &str, public: &str, private: &str) -> (Verifier, String) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let cfg = Config {
+        jwt_algorithm: alg.into(),
+        jwt_public_key: Some(format!("{keys}/{public}").into()),
+        ..Config::default()
+    };
+    let verifier = Verifier::from_config(&cfg, None).expect("verifier");
+    let pem = std::fs::read(format!("{keys}/{private}")).expect("private key");
+    let algorithm: Algorithm = alg.parse().expect("algorithm");
+    let key = match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        _ => EncodingKey::from_rsa_pem(&pem),
+    }
+    .expect("encoding key");
+    let token = jsonwebtoken::encode(
+        &Header::new(algorithm),
         &json!({"sub": "user-42", "exp": now_secs() + 3600}),
         &key,
     )
-    .expect("rs256 token");
-    c.bench_function("jwt_verify/rs256", |b| {
-        b.iter(|| verifier.verify_user(black_box(&token)).is_ok())
-    });
+    .expect("token");
+    (verifier, token)
 }
 
 fn envelope_and_frame(c: &mut Criterion) {

@@ -32,6 +32,15 @@ pub struct Config {
     pub jwt_algorithm: String,
     /// PEM public key file for RS*/PS*/ES*/EdDSA (`--jwt-public-key`).
     pub jwt_public_key: Option<PathBuf>,
+    /// JWKS document the verification keys come from (`--jwt-jwks-url`),
+    /// instead of a secret or a public key file (docs/PROTOCOL.md §12.3).
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between fetches of the JWKS document
+    /// (`--jwt-jwks-refresh-secs`). Default 300.
+    pub jwt_jwks_refresh_secs: u64,
+    /// PEM certificates trusted beside the system's roots for an https
+    /// JWKS URL (`--jwt-jwks-ca-file`).
+    pub jwt_jwks_ca_file: Option<PathBuf>,
     /// Required `iss` claim, when set (`--jwt-issuer`).
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set (`--jwt-audience`).
@@ -116,6 +125,9 @@ impl Default for Config {
             jwt_secret: None,
             jwt_algorithm: "HS256".to_string(),
             jwt_public_key: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 300,
+            jwt_jwks_ca_file: None,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway_secs: 30,
@@ -170,6 +182,14 @@ pub enum ConfigError {
     NeedsSecret(String),
     #[error("cannot read --jwt-public-key {path}: {err}")]
     PublicKey { path: PathBuf, err: String },
+    #[error("--jwt-jwks-url cannot be combined with {0}: keys come from one source")]
+    JwksConflict(&'static str),
+    #[error("--jwt-jwks-url {0:?} must be an http:// or https:// URL with a host")]
+    JwksUrl(String),
+    #[error("--jwt-jwks-ca-file needs --jwt-jwks-url")]
+    JwksCaWithoutUrl,
+    #[error("cannot use --jwt-jwks-ca-file {path}: {err}")]
+    JwksCaFile { path: PathBuf, err: String },
     #[error("cannot read config file {path}: {err}")]
     File { path: PathBuf, err: String },
     #[error("{0}")]
@@ -191,7 +211,7 @@ impl Config {
 
     /// True when no key is configured: the server makes up a secret.
     pub fn is_dev_mode(&self) -> bool {
-        self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none() && self.jwt_jwks_url.is_none()
     }
 
     /// Rejects settings that can never work. Keys are checked when the
@@ -218,6 +238,10 @@ impl Config {
             ("--idle-timeout-secs", self.idle_timeout_secs as usize),
             ("--shard-inbox-capacity", self.shard_inbox_capacity),
             ("--history-ttl-secs", self.history_ttl_secs as usize),
+            (
+                "--jwt-jwks-refresh-secs",
+                self.jwt_jwks_refresh_secs as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -231,6 +255,7 @@ impl Config {
         if self.shards > MAX_SHARDS {
             return Err(ConfigError::TooManyShards);
         }
+        self.validate_jwks()?;
         if self.ping_interval_secs > 0 && self.pong_timeout_secs == 0 {
             return Err(ConfigError::Zero("--pong-timeout-secs"));
         }
@@ -260,6 +285,35 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Keys come from one source: a JWKS, or a secret, or a key file. The
+    /// URL is checked for its form only; reaching it is the refresher's.
+    fn validate_jwks(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.jwt_jwks_url else {
+            if self.jwt_jwks_ca_file.is_some() {
+                return Err(ConfigError::JwksCaWithoutUrl);
+            }
+            return Ok(());
+        };
+        if self.jwt_secret.is_some() {
+            return Err(ConfigError::JwksConflict("JWT_SECRET"));
+        }
+        if self.jwt_public_key.is_some() {
+            return Err(ConfigError::JwksConflict("--jwt-public-key"));
+        }
+        let rest = ["http://", "https://"].iter().find_map(|scheme| {
+            url.get(..scheme.len())
+                .filter(|s| s.eq_ignore_ascii_case(scheme))
+                .map(|_| &url[scheme.len()..])
+        });
+        let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+        match host {
+            Some(h) if !h.is_empty() && !h.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                Ok(())
+            }
+            _ => Err(ConfigError::JwksUrl(url.clone())),
+        }
     }
 
     pub fn handshake_timeout(&self) -> Duration {

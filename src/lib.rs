@@ -29,7 +29,8 @@
 //! http/         request parsing on bytes (httparse) and response writing
 //! router.rs     a complete request → the upgrade checks or the REST API
 //! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT
-//! auth.rs       JWT validation and admin credentials
+//! auth/         JWT validation and admin credentials (mod.rs);
+//!   jwks.rs       keys from a JWKS endpoint, refreshed off the shards
 //! rest/         the management API's routes → operations
 //! channels.rs   channel names, token grants, the node's channel directory
 //! ops/          the operations behind Handle (broadcast, send, disconnect,

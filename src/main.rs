@@ -55,6 +55,15 @@ struct Cli {
     /// PEM public key file for RS*/PS*/ES*/EdDSA tokens [default: none]
     #[arg(long, env = "WSEDGE_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
     jwt_public_key: Option<PathBuf>,
+    /// JWKS URL (http:// or https://) the verification keys come from, picked by each token's kid; instead of JWT_SECRET or --jwt-public-key [default: none]
+    #[arg(long, env = "WSEDGE_JWT_JWKS_URL", value_name = "URL")]
+    jwt_jwks_url: Option<String>,
+    /// Seconds between fetches of the JWKS document (an unknown kid also fetches it, at most every 10 s) [default: 300]
+    #[arg(long, env = "WSEDGE_JWT_JWKS_REFRESH_SECS", value_name = "SECS")]
+    jwt_jwks_refresh_secs: Option<u64>,
+    /// PEM file of CA certificates trusted beside the system's roots for an https JWKS URL [default: none]
+    #[arg(long, env = "WSEDGE_JWT_JWKS_CA_FILE", value_name = "PEM_FILE")]
+    jwt_jwks_ca_file: Option<PathBuf>,
     /// Required `iss` claim [default: not checked]
     #[arg(long, env = "WSEDGE_JWT_ISSUER")]
     jwt_issuer: Option<String>,
@@ -171,6 +180,7 @@ impl Cli {
             shards,
             jwt_algorithm,
             jwt_leeway_secs,
+            jwt_jwks_refresh_secs,
             admin_role_claim,
             admin_role_value,
             max_message_bytes,
@@ -199,6 +209,8 @@ impl Cli {
             admin_key,
             jwt_secret,
             jwt_public_key,
+            jwt_jwks_url,
+            jwt_jwks_ca_file,
             jwt_issuer,
             jwt_audience,
             redis_url,
@@ -274,7 +286,7 @@ fn print_dev_banner(addr: SocketAddr, dev: &wsedge::DevMode, tls: bool) {
     } else {
         addr.to_string()
     };
-    log::warn!("DEV MODE: no JWT_SECRET or --jwt-public-key given; using a random secret. Do not use in production.");
+    log::warn!("DEV MODE: no JWT_SECRET, --jwt-public-key or --jwt-jwks-url given; using a random secret. Do not use in production.");
     println!(
         "\n  wsedge dev mode (random secret, tokens valid 24 h)\n\n  test page:    {http}://{host}/\n  websocket:    {ws}://{host}/ws?token=<user token>\n  user token:   {user}\n  admin token:  {admin}\n\n  try: curl -X POST {http}://{host}/v1/websocket/broadcast -H 'Authorization: Bearer {admin}' \\\n         -H 'Content-Type: application/json' -d '{{\"type\":\"notification\",\"payload\":{{\"title\":\"hi\"}}}}'\n",
         user = dev.user_token,

@@ -15,6 +15,7 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::acceptor::{self, Acceptor};
+use crate::auth::jwks::{self, RefresherThread};
 use crate::auth::{mint_hs256, now_secs, Verifier};
 use crate::bus::{self, Bus, Inbox};
 use crate::channels::Directory;
@@ -108,6 +109,8 @@ pub struct Server {
     shards: Vec<JoinHandle<()>>,
     /// The cluster publisher, joined last so its goodbye goes out.
     cluster_thread: Option<JoinHandle<()>>,
+    /// The JWKS refresher (`--jwt-jwks-url`).
+    jwks_thread: Option<RefresherThread>,
     dev: Option<DevMode>,
 }
 
@@ -149,6 +152,7 @@ impl Server {
             }
             None => None,
         };
+        let jwks_thread = start_jwks(&handle)?;
         let mut shards = Vec::with_capacity(parts.shards.len());
         for (id, ((poll, inbox), listener)) in parts.shards.into_iter().zip(listeners).enumerate() {
             let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
@@ -180,6 +184,7 @@ impl Server {
             local_addr,
             shards,
             cluster_thread,
+            jwks_thread,
             dev: parts.dev,
         })
     }
@@ -238,6 +243,9 @@ impl Server {
         if let Some(t) = self.cluster_thread.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.jwks_thread.take() {
+            t.stop(JWKS_STOP_WAIT);
+        }
         log::info!("wsedge stopped");
     }
 }
@@ -246,6 +254,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How long a shutdown waits for the JWKS refresher when it is in a fetch.
+const JWKS_STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// Starts the JWKS refresher when keys come from one, and waits (at most
+/// [`jwks::FIRST_FETCH_WAIT`]) for its first fetch, so that a server whose
+/// endpoint answers checks tokens from its first connection on. One that
+/// does not answer starts anyway, refusing every token until a fetch
+/// succeeds (logged, and said on `/healthz`).
+fn start_jwks(handle: &Handle) -> Result<Option<RefresherThread>, StartError> {
+    let Some(jwks) = handle.shared.verifier.jwks() else {
+        return Ok(None);
+    };
+    let thread = jwks.spawn()?;
+    if !jwks.wait_first_fetch(jwks::FIRST_FETCH_WAIT) {
+        log::warn!("JWKS: no keys loaded yet; every token is refused until a fetch succeeds");
+    }
+    Ok(thread)
 }
 
 /// A server's pieces before its threads run: the handle on its shared

@@ -26,6 +26,16 @@ pub use crate::upgrade::{check as check_upgrade, Upgrade};
 
 use crate::ops::Handle;
 
+/// Gives a verifier built with `--jwt-jwks-url` the key set of `doc`, as a
+/// fetch would (the benches time the JWKS path without an endpoint).
+/// Returns the number of keys, or why the document was refused.
+pub fn load_jwks(verifier: &Verifier, doc: &[u8]) -> Result<usize, String> {
+    let jwks = verifier
+        .jwks()
+        .ok_or_else(|| "the verifier has no --jwt-jwks-url".to_string())?;
+    jwks.install_document(doc).map_err(|e| e.to_string())
+}
+
 /// The answer the server gives to `req` on `route` (any route but `/ws`),
 /// its head admitted first as the connection does.
 pub fn answer(handle: &Handle, route: &Route, req: &Request<'_>) -> Response {

@@ -650,6 +650,39 @@ fn every_metric_and_the_degraded_health_body_are_documented() {
     );
     drop(cluster);
 
+    // Keys from a JWKS endpoint that is not there: the node says so on
+    // /healthz and exposes the JWKS metrics.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let (jwks, addr) = start(|c| {
+        c.jwt_secret = None;
+        c.jwt_jwks_url = Some(format!("http://127.0.0.1:{port}/jwks"));
+    });
+    let page = http_raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let (jwks_families, _) = metric_names(&page.text());
+    assert!(
+        jwks_families.iter().any(|f| f.starts_with("wsedge_jwks_")),
+        "no JWKS metrics with --jwt-jwks-url: {}",
+        page.text()
+    );
+    families.extend(jwks_families);
+    let health = http_raw(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let body = health.text();
+    assert!(body.starts_with("degraded: "), "{body}");
+    assert!(
+        squash(&doc_text).contains(&squash(&body)),
+        "the /healthz body {body:?} is not in docs/PROTOCOL.md"
+    );
+    drop(jwks);
+
     let missing: Vec<String> = families
         .iter()
         .filter(|f| !doc.contains(*f))

@@ -229,9 +229,17 @@ impl Handle {
             .map_or(0, |c| c.remote_user_count(user_id))
     }
 
-    /// `Some(reason)` while cluster mode cannot reach Redis (`/healthz`).
+    /// `Some(reason)` while cluster mode cannot reach Redis, or no JWKS
+    /// keys are loaded yet (`/healthz`).
     pub fn degraded(&self) -> Option<String> {
-        self.shared.cluster.as_deref().and_then(Cluster::degraded)
+        let reasons: Vec<String> = [
+            self.shared.cluster.as_deref().and_then(Cluster::degraded),
+            self.shared.verifier.jwks().and_then(|j| j.degraded()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Closes every connection of a user, on every node in cluster mode:
@@ -429,6 +437,9 @@ impl Handle {
             "gauge",
             bytes as u64,
         );
+        if let Some(jwks) = self.shared.verifier.jwks() {
+            jwks.render(&mut Prom::new(&mut text));
+        }
         if let Some(c) = &self.shared.cluster {
             c.render_metrics(&mut text);
         }

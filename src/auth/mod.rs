@@ -1,17 +1,27 @@
 //! Token checks: user JWTs on `GET /ws` and admin credentials on the REST API.
 //!
 //! A [`Verifier`] is built once from [`Config`] and shared by every shard.
-//! It owns the decoding key and the validation rules; it never logs a token,
-//! and the reason a check failed ([`AuthError`]) goes to the log only, never
-//! to the client (the HTTP layer answers a bare `401`).
+//! It owns the decoding keys and the validation rules: one fixed key (a
+//! secret or a PEM public key), or the key set of a JWKS endpoint kept
+//! fresh by [`jwks`]'s refresher thread. It never logs a token, and the
+//! reason a check failed ([`AuthError`]) goes to the log only, never to the
+//! client (the HTTP layer answers a bare `401`).
+//!
+//! A check never blocks on the network: with a JWKS it reads the key set in
+//! use, and a `kid` that set lacks is refused at once (the refresher is
+//! asked for a fetch, without waiting for it).
+
+pub mod jwks;
 
 use std::fmt;
+use std::sync::Arc;
 
-use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, ConfigError};
+use jwks::{Jwks, Missing};
 
 /// Why a token was refused. Logged, never sent to a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +40,14 @@ pub enum AuthError {
     WrongAudience,
     #[error("missing or empty sub")]
     BadSubject,
+    #[error("no JWKS key has kid {0:?} (a refresh was asked for)")]
+    UnknownKid(String),
+    #[error("no kid, and the JWKS has more than one key")]
+    NoKid,
+    #[error("no JWKS keys loaded yet")]
+    KeysNotLoaded,
+    #[error("alg {token:?} is not the key's {key:?}")]
+    WrongAlgorithm { token: Algorithm, key: Algorithm },
     #[error("malformed: {0}")]
     Malformed(String),
 }
@@ -56,10 +74,37 @@ pub enum AdminCheck {
     Refused(AuthError),
 }
 
-/// Validates tokens with the server's key.
+/// The keys tokens are checked with.
+enum Keys {
+    /// A secret or a PEM public key: the one algorithm of `--jwt-algorithm`.
+    Fixed {
+        key: DecodingKey,
+        validation: Box<Validation>,
+    },
+    /// The key set of a JWKS endpoint; each key has its algorithm, checked
+    /// with the rules of that algorithm in `validations`.
+    Jwks {
+        jwks: Arc<Jwks>,
+        validations: Vec<Validation>,
+    },
+}
+
+/// The algorithms a JWKS key may have: every asymmetric one.
+const JWKS_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Validates tokens with the server's keys.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Keys,
     admin_key: Option<Vec<u8>>,
     admin_claim: String,
     admin_value: String,
@@ -68,9 +113,16 @@ pub struct Verifier {
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
-            .finish_non_exhaustive()
+        match &self.keys {
+            Keys::Fixed { validation, .. } => f
+                .debug_struct("Verifier")
+                .field("algorithms", &validation.algorithms)
+                .finish_non_exhaustive(),
+            Keys::Jwks { jwks, .. } => f
+                .debug_struct("Verifier")
+                .field("jwks", jwks)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -88,63 +140,38 @@ impl Verifier {
     /// Builds the key and the rules. `secret` is the effective HMAC secret
     /// (the configured one, or the one dev mode made up).
     pub fn from_config(cfg: &Config, secret: Option<&str>) -> Result<Verifier, ConfigError> {
-        let alg = parse_algorithm(&cfg.jwt_algorithm)?;
-        let key = if is_hmac(alg) {
-            if cfg.jwt_public_key.is_some() {
-                return Err(ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()));
+        let keys = match &cfg.jwt_jwks_url {
+            // The algorithm comes from each key: --jwt-algorithm is not used.
+            Some(url) => Keys::Jwks {
+                jwks: Jwks::from_config(cfg, url)?,
+                validations: JWKS_ALGORITHMS
+                    .iter()
+                    .map(|alg| validation(cfg, *alg))
+                    .collect(),
+            },
+            None => {
+                let alg = parse_algorithm(&cfg.jwt_algorithm)?;
+                Keys::Fixed {
+                    key: fixed_key(cfg, alg, secret)?,
+                    validation: Box::new(validation(cfg, alg)),
+                }
             }
-            let secret =
-                secret.ok_or_else(|| ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()))?;
-            DecodingKey::from_secret(secret.as_bytes())
-        } else {
-            let path = cfg
-                .jwt_public_key
-                .as_ref()
-                .ok_or_else(|| ConfigError::NeedsPublicKey(cfg.jwt_algorithm.clone()))?;
-            let pem = std::fs::read(path).map_err(|e| ConfigError::PublicKey {
-                path: path.clone(),
-                err: e.to_string(),
-            })?;
-            let key = match alg {
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                _ => DecodingKey::from_rsa_pem(&pem),
-            };
-            key.map_err(|e| ConfigError::PublicKey {
-                path: path.clone(),
-                err: e.to_string(),
-            })?
         };
-        let mut validation = Validation::new(alg);
-        // jsonwebtoken checks `iss`/`aud` only when the token carries them:
-        // when configured they must be required, or a token without them
-        // would pass.
-        let mut required = vec!["exp"];
-        if cfg.jwt_issuer.is_some() {
-            required.push("iss");
-        }
-        if cfg.jwt_audience.is_some() {
-            required.push("aud");
-        }
-        validation.set_required_spec_claims(&required);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = cfg.jwt_leeway_secs;
-        match &cfg.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &cfg.jwt_issuer {
-            validation.set_issuer(&[iss]);
-        }
         Ok(Verifier {
-            key,
-            validation,
+            keys,
             admin_key: cfg.admin_key.as_ref().map(|k| k.as_bytes().to_vec()),
             admin_claim: cfg.admin_role_claim.clone(),
             admin_value: cfg.admin_role_value.clone(),
             leeway: cfg.jwt_leeway_secs,
         })
+    }
+
+    /// The JWKS key set, when keys come from one.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        match &self.keys {
+            Keys::Jwks { jwks, .. } => Some(jwks),
+            Keys::Fixed { .. } => None,
+        }
     }
 
     /// Clock-skew leeway in seconds: an open connection lives until `exp + leeway`.
@@ -154,22 +181,47 @@ impl Verifier {
 
     /// Verifies `token` and deserializes its claims as `T`.
     fn claims<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
-        use jsonwebtoken::errors::ErrorKind;
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        decode::<T>(token, &self.key, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::WrongIssuer,
-                ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::WrongAudience,
-                other => AuthError::Malformed(format!("{other:?}")),
-            })
+        let (jwks, validations) = match &self.keys {
+            Keys::Fixed { key, validation } => return check(token, key, validation),
+            Keys::Jwks { jwks, validations } => (jwks, validations),
+        };
+        let header =
+            decode_header(token).map_err(|e| AuthError::Malformed(format!("{:?}", e.kind())))?;
+        if !jwks.is_loaded() {
+            jwks.unknown_kid(None);
+            return Err(AuthError::KeysNotLoaded);
+        }
+        // The set in use stays alive for this check even if the refresher
+        // swaps in another meanwhile.
+        let set = jwks.current();
+        let key = match set.find(header.kid.as_deref()) {
+            Ok(key) => key,
+            Err(Missing::NoKid) => return Err(AuthError::NoKid),
+            Err(Missing::UnknownKid) => {
+                let kid = header.kid.unwrap_or_default();
+                jwks.unknown_kid(Some(&kid));
+                return Err(AuthError::UnknownKid(
+                    jwks::truncate(&kid, jwks::MAX_LOGGED_KID).to_string(),
+                ));
+            }
+        };
+        if header.alg != key.alg {
+            return Err(AuthError::WrongAlgorithm {
+                token: header.alg,
+                key: key.alg,
+            });
+        }
+        let validation = validations
+            .iter()
+            .find(|v| v.algorithms.first() == Some(&key.alg))
+            .ok_or(AuthError::WrongAlgorithm {
+                token: header.alg,
+                key: key.alg,
+            })?;
+        check(token, &key.key, validation)
     }
 
     /// Checks a user token: signature, `exp`, `nbf`, issuer, audience and a
@@ -241,6 +293,86 @@ impl Verifier {
             Err(e) => AdminCheck::Refused(e),
         }
     }
+}
+
+/// The key of `--jwt-algorithm`: the HMAC secret, or the PEM public key.
+fn fixed_key(
+    cfg: &Config,
+    alg: Algorithm,
+    secret: Option<&str>,
+) -> Result<DecodingKey, ConfigError> {
+    if is_hmac(alg) {
+        if cfg.jwt_public_key.is_some() {
+            return Err(ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()));
+        }
+        let secret = secret.ok_or_else(|| ConfigError::NeedsSecret(cfg.jwt_algorithm.clone()))?;
+        return Ok(DecodingKey::from_secret(secret.as_bytes()));
+    }
+    let path = cfg
+        .jwt_public_key
+        .as_ref()
+        .ok_or_else(|| ConfigError::NeedsPublicKey(cfg.jwt_algorithm.clone()))?;
+    let pem = std::fs::read(path).map_err(|e| ConfigError::PublicKey {
+        path: path.clone(),
+        err: e.to_string(),
+    })?;
+    let key = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+        _ => DecodingKey::from_rsa_pem(&pem),
+    };
+    key.map_err(|e| ConfigError::PublicKey {
+        path: path.clone(),
+        err: e.to_string(),
+    })
+}
+
+/// The claim rules of the configuration for tokens signed with `alg`.
+fn validation(cfg: &Config, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    // jsonwebtoken checks `iss`/`aud` only when the token carries them:
+    // when configured they must be required, or a token without them
+    // would pass.
+    let mut required = vec!["exp"];
+    if cfg.jwt_issuer.is_some() {
+        required.push("iss");
+    }
+    if cfg.jwt_audience.is_some() {
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.leeway = cfg.jwt_leeway_secs;
+    match &cfg.jwt_audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &cfg.jwt_issuer {
+        validation.set_issuer(&[iss]);
+    }
+    validation
+}
+
+/// Verifies `token` with `key` and deserializes its claims.
+fn check<T: serde::de::DeserializeOwned>(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<T, AuthError> {
+    use jsonwebtoken::errors::ErrorKind;
+    decode::<T>(token, key, validation)
+        .map(|d| d.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::WrongIssuer,
+            ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::WrongAudience,
+            other => AuthError::Malformed(format!("{other:?}")),
+        })
 }
 
 /// Where the upgrade request carried its token: the `Authorization: Bearer`
