@@ -260,10 +260,13 @@ fn a_wss_target_is_loaded_trusting_the_ca_file_and_refused_without_it() {
 }
 
 #[test]
-fn hostile_refuses_tls_with_a_clear_error() {
+fn hostile_refuses_tls_and_a_ca_file_needs_a_wss_target() {
     let (ok, _, stderr) = run_raw(&["-n", "10", "--hostile", "5", "--server-tls"]);
     assert!(!ok, "--hostile accepted over TLS");
     assert!(stderr.contains("plaintext only"), "{stderr}");
+    let (ok, _, stderr) = run_raw(&["-n", "10", "--ca-file", "ca.pem"]);
+    assert!(!ok, "--ca-file accepted without a wss:// target");
+    assert!(stderr.contains("--ca-file is for a wss://"), "{stderr}");
 }
 
 #[test]

@@ -82,6 +82,12 @@ impl Plan {
                 return Err("--restart-after restarts the one server: without --cluster".into())
             }
         };
+        if cli.ca_file.is_some() {
+            return Err(
+                "the drill starts its own servers: no --ca-file (--server-tls trusts its own CA)"
+                    .into(),
+            );
+        }
         if cli.target.is_some() || cli.in_process || cli.server_bin.is_some() {
             return Err("the drill kills servers it started in child processes: no --target, --in-process or --server-bin".into());
         }

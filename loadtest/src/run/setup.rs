@@ -42,6 +42,10 @@ pub fn check_flags(cli: &Cli) -> Result<(), String> {
         }
     }
     check_hostile_flags(cli)?;
+    if cli.ca_file.is_some() && (cli.server_tls || !uses_tls(cli)) {
+        // Silently unused otherwise: --server-tls trusts its own CA only.
+        return Err("--ca-file is for a wss:// (or https://) --target".into());
+    }
     layout(cli).map(|_| ())
 }
 
