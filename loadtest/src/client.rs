@@ -6,7 +6,10 @@
 //! records the latency, the sequence order and a 100 ms timeline bucket.
 //!
 //! Nothing here allocates per message: one read buffer per worker, one
-//! clock read per `read(2)`, and a byte scan of the payload.
+//! clock read per `read(2)`, and a byte scan of the payload. With
+//! `--compression` the connections offer permessage-deflate without
+//! context takeover, and a compressed message is inflated by the worker's
+//! one inflater (reset per message, its buffer kept) before the scan.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
@@ -23,7 +26,7 @@ use rustls::ClientConnection;
 use crate::channels::{self, Layout, Seen};
 use crate::sys;
 use crate::tls::{self, Tls};
-use crate::ws::{self, Parsed, Scanner};
+use crate::ws::{self, Inflater, Parsed, Scanner};
 
 /// Most phases one run can have (warm-up, throughput, rate, sweep steps).
 pub const MAX_PHASES: usize = 64;
@@ -162,12 +165,19 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     /// `--mode channel`: how the connections subscribe.
     pub channels: Option<Layout>,
+    /// `--compression`: offer permessage-deflate.
+    pub deflate: bool,
 }
 
 /// What one worker saw in one phase.
 pub struct PhaseRecv {
     pub hist: Histogram<u64>,
     pub received: u64,
+    /// Bytes of the frames that carried the phase's messages (headers
+    /// included; the plaintext frames over TLS).
+    pub wire_bytes: u64,
+    /// Messages of the phase that came compressed (RSV1).
+    pub compressed: u64,
     pub out_of_order: u64,
     pub first_us: u64,
     pub last_us: u64,
@@ -178,6 +188,8 @@ impl PhaseRecv {
         PhaseRecv {
             hist: new_histogram(),
             received: 0,
+            wire_bytes: 0,
+            compressed: 0,
             out_of_order: 0,
             first_us: u64::MAX,
             last_us: 0,
@@ -187,6 +199,8 @@ impl PhaseRecv {
     pub fn merge(&mut self, other: &PhaseRecv) {
         let _ = self.hist.add(&other.hist);
         self.received += other.received;
+        self.wire_bytes += other.wire_bytes;
+        self.compressed += other.compressed;
         self.out_of_order += other.out_of_order;
         self.first_us = self.first_us.min(other.first_us);
         self.last_us = self.last_us.max(other.last_us);
@@ -216,6 +230,14 @@ pub struct WorkerResult {
     pub closes: BTreeMap<String, u64>,
     /// Messages that are not ours (e.g. `connected`).
     pub other_messages: u64,
+    /// Bytes of frames not counted in a phase: control frames, messages
+    /// not ours, ours of no phase, those that failed to inflate.
+    pub other_wire_bytes: u64,
+    /// `--compression`: connections whose `101` accepted permessage-deflate.
+    pub negotiated: usize,
+    /// Compressed messages that did not inflate (corrupt, or past 16 MiB);
+    /// they count as lost.
+    pub inflate_errors: u64,
     pub pings_answered: u64,
     pub open_at_end: usize,
     /// `--mode channel`: what the worker saw of the channels.
@@ -242,10 +264,23 @@ struct Conn {
     buf: Vec<u8>,
     /// Bytes waiting for the socket to be writable (request, pongs, close).
     out: Vec<u8>,
-    /// A fragmented message being put together (rare).
-    frag: Option<Vec<u8>>,
+    /// What the frames of a message need to know.
+    rx: Rx,
     /// `wss://`: the TLS handshake's time is recorded.
     tls_timed: bool,
+}
+
+/// A connection's receive state beyond its bytes.
+#[derive(Default)]
+struct Rx {
+    /// permessage-deflate was negotiated: RSV1 may mark a message.
+    deflate: bool,
+    /// A fragmented message being put together (rare).
+    frag: Option<Vec<u8>>,
+    /// Its first frame had RSV1 (compressed).
+    frag_compressed: bool,
+    /// Bytes of its frames so far.
+    frag_wire: u64,
 }
 
 /// Per-message accounting, apart from the connections so both can be
@@ -260,6 +295,10 @@ struct Acct {
     last_seq: Vec<u64>,
     received: u64,
     other: u64,
+    other_wire: u64,
+    /// The worker's one inflater (taken out while a message is inflated).
+    inflater: Option<Inflater>,
+    inflate_errors: u64,
     pings: u64,
     rng: u64,
     /// `--mode channel`.
@@ -273,8 +312,31 @@ enum Stop {
 }
 
 impl Acct {
-    fn message(&mut self, idx: usize, payload: &[u8], now_us: u64) {
+    /// A whole message: `compressed` (RSV1) ones are inflated first; `wire`
+    /// bytes of frames carried it.
+    fn deliver(&mut self, idx: usize, payload: &[u8], compressed: bool, wire: u64, now_us: u64) {
+        if !compressed {
+            return self.message(idx, payload, false, wire, now_us);
+        }
+        let Some(mut inflater) = self.inflater.take() else {
+            // Not offered, so never negotiated: RSV1 is refused before.
+            self.inflate_errors += 1;
+            self.other_wire += wire;
+            return;
+        };
+        match inflater.inflate(payload) {
+            Ok(plain) => self.message(idx, plain, true, wire, now_us),
+            Err(_) => {
+                self.inflate_errors += 1;
+                self.other_wire += wire;
+            }
+        }
+        self.inflater = Some(inflater);
+    }
+
+    fn message(&mut self, idx: usize, payload: &[u8], compressed: bool, wire: u64, now_us: u64) {
         let Some(sample) = self.scanner.scan(payload) else {
+            self.other_wire += wire;
             self.not_ours(idx, payload);
             return;
         };
@@ -283,6 +345,7 @@ impl Acct {
         }
         let Some(p) = self.shared.phase_of(sample.seq) else {
             self.other += 1;
+            self.other_wire += wire;
             return;
         };
         while self.phases.len() <= p {
@@ -292,6 +355,8 @@ impl Acct {
         ph.hist
             .saturating_record(now_us.saturating_sub(sample.sent_us).max(1));
         ph.received += 1;
+        ph.wire_bytes += wire;
+        ph.compressed += u64::from(compressed);
         ph.first_us = ph.first_us.min(now_us);
         ph.last_us = ph.last_us.max(now_us);
         let slot = idx * self.lanes as usize + (sample.seq % self.lanes) as usize;
@@ -346,49 +411,54 @@ impl Acct {
         idx: usize,
         data: &[u8],
         out: &mut Vec<u8>,
-        frag: &mut Option<Vec<u8>>,
+        rx: &mut Rx,
         now_us: u64,
     ) -> Result<usize, Stop> {
         let mut off = 0;
         loop {
-            let h = match ws::parse_frame(&data[off..], MAX_FRAME) {
+            let h = match ws::parse_frame_ext(&data[off..], MAX_FRAME, rx.deflate) {
                 Parsed::Incomplete => return Ok(off),
                 Parsed::Error(e) => return Err(Stop::Protocol(e)),
                 Parsed::Frame(h) => h,
             };
             let payload = &data[off + h.header_len..off + h.total_len()];
             off += h.total_len();
+            let wire = h.total_len() as u64;
             match h.opcode {
                 ws::OP_TEXT | ws::OP_BINARY => {
-                    if frag.is_some() {
+                    if rx.frag.is_some() {
                         return Err(Stop::Protocol("new message inside a fragmented one"));
                     }
                     if h.fin {
-                        self.message(idx, payload, now_us);
+                        self.deliver(idx, payload, h.rsv1, wire, now_us);
                     } else {
-                        *frag = Some(payload.to_vec());
+                        rx.frag = Some(payload.to_vec());
+                        rx.frag_compressed = h.rsv1;
+                        rx.frag_wire = wire;
                     }
                 }
                 ws::OP_CONTINUATION => {
-                    let Some(mut f) = frag.take() else {
+                    let Some(mut f) = rx.frag.take() else {
                         return Err(Stop::Protocol("continuation without a first fragment"));
                     };
                     f.extend_from_slice(payload);
+                    rx.frag_wire += wire;
                     if f.len() > MAX_FRAME {
                         return Err(Stop::Protocol("message larger than the client accepts"));
                     }
                     if h.fin {
-                        self.message(idx, &f, now_us);
+                        self.deliver(idx, &f, rx.frag_compressed, rx.frag_wire, now_us);
                     } else {
-                        *frag = Some(f);
+                        rx.frag = Some(f);
                     }
                 }
                 ws::OP_PING => {
+                    self.other_wire += wire;
                     let mask = self.mask();
                     ws::client_frame(ws::OP_PONG, payload, mask, out);
                     self.pings += 1;
                 }
-                ws::OP_PONG => {}
+                ws::OP_PONG => self.other_wire += wire,
                 _ => {
                     // OP_CLOSE: echo the code (RFC 6455 §5.5.1), then stop.
                     let code = ws::close_code(payload);
@@ -428,6 +498,8 @@ struct Worker {
     /// `--mode channel`: channels each open connection was told to
     /// subscribe to so far.
     subscribing: u32,
+    /// `--compression`: connections that negotiated permessage-deflate.
+    negotiated: usize,
 }
 
 /// Starts a worker thread for `specs`; it runs until `shared.stop`.
@@ -463,6 +535,9 @@ pub fn spawn(
             last_seq: vec![0; n * lanes as usize],
             received: 0,
             other: 0,
+            other_wire: 0,
+            inflater: cfg.deflate.then(Inflater::default),
+            inflate_errors: 0,
             pings: 0,
             rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
             chan,
@@ -474,6 +549,7 @@ pub fn spawn(
         handed: 0,
         collected,
         subscribing: 0,
+        negotiated: 0,
         cfg,
     };
     std::thread::Builder::new()
@@ -536,6 +612,9 @@ impl Worker {
             failures: self.failures,
             closes: self.closes,
             other_messages: self.acct.other,
+            other_wire_bytes: self.acct.other_wire,
+            negotiated: self.negotiated,
+            inflate_errors: self.acct.inflate_errors,
             pings_answered: self.acct.pings,
             open_at_end,
             channels: self.acct.chan,
@@ -646,6 +725,7 @@ impl Worker {
             &self.cfg.path,
             token,
             self.cfg.token_in_header,
+            self.cfg.deflate,
         );
         let mut conn = Conn {
             stream,
@@ -655,7 +735,7 @@ impl Worker {
             accept: accept.into_boxed_str(),
             buf: Vec::new(),
             out,
-            frag: None,
+            rx: Rx::default(),
             tls_timed: false,
         };
         // A write before the connection is up fails with WouldBlock (or
@@ -766,12 +846,14 @@ impl Worker {
                 Err(e) => return self.finish(idx, e.to_string()),
             };
             conn.buf.extend_from_slice(&self.scratch[..n]);
-            match ws::check_upgrade_response(&conn.buf, &conn.accept) {
+            match ws::check_upgrade(&conn.buf, &conn.accept, self.cfg.deflate) {
                 Ok(None) if conn.buf.len() < MAX_HEAD => continue,
                 Ok(None) => return self.finish(idx, "upgrade answer head too large".into()),
                 Err(reason) => return self.finish(idx, reason),
-                Ok(Some(head)) => {
-                    conn.buf.drain(..head);
+                Ok(Some(up)) => {
+                    conn.buf.drain(..up.head);
+                    conn.rx.deflate = up.deflate;
+                    self.negotiated += usize::from(up.deflate);
                     conn.accept = Box::from("");
                     conn.state = State::Open;
                     let us = conn.started.elapsed().as_micros() as u64;
@@ -788,7 +870,7 @@ impl Worker {
                         idx,
                         &tail,
                         &mut conn.out,
-                        &mut conn.frag,
+                        &mut conn.rx,
                         sys::unix_micros(),
                     ) {
                         Ok(used) => used,
@@ -842,13 +924,13 @@ impl Worker {
             };
             let now_us = sys::unix_micros();
             let res = if conn.buf.is_empty() {
-                acct.frames(idx, &scratch[..n], &mut conn.out, &mut conn.frag, now_us)
+                acct.frames(idx, &scratch[..n], &mut conn.out, &mut conn.rx, now_us)
                     .map(|used| conn.buf.extend_from_slice(&scratch[used..n]))
             } else {
                 conn.buf.extend_from_slice(&scratch[..n]);
                 let mut buf = std::mem::take(&mut conn.buf);
                 let r = acct
-                    .frames(idx, &buf, &mut conn.out, &mut conn.frag, now_us)
+                    .frames(idx, &buf, &mut conn.out, &mut conn.rx, now_us)
                     .map(|used| {
                         buf.drain(..used);
                     });

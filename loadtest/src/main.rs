@@ -70,9 +70,15 @@ struct Cli {
     /// One handshake (TCP + upgrade) must finish within this many seconds
     #[arg(long, default_value_t = 15)]
     handshake_timeout_secs: u64,
-    /// Size of the message payload object {"s":…,"t":…,"p":"xxx…"} in bytes
+    /// Size of the message payload object {"s":…,"t":…,…} in bytes
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
+    /// What fills the payload to --payload-bytes: padded ("p":"xxx…", one repeated byte, which deflate shrinks ~100×) or json (notification-like objects with varied ids, names, titles and times, about as compressible as real API JSON)
+    #[arg(long, value_enum, default_value_t = ws::PayloadKind::Padded)]
+    payload_kind: ws::PayloadKind,
+    /// Offer permessage-deflate (server_no_context_takeover; client_no_context_takeover) on every connection and inflate compressed messages (one inflater per client thread); the report counts the connections that negotiated it and the wire bytes per delivery either way
+    #[arg(long)]
+    compression: bool,
     /// broadcast: everyone; send: POST /v1/websocket/send/:userId, users in turn; users: broadcast with userIds; channel: every connection subscribes to channels lt:…, publishes go to them in turn
     #[arg(long, value_enum, default_value_t = Mode::Broadcast)]
     mode: Mode,

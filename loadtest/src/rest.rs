@@ -27,7 +27,7 @@ use crate::channels;
 use crate::client::new_histogram;
 use crate::sys::unix_micros;
 use crate::tls::{self, Tls};
-use crate::ws::sample_payload;
+use crate::ws::{sample_payload, PayloadKind};
 
 /// What each request asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -51,6 +51,7 @@ pub struct RestConfig {
     pub host_header: String,
     pub bearer: String,
     pub payload_bytes: usize,
+    pub payload_kind: PayloadKind,
     pub mode: Mode,
     pub user_ids: Arc<Vec<String>>,
     pub targets: usize,
@@ -426,7 +427,13 @@ impl RestDriver {
         use std::io::Write as _;
         body.clear();
         body.extend_from_slice(br#"{"type":"lt","payload":"#);
-        sample_payload(seq, t_us, self.cfg.payload_bytes, body);
+        sample_payload(
+            seq,
+            t_us,
+            self.cfg.payload_bytes,
+            self.cfg.payload_kind,
+            body,
+        );
         let users = &self.cfg.user_ids;
         let path_user;
         let path = match self.cfg.mode {
@@ -793,6 +800,7 @@ mod tests {
                 host_header: "127.0.0.1:1".into(),
                 bearer: "tok".into(),
                 payload_bytes: 64,
+                payload_kind: PayloadKind::Padded,
                 mode,
                 user_ids,
                 targets,

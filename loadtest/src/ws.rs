@@ -2,7 +2,10 @@
 //! the check of the `101` answer, the parser of (unmasked) server frames,
 //! masked client frames (pong, close), and the byte scan that pulls the
 //! sequence number and the send timestamp out of a payload without parsing
-//! JSON. Nothing here does I/O, so all of it is unit-tested.
+//! JSON; permessage-deflate (RFC 7692) as a client that asks for no context
+//! takeover both ways: the offer, the check of the answer, and the inflater
+//! that takes each message on its own. Nothing here does I/O, so all of it
+//! is unit-tested.
 
 use memchr::memmem::Finder;
 
@@ -17,6 +20,9 @@ pub const OP_PONG: u8 = 0xA;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHead {
     pub fin: bool,
+    /// RSV1: with permessage-deflate, the message is compressed (first
+    /// frame of a message only). Only [`parse_frame_ext`] lets it through.
+    pub rsv1: bool,
     pub opcode: u8,
     /// 2 to 10 bytes for a server frame (never masked).
     pub header_len: usize,
@@ -42,19 +48,31 @@ pub enum Parsed {
 }
 
 /// Parses the frame at the start of `buf` (bytes from a server). A frame is
-/// returned only when all of its payload is in `buf`.
+/// returned only when all of its payload is in `buf`. Any reserved bit is
+/// an error (no extension).
 pub fn parse_frame(buf: &[u8], max_payload: usize) -> Parsed {
+    parse_frame_ext(buf, max_payload, false)
+}
+
+/// [`parse_frame`], with RSV1 allowed on the first frame of a data message
+/// when `deflate` (permessage-deflate was negotiated); RSV2 and RSV3 are
+/// errors either way.
+pub fn parse_frame_ext(buf: &[u8], max_payload: usize, deflate: bool) -> Parsed {
     if buf.len() < 2 {
         return Parsed::Incomplete;
     }
     let b0 = buf[0];
     let b1 = buf[1];
     let fin = b0 & 0x80 != 0;
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Parsed::Error("reserved bits set without an extension");
     }
     let opcode = b0 & 0x0F;
     let control = opcode & 0x08 != 0;
+    if rsv1 && (control || opcode == OP_CONTINUATION) {
+        return Parsed::Error("RSV1 on a control frame or a continuation");
+    }
     match opcode {
         OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
         _ => return Parsed::Error("reserved opcode"),
@@ -95,6 +113,7 @@ pub fn parse_frame(buf: &[u8], max_payload: usize) -> Parsed {
     }
     Parsed::Frame(FrameHead {
         fin,
+        rsv1,
         opcode,
         header_len,
         payload_len,
@@ -136,10 +155,25 @@ pub fn close_code(payload: &[u8]) -> u16 {
     }
 }
 
+/// The permessage-deflate offer of `--compression`: no context takeover
+/// either way, so that the server compresses every message on its own (as
+/// wsedge always does) and one inflater per client thread can take any
+/// message of any connection.
+pub const DEFLATE_OFFER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
 /// The `GET` request that asks for an upgrade. The token goes in the query
 /// (`?token=`, which all the servers this tool targets accept) or in an
-/// `Authorization: Bearer` header. A JWT is URL-safe as it is.
-pub fn upgrade_request(host: &str, path: &str, token: &str, in_header: bool, key: &str) -> Vec<u8> {
+/// `Authorization: Bearer` header. A JWT is URL-safe as it is. `deflate`:
+/// offer [`DEFLATE_OFFER`].
+pub fn upgrade_request(
+    host: &str,
+    path: &str,
+    token: &str,
+    in_header: bool,
+    key: &str,
+    deflate: bool,
+) -> Vec<u8> {
     let mut req = String::with_capacity(256 + token.len());
     req.push_str("GET ");
     req.push_str(path);
@@ -163,6 +197,11 @@ pub fn upgrade_request(host: &str, path: &str, token: &str, in_header: bool, key
         req.push_str(token);
         req.push_str("\r\n");
     }
+    if deflate {
+        req.push_str("Sec-WebSocket-Extensions: ");
+        req.push_str(DEFLATE_OFFER);
+        req.push_str("\r\n");
+    }
     req.push_str("\r\n");
     req.into_bytes()
 }
@@ -174,17 +213,40 @@ pub fn keyed_upgrade_request(
     path: &str,
     token: &str,
     in_header: bool,
+    deflate: bool,
 ) -> (Vec<u8>, String) {
     let key = tungstenite::handshake::client::generate_key();
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    (upgrade_request(host, path, token, in_header, &key), accept)
+    (
+        upgrade_request(host, path, token, in_header, &key, deflate),
+        accept,
+    )
 }
 
 /// Checks the server's answer to the upgrade request. `Ok(None)`: the head
 /// is not complete yet; `Ok(Some(n))`: a valid `101` whose head is `n` bytes
 /// long (what follows is frames); `Err`: refused, with a short reason (the
-/// status code, e.g. `"401"`, or what is wrong).
+/// status code, e.g. `"401"`, or what is wrong). For a request without an
+/// extension offer: an answer that accepts an extension is an error.
 pub fn check_upgrade_response(buf: &[u8], expected_accept: &str) -> Result<Option<usize>, String> {
+    Ok(check_upgrade(buf, expected_accept, false)?.map(|u| u.head))
+}
+
+/// A valid `101`: its head's length, and whether the server accepted the
+/// permessage-deflate offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgraded {
+    pub head: usize,
+    pub deflate: bool,
+}
+
+/// [`check_upgrade_response`] for a request that offered permessage-deflate
+/// when `offered`: the answer may accept it (see [`deflate_answer`]).
+pub fn check_upgrade(
+    buf: &[u8],
+    expected_accept: &str,
+    offered: bool,
+) -> Result<Option<Upgraded>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let n = match resp.parse(buf) {
@@ -212,8 +274,153 @@ pub fn check_upgrade_response(buf: &[u8], expected_accept: &str) -> Result<Optio
         return Err("101 without Upgrade: websocket / Connection: Upgrade".into());
     }
     match header("sec-websocket-accept") {
-        Some(v) if v == expected_accept.as_bytes() => Ok(Some(n)),
-        _ => Err("101 with a wrong Sec-WebSocket-Accept".into()),
+        Some(v) if v == expected_accept.as_bytes() => {}
+        _ => return Err("101 with a wrong Sec-WebSocket-Accept".into()),
+    }
+    let mut deflate = false;
+    for h in resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+    {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| "101 with a Sec-WebSocket-Extensions that is not text".to_string())?;
+        for ext in value.split(',').filter(|e| !e.trim().is_empty()) {
+            if !offered || deflate {
+                return Err(format!("101 accepts an extension not offered: {ext}"));
+            }
+            deflate_answer(ext)?;
+            deflate = true;
+        }
+    }
+    Ok(Some(Upgraded { head: n, deflate }))
+}
+
+/// Checks one extension of the server's answer to [`DEFLATE_OFFER`]
+/// (RFC 7692 §7.1): `permessage-deflate`, which must keep
+/// `server_no_context_takeover` (every message compressed on its own: the
+/// tool inflates each alone, with one inflater per thread); the other
+/// parameters only narrow what the client may send, or the server's window
+/// (an inflater with a 32 KiB window takes any).
+pub fn deflate_answer(ext: &str) -> Result<(), String> {
+    let mut parts = ext.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|n| n.eq_ignore_ascii_case("permessage-deflate"))
+    {
+        return Err(format!(
+            "101 accepts an extension not offered: {}",
+            ext.trim()
+        ));
+    }
+    let mut seen = Vec::new();
+    let mut server_nct = false;
+    for p in parts.filter(|p| !p.is_empty()) {
+        let (name, value) = match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (p, None),
+        };
+        let name = name.to_ascii_lowercase();
+        if seen.contains(&name) {
+            return Err(format!("permessage-deflate answer repeats {name}"));
+        }
+        let ok = match (name.as_str(), value) {
+            ("server_no_context_takeover", None) => {
+                server_nct = true;
+                true
+            }
+            ("client_no_context_takeover", None) => true,
+            ("server_max_window_bits" | "client_max_window_bits", Some(v)) => {
+                v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b))
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "permessage-deflate answer with a bad parameter: {p}"
+            ));
+        }
+        seen.push(name);
+    }
+    if !server_nct {
+        return Err("permessage-deflate answer without server_no_context_takeover".into());
+    }
+    Ok(())
+}
+
+/// Largest message the inflater makes (a compressed message that inflates
+/// past it is an error, not an allocation).
+pub const MAX_INFLATED: usize = 16 << 20;
+
+/// Raw-deflate inflater for messages compressed without context takeover:
+/// one per client thread, reset before every message.
+pub struct Inflater {
+    z: flate2::Decompress,
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Self::new(MAX_INFLATED)
+    }
+}
+
+impl Inflater {
+    pub fn new(limit: usize) -> Inflater {
+        Inflater {
+            z: flate2::Decompress::new(false),
+            out: Vec::new(),
+            limit,
+        }
+    }
+
+    /// The message whose compressed payload is `data` (RFC 7692 §7.2.2: the
+    /// payload with `00 00 ff ff` appended, inflated), or why not.
+    pub fn inflate(&mut self, data: &[u8]) -> Result<&[u8], &'static str> {
+        const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+        self.z.reset(false);
+        self.out.clear();
+        let mut fed = 0usize; // bytes of `data` then TAIL taken
+        let total = data.len() + TAIL.len();
+        // Each turn either takes input or fills output: bounded by the sizes.
+        for _ in 0..(total + self.limit / 1024 + 64) {
+            if self.out.len() == self.out.capacity() {
+                if self.out.len() >= self.limit {
+                    return Err("inflated message larger than the client accepts");
+                }
+                let more = (self.out.len().max(data.len() * 4)).clamp(4096, self.limit);
+                self.out
+                    .reserve(more.min(self.limit - self.out.len()).max(1));
+            }
+            let input: &[u8] = if fed < data.len() {
+                &data[fed..]
+            } else {
+                &TAIL[fed - data.len()..]
+            };
+            let (in0, out0) = (self.z.total_in(), self.z.total_out());
+            let status = self
+                .z
+                .decompress_vec(input, &mut self.out, flate2::FlushDecompress::Sync)
+                .map_err(|_| "corrupt deflate data")?;
+            let took = (self.z.total_in() - in0) as usize;
+            let made = (self.z.total_out() - out0) as usize;
+            fed += took;
+            if self.out.len() > self.limit {
+                return Err("inflated message larger than the client accepts");
+            }
+            if status == flate2::Status::StreamEnd {
+                // A final block: allowed, the message ends here.
+                return Ok(&self.out);
+            }
+            if fed >= total && self.out.len() < self.out.capacity() {
+                return Ok(&self.out);
+            }
+            if took == 0 && made == 0 && self.out.len() < self.out.capacity() {
+                return Err("deflate data that makes no progress");
+            }
+        }
+        Err("deflate data that makes no progress")
     }
 }
 
@@ -273,15 +480,134 @@ fn number_after(buf: &[u8], mut at: usize) -> Option<u64> {
     (digits > 0).then_some(value)
 }
 
-/// The payload object this tool sends, `{"s":…,"t":…,"p":"xxx…"}`, padded
-/// with `x` to `size` bytes (never shorter than the fields need).
-pub fn sample_payload(seq: u64, sent_us: u64, size: usize, out: &mut Vec<u8>) {
+/// What fills the payload object up to `--payload-bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadKind {
+    /// `"p":"xxx…"`: one repeated byte (deflate makes it ~100× smaller).
+    #[default]
+    Padded,
+    /// `"items":[…]`: notification-like objects with varied ids, times,
+    /// names and titles, about as compressible as real API JSON.
+    Json,
+}
+
+/// The payload object this tool sends, `{"s":…,"t":…,…}` of `size` bytes
+/// (never shorter than the fields need): padded with `x`
+/// (`{"s":…,"t":…,"p":"xxx…"}`), or filled with notification-like JSON
+/// ([`json_fill`]). `s` and `t` come first either way.
+pub fn sample_payload(seq: u64, sent_us: u64, size: usize, kind: PayloadKind, out: &mut Vec<u8>) {
     use std::io::Write;
     let start = out.len();
-    let _ = write!(out, "{{\"s\":{seq},\"t\":{sent_us},\"p\":\"");
-    let fixed = out.len() - start + 2; // the closing `"}`
-    out.resize(out.len() + size.saturating_sub(fixed), b'x');
-    out.extend_from_slice(b"\"}");
+    let _ = write!(out, "{{\"s\":{seq},\"t\":{sent_us},");
+    match kind {
+        PayloadKind::Padded => {
+            out.extend_from_slice(b"\"p\":\"");
+            let fixed = out.len() - start + 2; // the closing `"}`
+            out.resize(out.len() + size.saturating_sub(fixed), b'x');
+            out.extend_from_slice(b"\"}");
+        }
+        PayloadKind::Json => {
+            let used = out.len() - start;
+            json_fill(
+                seq ^ sent_us.rotate_left(17),
+                size.saturating_sub(used),
+                out,
+            );
+        }
+    }
+}
+
+const FIRST: [&str; 16] = [
+    "amelia", "noah", "sofia", "liam", "yuki", "mateo", "chloe", "arjun", "freya", "omar", "lena",
+    "diego", "hana", "felix", "maya", "tomas",
+];
+const LAST: [&str; 12] = [
+    "kovacs", "nguyen", "schmidt", "okafor", "rossi", "tanaka", "silva", "haddad", "novak",
+    "larsen", "moreau", "patel",
+];
+const KINDS: [&str; 6] = ["comment", "mention", "review", "deploy", "invite", "alert"];
+const TITLES: [&str; 10] = [
+    "New comment on your pull request",
+    "You were mentioned in a discussion",
+    "Review requested on a merge request",
+    "Deployment finished on production",
+    "You were invited to join a project",
+    "Build failed on the main branch",
+    "Your report is ready to download",
+    "Payment received for your invoice",
+    "Weekly summary of your activity",
+    "Password changed on a new device",
+];
+const WORDS: [&str; 16] = [
+    "update", "release", "billing", "search", "mobile", "api", "cache", "team", "docs", "storage",
+    "metrics", "login", "export", "schema", "queue", "webhook",
+];
+
+/// Appends `"items":[…]}` of exactly `room` bytes (at least what the
+/// brackets need): notification objects drawn from `seed` until the next
+/// would not fit, then a `"note"` string of words, then spaces for the last
+/// few bytes. Deterministic for a seed; roughly 3–8× compressible.
+fn json_fill(seed: u64, room: usize, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let start = out.len();
+    let mut rng = seed | 1;
+    let mut next = move || {
+        // xorshift64*
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    out.extend_from_slice(b"\"items\":[");
+    let mut item = Vec::with_capacity(320);
+    let mut first = true;
+    loop {
+        item.clear();
+        let r = next();
+        let created = 1_700_000_000_000u64 + (r >> 24) % 40_000_000_000;
+        let _ = write!(
+            item,
+            "{}{{\"id\":\"ntf_{:08x}\",\"type\":\"{}\",\"title\":\"{}\",\"user\":{{\"id\":{},\"name\":\"{}.{}\"}},\"project\":\"{}-{}\",\"created_at\":{},\"read\":{},\"priority\":{}}}",
+            if first { "" } else { "," },
+            next() as u32,
+            KINDS[(r % 6) as usize],
+            TITLES[((r >> 8) % 10) as usize],
+            10_000 + (next() % 90_000),
+            FIRST[((r >> 16) % 16) as usize],
+            LAST[((r >> 20) % 12) as usize],
+            WORDS[((r >> 28) % 16) as usize],
+            WORDS[((r >> 32) % 16) as usize],
+            created,
+            (r >> 40) & 1 == 1,
+            (r >> 44) % 4,
+        );
+        // `]}` closes; keep room for it.
+        if out.len() - start + item.len() + 2 > room {
+            break;
+        }
+        out.extend_from_slice(&item);
+        first = false;
+    }
+    out.push(b']');
+    // `,"note":"…"}`: words up to the size; spaces for what is left.
+    let left = room.saturating_sub(out.len() - start + 1);
+    if left >= 12 {
+        out.extend_from_slice(b",\"note\":\"");
+        let end = out.len() + left - 10;
+        while out.len() < end {
+            let w = WORDS[(next() % 16) as usize].as_bytes();
+            let take = w.len().min(end - out.len());
+            out.extend_from_slice(&w[..take]);
+            if out.len() < end {
+                out.push(b' ');
+            }
+        }
+        out.push(b'"');
+    }
+    let pad = room.saturating_sub(out.len() - start + 1);
+    out.resize(out.len() + pad, b' ');
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -488,7 +814,13 @@ mod tests {
     fn payload_is_padded_to_size_and_scans_back() {
         for size in [0usize, 10, 64, 65, 1024] {
             let mut out = b"prefix".to_vec();
-            sample_payload(77, 1_700_000_000_000_001, size, &mut out);
+            sample_payload(
+                77,
+                1_700_000_000_000_001,
+                size,
+                PayloadKind::Padded,
+                &mut out,
+            );
             let body = &out[6..];
             let min = br#"{"s":77,"t":1700000000000001,"p":""}"#.len();
             assert_eq!(body.len(), size.max(min), "size {size}");
@@ -507,15 +839,18 @@ mod tests {
     #[test]
     fn upgrade_request_and_answer() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let req = upgrade_request("127.0.0.1:3000", "/ws", "a.b.c", false, key);
+        let req = upgrade_request("127.0.0.1:3000", "/ws", "a.b.c", false, key, false);
         let text = std::str::from_utf8(&req).unwrap();
         assert!(text.starts_with("GET /ws?token=a.b.c HTTP/1.1\r\n"));
         assert!(text.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
-        let req = upgrade_request("h", "/ws", "a.b.c", true, key);
+        assert!(!text.contains("Sec-WebSocket-Extensions"));
+        let req = upgrade_request("h", "/ws", "a.b.c", true, key, true);
         let text = std::str::from_utf8(&req).unwrap();
         assert!(text.starts_with("GET /ws HTTP/1.1\r\n"));
         assert!(text.contains("Authorization: Bearer a.b.c\r\n"));
+        assert!(text.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
 
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -536,5 +871,168 @@ mod tests {
             check_upgrade_response(refused.as_bytes(), &accept),
             Err("401".into())
         );
+    }
+
+    fn answer(accept: &str, ext: Option<&str>) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{}\r\n",
+            ext.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+                .unwrap_or_default()
+        )
+    }
+
+    #[test]
+    fn deflate_answers_are_checked() {
+        let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        let both = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        let ok = answer(accept, Some(both));
+        assert_eq!(
+            check_upgrade(ok.as_bytes(), accept, true),
+            Ok(Some(Upgraded {
+                head: ok.len(),
+                deflate: true
+            }))
+        );
+        // Declined: no header.
+        let plain = answer(accept, None);
+        assert_eq!(
+            check_upgrade(plain.as_bytes(), accept, true),
+            Ok(Some(Upgraded {
+                head: plain.len(),
+                deflate: false
+            }))
+        );
+        // Accepted without having been offered.
+        assert!(check_upgrade(ok.as_bytes(), accept, false).is_err());
+        assert!(check_upgrade_response(ok.as_bytes(), accept).is_err());
+        for good in [
+            "permessage-deflate;server_no_context_takeover",
+            "PerMessage-Deflate; server_no_context_takeover; server_max_window_bits=10",
+            "permessage-deflate; client_max_window_bits=\"15\"; server_no_context_takeover",
+        ] {
+            assert_eq!(deflate_answer(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "permessage-deflate",
+            "permessage-deflate; client_no_context_takeover",
+            "x-webkit-deflate-frame; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=16",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits",
+            "permessage-deflate; server_no_context_takeover; mystery",
+        ] {
+            assert!(deflate_answer(bad).is_err(), "{bad}");
+        }
+        // Two extensions in the answer.
+        let two = answer(accept, Some(&format!("{both}, {both}")));
+        assert!(check_upgrade(two.as_bytes(), accept, true).is_err());
+    }
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        z.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    #[test]
+    fn rsv1_only_with_deflate_and_only_on_a_first_data_frame() {
+        let mut f = server_frame(true, OP_TEXT, b"abc");
+        f[0] |= 0x40;
+        assert!(matches!(parse_frame(&f, MAX), Parsed::Error(_)));
+        assert!(matches!(
+            parse_frame_ext(&f, MAX, true),
+            Parsed::Frame(FrameHead { rsv1: true, .. })
+        ));
+        let mut c = server_frame(true, OP_CONTINUATION, b"abc");
+        c[0] |= 0x40;
+        assert!(matches!(parse_frame_ext(&c, MAX, true), Parsed::Error(_)));
+        let mut p = server_frame(true, OP_PING, b"");
+        p[0] |= 0x40;
+        assert!(matches!(parse_frame_ext(&p, MAX, true), Parsed::Error(_)));
+        let mut r2 = server_frame(true, OP_TEXT, b"abc");
+        r2[0] |= 0x20;
+        assert!(matches!(parse_frame_ext(&r2, MAX, true), Parsed::Error(_)));
+    }
+
+    #[test]
+    fn one_inflater_takes_messages_one_after_another() {
+        let mut inf = Inflater::default();
+        let mut msgs: Vec<Vec<u8>> = Vec::new();
+        for (i, kind) in [PayloadKind::Json, PayloadKind::Padded, PayloadKind::Json]
+            .into_iter()
+            .enumerate()
+        {
+            let mut m = Vec::new();
+            sample_payload(
+                i as u64,
+                1_700_000_000_000_000 + i as u64,
+                2048,
+                kind,
+                &mut m,
+            );
+            msgs.push(m);
+        }
+        msgs.push(Vec::new());
+        msgs.push(vec![b'z'; 300_000]); // many output chunks
+        for m in &msgs {
+            let z = deflate(m);
+            assert_eq!(inf.inflate(&z).unwrap(), &m[..]);
+        }
+        // Garbage, then a good message again: the reset recovers.
+        assert!(inf.inflate(&[0xff, 0xff, 0xff, 0xff, 0x00]).is_err());
+        assert_eq!(inf.inflate(&deflate(&msgs[0])).unwrap(), &msgs[0][..]);
+        // The bound: a bomb stops at the limit.
+        let mut small = Inflater::new(64 << 10);
+        assert!(small.inflate(&deflate(&vec![0u8; 1 << 20])).is_err());
+        assert_eq!(small.inflate(&deflate(b"fine")).unwrap(), b"fine");
+    }
+
+    #[test]
+    fn json_payload_is_valid_sized_scannable_and_compresses_like_real_json() {
+        for size in [0usize, 40, 64, 200, 257, 1024, 2048, 2049, 8192, 65536] {
+            for seq in [0u64, 1, 77, 123_456_789] {
+                let mut out = b"prefix".to_vec();
+                let ts = 1_700_000_000_000_001 + seq;
+                sample_payload(seq, ts, size, PayloadKind::Json, &mut out);
+                let body = &out[6..];
+                let min = format!("{{\"s\":{seq},\"t\":{ts},\"items\":[]}}").len();
+                assert_eq!(body.len(), size.max(min), "size {size} seq {seq}");
+                let v: serde_json::Value = serde_json::from_slice(body)
+                    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)));
+                assert_eq!(v["s"], seq);
+                assert_eq!(v["t"], ts);
+                assert!(body.starts_with(format!("{{\"s\":{seq},\"t\":{ts},").as_bytes()));
+                assert_eq!(Scanner::new().scan(body), Some(Sample { seq, sent_us: ts }));
+                if size >= 1024 {
+                    let items = v["items"].as_array().unwrap();
+                    assert!(items.len() >= 3, "{size}");
+                    // Varied: not every object alike.
+                    assert!(items.iter().any(|i| i["user"] != items[0]["user"]));
+                }
+            }
+        }
+        // Deterministic, and different from one message to the next.
+        let make = |seq| {
+            let mut v = Vec::new();
+            sample_payload(seq, 5, 2048, PayloadKind::Json, &mut v);
+            v
+        };
+        assert_eq!(make(3), make(3));
+        assert_ne!(make(3), make(4));
+        let json = make(9);
+        let ratio = json.len() as f64 / deflate(&json).len() as f64;
+        println!("2 KiB JSON payload: deflate ratio {ratio:.2}");
+        assert!(
+            (2.0..=12.0).contains(&ratio),
+            "json deflate ratio {ratio:.2}"
+        );
+        let mut padded = Vec::new();
+        sample_payload(9, 5, 2048, PayloadKind::Padded, &mut padded);
+        let pr = padded.len() as f64 / deflate(&padded).len() as f64;
+        assert!(pr > 30.0, "padded deflate ratio {pr:.2}");
     }
 }

@@ -295,7 +295,7 @@ impl Worker {
         )?;
         let token = &self.cfg.tokens[c.spec.user as usize % self.cfg.tokens.len()];
         let (out, accept) =
-            ws::keyed_upgrade_request(&target.to_string(), &Self::path(c), token, false);
+            ws::keyed_upgrade_request(&target.to_string(), &Self::path(c), token, false, false);
         let mut conn = Conn {
             stream,
             tls,

@@ -94,6 +94,14 @@ impl Plan {
         if cli.hostile > 0 || cli.sweep || cli.mode != Mode::Broadcast {
             return Err("the drill publishes broadcasts, user sends and channel publishes in turn: no --mode, --hostile or --sweep".into());
         }
+        if cli.compression || cli.payload_kind != crate::ws::PayloadKind::Padded {
+            // Its clients never offer the extension, nor does it publish the
+            // measured payload: the flags would go unused.
+            return Err(
+                "the drill measures recovery, not compression: no --compression or --payload-kind"
+                    .into(),
+            );
+        }
         for (name, v) in [
             ("--kill-node-after / --restart-after", event_after),
             ("--drill-secs", cli.drill_secs),

@@ -341,6 +341,7 @@ impl Engine {
                     &cfg.path,
                     &cfg.tokens[c.slot % cfg.tokens.len()],
                     cfg.token_in_header,
+                    false,
                 );
                 c.accept = accept;
                 req

@@ -70,6 +70,9 @@ pub struct ConfigEcho {
     pub client_threads: usize,
     pub source_addrs: usize,
     pub payload_bytes: usize,
+    pub payload_kind: crate::ws::PayloadKind,
+    /// `--compression`: permessage-deflate offered.
+    pub compression: bool,
     pub mode: crate::rest::Mode,
     pub targets: Option<usize>,
     pub window: usize,
@@ -112,6 +115,10 @@ pub struct ConnectInfo {
     /// `handshake_ms`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_handshake_ms: Option<Pct>,
+    /// `--compression`: permessage-deflate offered on every connection…
+    pub compression_offered: bool,
+    /// …and accepted by the server on this many.
+    pub compression_negotiated: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -184,6 +191,12 @@ pub struct PhaseInfo {
     /// Sum of `sentToConnections`.
     pub expected: u64,
     pub received: u64,
+    /// Bytes of the WebSocket frames that carried the received messages
+    /// (headers included; the plaintext frames over TLS).
+    pub wire_bytes: u64,
+    pub wire_bytes_per_delivery: Option<f64>,
+    /// Received messages that came compressed (RSV1).
+    pub compressed: u64,
     pub lost: u64,
     /// Received beyond what was promised (duplicates, or a server that
     /// under-reports).
@@ -250,6 +263,13 @@ pub struct Report {
     pub closes: BTreeMap<String, u64>,
     pub open_at_end: usize,
     pub other_messages: u64,
+    /// Bytes of frames counted in no phase: control frames, messages not
+    /// ours (e.g. `connected`, acknowledgements), those that did not
+    /// inflate.
+    pub other_wire_bytes: u64,
+    /// `--compression`: compressed messages that did not inflate (corrupt,
+    /// or larger than 16 MiB); they count as lost.
+    pub inflate_errors: u64,
     pub pings_answered: u64,
     pub capacity: Capacity,
     pub machine: Machine,

@@ -43,8 +43,9 @@ impl Report {
         let c = &self.config;
         let _ = writeln!(
             o,
-            "setup         {} connections over {} users, {} source addresses, {} client thread(s); {} B payload; mode {:?}; window {} over {} REST connection(s)",
-            c.connections, c.users, c.source_addrs, c.client_threads, c.payload_bytes, c.mode, c.window, c.rest_conns
+            "setup         {} connections over {} users, {} source addresses, {} client thread(s); {} B payload ({:?}); mode {:?}; window {} over {} REST connection(s){}",
+            c.connections, c.users, c.source_addrs, c.client_threads, c.payload_bytes, c.payload_kind, c.mode, c.window, c.rest_conns,
+            if c.compression { "; permessage-deflate offered" } else { "" }
         );
         let f = &self.fd_limit;
         let _ = writeln!(
@@ -83,6 +84,13 @@ impl Report {
             k.failed,
             map_text(&k.failures)
         );
+        if k.compression_offered {
+            let _ = writeln!(
+                o,
+                "compression   permessage-deflate negotiated on {} of {} open connections; {} messages failed to inflate",
+                k.compression_negotiated, k.open, self.inflate_errors
+            );
+        }
         let m = &self.memory;
         let _ = writeln!(
             o,
@@ -145,16 +153,16 @@ impl Report {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "{:<12} {:>12} {:>6} {:>9} {:>9} {:>11} {:>11} {:>7} {:>5} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>7}",
+            "{:<12} {:>12} {:>6} {:>9} {:>9} {:>11} {:>11} {:>7} {:>5} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>7} {:>9}",
             "phase", "pace", "secs", "req", "req/s", "expected", "received", "lost", "ooo",
-            "deliv/s", "p50 ms", "p99 ms", "p99.9", "max ms", "REST p99", "srv cpu", "lt cpu", "others"
+            "deliv/s", "p50 ms", "p99 ms", "p99.9", "max ms", "REST p99", "srv cpu", "lt cpu", "others", "wire B/dl"
         );
         for p in &self.phases {
             let pace = pace(p);
             let [p50, p99, p999, max] = latency_cols(&p.latency_ms);
             let _ = writeln!(
                 o,
-                "{:<12} {:>12} {:>6.1} {:>9} {:>9} {:>11} {:>11} {:>7} {:>5} {:>12} {p50:>8} {p99:>8} {p999:>8} {max:>8} {:>9} {:>7} {:>7.2} {:>7}{}",
+                "{:<12} {:>12} {:>6.1} {:>9} {:>9} {:>11} {:>11} {:>7} {:>5} {:>12} {p50:>8} {p99:>8} {p999:>8} {max:>8} {:>9} {:>7} {:>7.2} {:>7} {:>9}{}",
                 p.name,
                 pace,
                 p.seconds,
@@ -169,6 +177,7 @@ impl Report {
                 opt(p.server_cpu_s, |v| format!("{v:.2}")),
                 p.tool_cpu_s,
                 opt(p.other_cpu_s, |v| format!("{v:.2}")),
+                opt(p.wire_bytes_per_delivery, |v| format!("{v:.0}")),
                 if p.rest_errors.is_empty() {
                     String::new()
                 } else {

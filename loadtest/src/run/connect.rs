@@ -97,6 +97,7 @@ fn spawn_workers(
         max_pending: cli.connect_concurrency.div_ceil(threads).max(1),
         handshake_timeout: Duration::from_secs(cli.handshake_timeout_secs.max(1)),
         channels: sizes.channels,
+        deflate: cli.compression,
     });
     let mut per_worker: Vec<Vec<ConnSpec>> = vec![Vec::new(); threads];
     for i in 0..sizes.n {

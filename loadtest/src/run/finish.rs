@@ -35,6 +35,9 @@ struct Merged {
     closes: BTreeMap<String, u64>,
     buckets: Vec<u64>,
     other_messages: u64,
+    other_wire_bytes: u64,
+    negotiated: usize,
+    inflate_errors: u64,
     pings_answered: u64,
     open_at_end: usize,
     /// `--mode channel`: stray acknowledgements, misrouted messages, the
@@ -60,6 +63,9 @@ fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
         closes: BTreeMap::new(),
         buckets: Vec::new(),
         other_messages: 0,
+        other_wire_bytes: 0,
+        negotiated: 0,
+        inflate_errors: 0,
         pings_answered: 0,
         open_at_end: 0,
         stray_acks: 0,
@@ -78,6 +84,9 @@ fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
             m.buckets[i] += b;
         }
         m.other_messages += r.other_messages;
+        m.other_wire_bytes += r.other_wire_bytes;
+        m.negotiated += r.negotiated;
+        m.inflate_errors += r.inflate_errors;
         m.pings_answered += r.pings_answered;
         m.open_at_end += r.open_at_end;
         if let Some(c) = &r.channels {
@@ -156,6 +165,8 @@ impl Run {
                 tls: self.server.endpoints.iter().any(|e| e.tls.is_some()),
                 tls_handshake_ms: (!merged.tls_handshake.is_empty())
                     .then(|| Pct::of(&merged.tls_handshake)),
+                compression_offered: self.cli.compression,
+                compression_negotiated: merged.negotiated,
             },
             memory,
             channels,
@@ -164,6 +175,8 @@ impl Run {
             closes: merged.closes,
             open_at_end: merged.open_at_end,
             other_messages: merged.other_messages,
+            other_wire_bytes: merged.other_wire_bytes,
+            inflate_errors: merged.inflate_errors,
             pings_answered: merged.pings_answered,
             capacity,
             machine: report::Machine {
@@ -215,6 +228,10 @@ impl Run {
             rest_errors: r.tally.errors.clone(),
             expected: r.tally.expected,
             received: r.recv.received,
+            wire_bytes: r.recv.wire_bytes,
+            wire_bytes_per_delivery: (r.recv.received > 0)
+                .then(|| r.recv.wire_bytes as f64 / r.recv.received as f64),
+            compressed: r.recv.compressed,
             lost,
             extra: r.recv.received.saturating_sub(r.tally.expected),
             out_of_order: r.recv.out_of_order,
@@ -381,6 +398,8 @@ impl Run {
             client_threads: sizes.threads,
             source_addrs: sizes.source_addrs,
             payload_bytes: cli.payload_bytes,
+            payload_kind: cli.payload_kind,
+            compression: cli.compression,
             mode: cli.mode,
             targets: (cli.mode == Mode::Users).then_some(cli.targets),
             window: sizes.window,

@@ -239,6 +239,7 @@ impl Run {
             host_header: endpoint.host_header.clone(),
             bearer: self.creds.bearer.clone(),
             payload_bytes: cli.payload_bytes,
+            payload_kind: cli.payload_kind,
             mode: cli.mode,
             user_ids: Arc::clone(&self.creds.user_ids),
             targets: cli.targets,
