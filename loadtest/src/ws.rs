@@ -560,27 +560,31 @@ fn json_fill(seed: u64, room: usize, out: &mut Vec<u8>) {
         rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
     out.extend_from_slice(b"\"items\":[");
-    let mut item = Vec::with_capacity(320);
+    let mut item = Vec::with_capacity(400);
     let mut first = true;
+    // Ids and times grow from one item to the next, as in a feed.
+    let mut id = 4_000_000 + next() % 1_000_000;
+    let mut created = 1_700_000_000_000u64 + next() % 40_000_000_000;
     loop {
         item.clear();
         let r = next();
-        let created = 1_700_000_000_000u64 + (r >> 24) % 40_000_000_000;
-        let _ = write!(
-            item,
-            "{}{{\"id\":\"ntf_{:08x}\",\"type\":\"{}\",\"title\":\"{}\",\"user\":{{\"id\":{},\"name\":\"{}.{}\"}},\"project\":\"{}-{}\",\"created_at\":{},\"read\":{},\"priority\":{}}}",
-            if first { "" } else { "," },
-            next() as u32,
-            KINDS[(r % 6) as usize],
-            TITLES[((r >> 8) % 10) as usize],
-            10_000 + (next() % 90_000),
-            FIRST[((r >> 16) % 16) as usize],
-            LAST[((r >> 20) % 12) as usize],
+        id += 1 + r % 97;
+        created += 1_000 + (r >> 8) % 600_000;
+        let (a, b) = (
             WORDS[((r >> 28) % 16) as usize],
             WORDS[((r >> 32) % 16) as usize],
-            created,
-            (r >> 40) & 1 == 1,
-            (r >> 44) % 4,
+        );
+        let _ = write!(
+            item,
+            "{}{{\"id\":\"ntf_{id}\",\"type\":\"{}\",\"title\":\"{}\",\"user\":{{\"id\":{},\"name\":\"{}.{}\"}},\"project\":\"{a}-{b}\",\"url\":\"https://app.example.com/{a}-{b}/notifications/{id}\",\"created_at\":{created},\"read\":{},\"priority\":{},\"channels\":[\"web\",\"email\"]}}",
+            if first { "" } else { "," },
+            KINDS[(r % 6) as usize],
+            TITLES[((r >> 8) % 10) as usize],
+            10_000 + (r >> 36) % 90_000,
+            FIRST[((r >> 16) % 16) as usize],
+            LAST[((r >> 20) % 12) as usize],
+            (r >> 53) & 1 == 1,
+            (r >> 54) % 4,
         );
         // `]}` closes; keep room for it.
         if out.len() - start + item.len() + 2 > room {
