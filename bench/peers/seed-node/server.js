@@ -7,7 +7,11 @@
 // wsedge and is not meant for production.
 //
 // Environment: JWT_SECRET (required), PORT (default 3100), HOST (default
-// 127.0.0.1).
+// 127.0.0.1), PERMESSAGE_DEFLATE (1: offer-answering permessage-deflate
+// with ws's `perMessageDeflate`, threshold 256 bytes like wsedge's
+// --compression-min-bytes and ws's defaults otherwise; ws then compresses
+// each message once per connection, and honours a client's
+// server_no_context_takeover; unset or 0: no compression, as before).
 
 const http = require('node:http');
 const { WebSocketServer, WebSocket } = require('ws');
@@ -16,6 +20,7 @@ const jwt = require('jsonwebtoken');
 const SECRET = process.env.JWT_SECRET;
 const PORT = Number.parseInt(process.env.PORT || '3100', 10);
 const HOST = process.env.HOST || '127.0.0.1';
+const DEFLATE = !['', '0', 'false', 'no'].includes((process.env.PERMESSAGE_DEFLATE || '').toLowerCase());
 if (!SECRET) {
   console.error('seed-node peer: JWT_SECRET is required');
   process.exit(2);
@@ -252,7 +257,10 @@ async function onRequest(req, res) {
 // ---------------------------------------------------------------------------
 // WebSockets.
 
-const wss = new WebSocketServer({ noServer: true });
+const wss = new WebSocketServer({
+  noServer: true,
+  perMessageDeflate: DEFLATE ? { threshold: 256 } : false,
+});
 
 function refuseUpgrade(socket, status, text) {
   const body = JSON.stringify({ error: text });
@@ -309,6 +317,6 @@ const server = http.createServer((req, res) => {
 });
 server.on('upgrade', onUpgrade);
 server.listen(PORT, HOST, () => {
-  console.error(`seed-node peer: listening on ${HOST}:${PORT} (node ${process.version})`);
+  console.error(`seed-node peer: listening on ${HOST}:${PORT} (node ${process.version}, permessage-deflate ${DEFLATE ? "on" : "off"})`);
 });
 for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
