@@ -238,6 +238,9 @@ pub struct WorkerResult {
     /// Compressed messages that did not inflate (corrupt, or past 16 MiB);
     /// they count as lost.
     pub inflate_errors: u64,
+    /// Compressed messages actually inflated: the others were the same
+    /// bytes as the one before (the same broadcast to another connection).
+    pub inflations: u64,
     pub pings_answered: u64,
     pub open_at_end: usize,
     /// `--mode channel`: what the worker saw of the channels.
@@ -615,6 +618,7 @@ impl Worker {
             other_wire_bytes: self.acct.other_wire,
             negotiated: self.negotiated,
             inflate_errors: self.acct.inflate_errors,
+            inflations: self.acct.inflater.as_ref().map_or(0, |i| i.inflated),
             pings_answered: self.acct.pings,
             open_at_end,
             channels: self.acct.chan,

@@ -354,11 +354,31 @@ pub const MAX_INFLATED: usize = 16 << 20;
 
 /// Raw-deflate inflater for messages compressed without context takeover:
 /// one per client thread, reset before every message.
+///
+/// Without context takeover a message's inflation depends on its bytes
+/// alone, so the last [`CACHED`] messages' compressed bytes and inflations
+/// are kept: a broadcast reaches the thread's connections as the same
+/// compressed bytes (compressed once by the server, or the same way for
+/// each connection), a socket's read brings several broadcasts at once,
+/// and inflating each again for every connection would make the tool, not
+/// the server, the bottleneck of a compressed run.
 pub struct Inflater {
     z: flate2::Decompress,
     out: Vec<u8>,
     limit: usize,
+    /// (compressed, inflated) of recent messages, a ring; `next` is the
+    /// slot written next.
+    cache: Vec<(Vec<u8>, Vec<u8>)>,
+    next: usize,
+    /// Messages actually inflated (the rest came from the cache).
+    pub inflated: u64,
 }
+
+/// Recent messages an [`Inflater`] keeps (more than the broadcasts the
+/// tool has in flight with its default window and lag).
+pub const CACHED: usize = 64;
+/// Largest inflated message kept.
+const CACHED_MAX: usize = 64 << 10;
 
 impl Default for Inflater {
     fn default() -> Self {
@@ -372,12 +392,42 @@ impl Inflater {
             z: flate2::Decompress::new(false),
             out: Vec::new(),
             limit,
+            cache: Vec::new(),
+            next: 0,
+            inflated: 0,
         }
     }
 
     /// The message whose compressed payload is `data` (RFC 7692 §7.2.2: the
     /// payload with `00 00 ff ff` appended, inflated), or why not.
     pub fn inflate(&mut self, data: &[u8]) -> Result<&[u8], &'static str> {
+        let n = self.cache.len();
+        // Newest first: a connection reads the broadcasts in the order its
+        // neighbour just did.
+        if let Some(i) = (1..=n)
+            .map(|k| (self.next + n - k) % n)
+            .find(|&i| self.cache[i].0 == data)
+        {
+            return Ok(&self.cache[i].1);
+        }
+        self.inflate_anew(data)?;
+        self.inflated += 1;
+        if self.out.len() > CACHED_MAX {
+            return Ok(&self.out);
+        }
+        let slot = self.next;
+        self.next = (slot + 1) % CACHED;
+        if slot == self.cache.len() {
+            self.cache.push((Vec::new(), Vec::new()));
+        }
+        let (z, plain) = &mut self.cache[slot];
+        z.clear();
+        z.extend_from_slice(data);
+        std::mem::swap(plain, &mut self.out);
+        Ok(plain)
+    }
+
+    fn inflate_anew(&mut self, data: &[u8]) -> Result<(), &'static str> {
         const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
         self.z.reset(false);
         self.out.clear();
@@ -411,10 +461,10 @@ impl Inflater {
             }
             if status == flate2::Status::StreamEnd {
                 // A final block: allowed, the message ends here.
-                return Ok(&self.out);
+                return Ok(());
             }
             if fed >= total && self.out.len() < self.out.capacity() {
-                return Ok(&self.out);
+                return Ok(());
             }
             if took == 0 && made == 0 && self.out.len() < self.out.capacity() {
                 return Err("deflate data that makes no progress");
@@ -985,7 +1035,34 @@ mod tests {
         for m in &msgs {
             let z = deflate(m);
             assert_eq!(inf.inflate(&z).unwrap(), &m[..]);
+            // Again (the next connection's copy): from the cache.
+            assert_eq!(inf.inflate(&z).unwrap(), &m[..]);
         }
+        // The 300 KB one is past CACHED_MAX: inflated each time.
+        assert_eq!(inf.inflated, msgs.len() as u64 + 1);
+        // Interleaved, as one read brings several: all from the cache.
+        let zs: Vec<Vec<u8>> = msgs.iter().map(|m| deflate(m)).collect();
+        for _ in 0..3 {
+            for (z, m) in zs.iter().zip(&msgs) {
+                assert_eq!(inf.inflate(z).unwrap(), &m[..]);
+            }
+        }
+        assert_eq!(inf.inflated, msgs.len() as u64 + 1 + 3);
+        // Past the ring's size, the oldest are inflated again.
+        let many: Vec<Vec<u8>> = (0..CACHED as u64 + 5)
+            .map(|i| {
+                let mut m = Vec::new();
+                sample_payload(i, 9, 300, PayloadKind::Json, &mut m);
+                m
+            })
+            .collect();
+        let before = inf.inflated;
+        for _ in 0..2 {
+            for m in &many {
+                assert_eq!(inf.inflate(&deflate(m)).unwrap(), &m[..]);
+            }
+        }
+        assert_eq!(inf.inflated - before, 2 * many.len() as u64);
         // Garbage, then a good message again: the reset recovers.
         assert!(inf.inflate(&[0xff, 0xff, 0xff, 0xff, 0x00]).is_err());
         assert_eq!(inf.inflate(&deflate(&msgs[0])).unwrap(), &msgs[0][..]);

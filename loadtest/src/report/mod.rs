@@ -270,6 +270,10 @@ pub struct Report {
     /// `--compression`: compressed messages that did not inflate (corrupt,
     /// or larger than 16 MiB); they count as lost.
     pub inflate_errors: u64,
+    /// Compressed messages the client threads actually inflated; each
+    /// thread keeps the last one's inflation, and the same compressed
+    /// bytes again (a broadcast to its next connection) reuse it.
+    pub inflations: u64,
     pub pings_answered: u64,
     pub capacity: Capacity,
     pub machine: Machine,

@@ -87,8 +87,8 @@ impl Report {
         if k.compression_offered {
             let _ = writeln!(
                 o,
-                "compression   permessage-deflate negotiated on {} of {} open connections; {} messages failed to inflate",
-                k.compression_negotiated, k.open, self.inflate_errors
+                "compression   permessage-deflate negotiated on {} of {} open connections; {} distinct messages inflated, {} failed to inflate",
+                k.compression_negotiated, k.open, self.inflations, self.inflate_errors
             );
         }
         let m = &self.memory;

@@ -38,6 +38,7 @@ struct Merged {
     other_wire_bytes: u64,
     negotiated: usize,
     inflate_errors: u64,
+    inflations: u64,
     pings_answered: u64,
     open_at_end: usize,
     /// `--mode channel`: stray acknowledgements, misrouted messages, the
@@ -66,6 +67,7 @@ fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
         other_wire_bytes: 0,
         negotiated: 0,
         inflate_errors: 0,
+        inflations: 0,
         pings_answered: 0,
         open_at_end: 0,
         stray_acks: 0,
@@ -87,6 +89,7 @@ fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
         m.other_wire_bytes += r.other_wire_bytes;
         m.negotiated += r.negotiated;
         m.inflate_errors += r.inflate_errors;
+        m.inflations += r.inflations;
         m.pings_answered += r.pings_answered;
         m.open_at_end += r.open_at_end;
         if let Some(c) = &r.channels {
@@ -177,6 +180,7 @@ impl Run {
             other_messages: merged.other_messages,
             other_wire_bytes: merged.other_wire_bytes,
             inflate_errors: merged.inflate_errors,
+            inflations: merged.inflations,
             pings_answered: merged.pings_answered,
             capacity,
             machine: report::Machine {
