@@ -111,10 +111,15 @@ struct Live {
 /// in flight.
 const LANE_REQUESTS: u64 = 900;
 
+/// A lane idle longer than this is reopened before the next phase.
+const IDLE_REOPEN: Duration = Duration::from_secs(2);
+
 struct Lane {
     stream: LaneWriter,
     /// Requests written on this connection.
     sent: u64,
+    /// When it last wrote (or opened).
+    used: Instant,
     permits: Receiver<()>,
     meta: Option<Sender<Instant>>,
     dead: Arc<AtomicBool>,
@@ -198,6 +203,7 @@ impl RestDriver {
         Ok(Lane {
             stream,
             sent: 0,
+            used: Instant::now(),
             permits,
             meta: Some(meta_tx),
             dead,
@@ -205,10 +211,17 @@ impl RestDriver {
         })
     }
 
-    /// Replaces lanes whose connection the server closed.
+    /// Replaces lanes whose connection the server closed, and those idle
+    /// (every answer in) for more than [`IDLE_REOPEN`]: a server may have
+    /// closed those meanwhile (Node's `http` closes a keep-alive connection
+    /// after 5 s idle, e.g. while a slow server drains a phase), which the
+    /// lane would learn only from its next request's missing answer.
     pub fn revive(&mut self) -> io::Result<()> {
+        let window = self.cfg.window.max(1);
         for i in 0..self.lanes.len() {
-            if self.lanes[i].dead.load(Ordering::Acquire) {
+            let lane = &self.lanes[i];
+            let idle = lane.permits.len() >= window && lane.used.elapsed() > IDLE_REOPEN;
+            if idle || lane.dead.load(Ordering::Acquire) {
                 let fresh = self.open_lane(i)?;
                 let old = std::mem::replace(&mut self.lanes[i], fresh);
                 close_lane(old);
@@ -391,6 +404,7 @@ impl RestDriver {
                     }
                 }
                 lane.sent += n as u64;
+                lane.used = Instant::now();
                 if !ok {
                     lane.dead.store(true, Ordering::Release);
                 }
