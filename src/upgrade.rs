@@ -8,6 +8,7 @@
 
 use crate::auth::{extract_token, UserClaims, Verifier};
 use crate::config::Config;
+use crate::deflate::{negotiate, Agreement};
 use crate::error::HttpError;
 use crate::history::Resume;
 use crate::http::Request;
@@ -22,6 +23,9 @@ pub struct Upgrade {
     pub resume: Option<Resume>,
     /// `Sec-WebSocket-Accept` value for the 101 answer.
     pub accept_key: String,
+    /// permessage-deflate, when the client offered it acceptably and
+    /// compression is on (`--no-compression` off).
+    pub deflate: Option<Agreement>,
 }
 
 /// Checks the handshake headers, the origin and the token, in that order.
@@ -65,10 +69,23 @@ pub fn check(req: &Request<'_>, cfg: &Config, verifier: &Verifier) -> Result<Upg
         HttpError::Unauthorized
     })?;
     let resume = resume_request(req.query)?;
+    // Offers that are not valid UTF-8 cannot be tokens: skipped, like any
+    // offer the server declines (RFC 7692 §5).
+    let deflate = if cfg.compression {
+        negotiate::negotiate(
+            req.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .filter_map(|(_, v)| std::str::from_utf8(v).ok()),
+        )
+    } else {
+        None
+    };
     Ok(Upgrade {
         claims,
         resume,
         accept_key: tungstenite::handshake::derive_accept_key(key),
+        deflate,
     })
 }
 

@@ -34,7 +34,7 @@ fn token_with_largest_exp_opens_and_refreshes() {
     let now = Instant::now();
     for exp in [u64::MAX, u64::MAX - 30, 1 << 63, i64::MAX as u64] {
         let user = harness::USER.into();
-        let mut ws = WsState::new(user, exp, "0-1-1".into(), Vec::new(), &cfg, 30, now);
+        let mut ws = WsState::new(user, exp, "0-1-1".into(), Vec::new(), None, &cfg, 30, now);
         assert!(ws.next_deadline(&cfg) > now);
 
         let token = mint_hs256(

@@ -150,6 +150,7 @@ pub fn run(data: &[u8]) {
         now_secs() + 3600,
         "0-1-1".into(),
         wire[..leftover].to_vec(),
+        None,
         &cfg,
         super::LEEWAY,
         now,

@@ -23,6 +23,7 @@ use super::{session, Conn, Env, Outbound, Readable, Sock, State};
 use crate::auth::Verifier;
 use crate::channels::Grants;
 use crate::config::Config;
+use crate::deflate::{self, Agreement};
 use crate::error::CloseCode;
 use crate::frame::{self, SharedFrame};
 use crate::handler::MessageHandler;
@@ -63,6 +64,9 @@ pub struct WsState {
     /// below them, is not delivered live (it was replayed, or predates
     /// the connection).
     pub(super) floors: Floors,
+    /// The permessage-deflate filter in front of tungstenite, only when
+    /// negotiated (a connection without it pays one pointer).
+    pub(super) inbound: Option<Box<deflate::Inbound>>,
 }
 
 /// Offsets at or below which a connection takes no live message.
@@ -204,16 +208,32 @@ pub(super) fn expiry_instant(exp: u64, leeway: u64, now: Instant) -> Instant {
 
 impl WsState {
     /// A session of `user` whose token expires at `exp` (unix seconds).
+    /// With `deflate`, the bytes that came with the upgrade request
+    /// (`leftover`) go through the inflating filter like later reads.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         user: Arc<str>,
         exp: u64,
         id: String,
         leftover: Vec<u8>,
+        deflate: Option<Agreement>,
         cfg: &Config,
         leeway: u64,
         now: Instant,
     ) -> WsState {
+        let (leftover, inbound) = match deflate {
+            Some(a) => (
+                Vec::new(),
+                Some(Box::new(deflate::Inbound::new(
+                    a,
+                    cfg.max_message_bytes,
+                    leftover,
+                ))),
+            ),
+            None => (leftover, None),
+        };
         WsState {
+            inbound,
             ctx: WebSocketContext::from_partially_read(
                 leftover,
                 Role::Server,
@@ -231,6 +251,25 @@ impl WsState {
 
     pub fn is_open(&self) -> bool {
         self.phase == WsPhase::Open
+    }
+
+    /// The permessage-deflate agreement, when the connection negotiated
+    /// it: the outbound side sends it compressed frames when
+    /// [`Agreement::takes_compressed`].
+    pub fn deflate(&self) -> Option<&Agreement> {
+        self.inbound.as_deref().map(deflate::Inbound::agreement)
+    }
+
+    /// Reads one message through tungstenite, behind the inflating filter
+    /// when the connection negotiated permessage-deflate.
+    pub(super) fn read_message<S: Read + Write>(
+        &mut self,
+        stream: &mut S,
+    ) -> tungstenite::Result<Message> {
+        match self.inbound.as_deref_mut() {
+            Some(filter) => self.ctx.read(&mut deflate::Filtered { filter, stream }),
+            None => self.ctx.read(stream),
+        }
     }
 
     pub fn next_deadline(&self, cfg: &Config) -> Instant {
@@ -276,6 +315,7 @@ impl Conn {
         id: String,
         grants: Grants,
         greet: bool,
+        deflate: Option<Agreement>,
         start: &frame::Start<'_>,
         replay: Vec<SharedFrame>,
         env: &Env<'_>,
@@ -300,6 +340,7 @@ impl Conn {
             exp,
             id,
             leftover,
+            deflate,
             env.config,
             leeway,
             env.ws.now,
