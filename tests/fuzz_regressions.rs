@@ -83,12 +83,13 @@ type Target = (&'static str, fn(&[u8]));
 #[test]
 fn seeds_and_crashers_replay() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let targets: [Target; 5] = [
+    let targets: [Target; 6] = [
         ("chunked_cost", harness::chunked_cost::run),
         ("http_request", harness::http_request::run),
         ("upgrade", harness::upgrade::run),
         ("ws_inbound", harness::ws_inbound::run),
         ("cluster_packet", harness::cluster_packet::run),
+        ("permessage_deflate", harness::permessage_deflate::run),
     ];
     let mut ran = 0;
     for (name, run) in targets {

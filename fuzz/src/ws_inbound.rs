@@ -86,7 +86,7 @@ impl Write for Peer {
 }
 
 /// Everything the server queued must be well-formed server frames.
-fn check_output(out: &mut Outbound, raw_echo: bool) {
+pub(crate) fn check_output(out: &mut Outbound, raw_echo: bool) {
     let mut bytes = Vec::new();
     let mut written = 0;
     out.flush_to(&mut bytes, &mut written)
