@@ -61,6 +61,16 @@ fn token_with_largest_exp_opens_and_refreshes() {
     }
 }
 
+/// A compressed message left unfinished at EOF kept its collected payload
+/// in the filter (until the connection went). Found by `permessage_deflate`
+/// in its first seconds.
+#[test]
+fn permessage_deflate_eof_mid_message() {
+    harness::permessage_deflate::run(include_bytes!(
+        "fuzz_regressions/permessage_deflate/eof-mid-compressed-message"
+    ));
+}
+
 /// A socket with these bytes, then `WouldBlock`.
 struct Drained<'a>(&'a [u8]);
 

@@ -26,8 +26,8 @@ use std::time::Instant;
 use flate2::{Compress, Compression, FlushCompress};
 use wsedge::now_secs;
 use wsedge::testbed::{
-    self, deflate_response, feed, negotiate_deflate, parse_extensions, Agreement,
-    DeflateInbound, InboundError, Outbound, ShardMetrics, WsRead, WsState,
+    self, deflate_response, feed, negotiate_deflate, parse_extensions, Agreement, DeflateInbound,
+    InboundError, Outbound, ShardMetrics, WsRead, WsState,
 };
 
 /// Bytes in `rest` read at most `size` at a time, then `WouldBlock`
@@ -119,10 +119,7 @@ fn structured(mut data: &[u8], seed: u8, max: usize) -> (Vec<u8>, Option<Vec<u8>
                 frame(0xc2, &deflate(payload), mask),
                 Some(frame(0x82, payload, [0; 4])),
             ),
-            1 => (
-                frame(0x82, payload, mask),
-                Some(frame(0x82, payload, mask)),
-            ),
+            1 => (frame(0x82, payload, mask), Some(frame(0x82, payload, mask))),
             2 => (ping.clone(), Some(ping.clone())),
             3 => {
                 let z = deflate(&big);

@@ -315,7 +315,12 @@ impl Inbound {
             let (n, from_rest) = match self.take_rest(buf) {
                 Some(n) => (n, true),
                 None => match src.read(buf)? {
-                    0 => return Ok(0),
+                    0 => {
+                        // The peer is gone: a message it left unfinished
+                        // is freed now, not with the connection.
+                        self.message = None;
+                        return Ok(0);
+                    }
                     n => (n, false),
                 },
             };
@@ -685,6 +690,14 @@ mod tests {
         // Plain frames with RSV2/RSV3 go through: tungstenite refuses them.
         let wire = frame(0xa1, b"x", [0; 4]);
         assert_eq!(run(&wire, 3, MAX), Ok(wire.clone()));
+    }
+
+    #[test]
+    fn eof_mid_message_frees_it() {
+        // Found by the fuzz target: the collected payload outlived the EOF.
+        let mut wire = frame(0x42, &deflate(b"first part"), [1; 4]);
+        wire.extend(frame(0x80, b"", [1; 4])[..4].iter());
+        assert_eq!(run(&wire, 5, MAX), Ok(Vec::new()));
     }
 
     #[test]
