@@ -1,12 +1,20 @@
 //! Outbound messages as bytes: the JSON envelope `{"type","payload"}` and the
-//! WebSocket frame around it.
+//! WebSocket frame around it, plain and compressed (permessage-deflate).
 //!
 //! A broadcast is encoded here exactly once into a [`SharedFrame`] that every
 //! target connection's outbound queue holds by reference count; nothing here
-//! is per connection. Frame headers are written by tungstenite's
-//! `FrameHeader`, so the wire format is tungstenite's.
+//! is per connection. Its compressed form is made at most once too, the
+//! first time a connection that negotiated compression needs it, and then
+//! shared the same way: with no context takeover each message compresses on
+//! its own, so one compressed frame is valid on every such connection.
+//! Frame headers are written by tungstenite's `FrameHeader`, so the wire
+//! format is tungstenite's.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -16,7 +24,205 @@ use tungstenite::protocol::frame::FrameHeader;
 use crate::http::timestamp;
 
 /// An encoded, unmasked server frame shared by all the connections it goes to.
-pub type SharedFrame = Arc<[u8]>;
+pub type SharedFrame = Arc<Frame>;
+
+/// One final server frame: its bytes, and its compressed twin once made.
+pub struct Frame {
+    bytes: Box<[u8]>,
+    /// Made by the first connection that wants it; `None` when the frame
+    /// does not shrink (or is not a whole data frame).
+    deflated: OnceLock<Option<Box<[u8]>>>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("len", &self.bytes.len())
+            .field(
+                "deflated",
+                &self.deflated.get().map(|d| d.as_ref().map(|b| b.len())),
+            )
+            .finish()
+    }
+}
+
+/// The plain frame's bytes.
+impl Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Frame {
+    /// Shares an encoded frame.
+    pub fn shared(bytes: Vec<u8>) -> SharedFrame {
+        Arc::new(Frame {
+            bytes: bytes.into_boxed_slice(),
+            deflated: OnceLock::new(),
+        })
+    }
+
+    /// The frame compressed, with RSV1 set, when its payload has at least
+    /// `min` bytes and compression makes the frame smaller. Compressed once:
+    /// a shard that asks while another compresses waits the few
+    /// microseconds it takes rather than doing it twice.
+    pub fn deflated(&self, min: usize) -> Option<&[u8]> {
+        if let Some(d) = self.deflated.get() {
+            return d.as_deref();
+        }
+        let (head, payload) = split_frame(&self.bytes)?;
+        if payload.len() < min {
+            return None;
+        }
+        self.deflated
+            .get_or_init(|| deflate_frame(head, payload, Level::Shared).map(Vec::into_boxed_slice))
+            .as_deref()
+    }
+
+    /// The compressed twin if it was made: what a queue that took it holds.
+    pub fn deflated_bytes(&self) -> Option<&[u8]> {
+        self.deflated.get().and_then(|d| d.as_deref())
+    }
+}
+
+/// The first header byte and the payload of one whole unmasked frame;
+/// `None` for anything else (masked, cut short, trailing bytes).
+fn split_frame(bytes: &[u8]) -> Option<(u8, &[u8])> {
+    let (&b0, rest) = bytes.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    if b1 & 0x80 != 0 {
+        return None;
+    }
+    let (len, rest) = match b1 & 0x7f {
+        126 => {
+            let (l, r) = rest.split_at_checked(2)?;
+            (u64::from(u16::from_be_bytes([l[0], l[1]])), r)
+        }
+        127 => {
+            let (l, r) = rest.split_at_checked(8)?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(l);
+            (u64::from_be_bytes(b), r)
+        }
+        n => (u64::from(n), rest),
+    };
+    (len == rest.len() as u64).then_some((b0, rest))
+}
+
+thread_local! {
+    /// Raw deflate state, reset for every message: a compressor costs
+    /// hundreds of KiB, so there is one per thread and level (shared frames
+    /// are compressed once and well, a connection's own replies fast),
+    /// never one per connection.
+    static DEFLATE: RefCell<[Compress; 2]> = RefCell::new([
+        Compress::new(Compression::default(), false),
+        Compress::new(Compression::fast(), false),
+    ]);
+}
+
+/// How hard to compress.
+#[derive(Clone, Copy)]
+enum Level {
+    /// A frame compressed once for many connections.
+    Shared,
+    /// One connection's own reply.
+    Own,
+}
+
+/// Compresses one final data frame (first header byte `b0`, `payload`) as a
+/// permessage-deflate message: RSV1 set, the `00 00 ff ff` tail left off.
+/// `None` when it is not a final text or binary frame, or does not shrink.
+fn deflate_frame(b0: u8, payload: &[u8], level: Level) -> Option<Vec<u8>> {
+    let opcode = b0 & 0x0f;
+    if b0 & 0x80 == 0 || b0 & 0x70 != 0 || !(opcode == 1 || opcode == 2) {
+        return None;
+    }
+    let body = DEFLATE.with(|all| {
+        let mut all = all.borrow_mut();
+        let c = &mut all[level as usize];
+        c.reset();
+        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+        loop {
+            let before = c.total_in() as usize;
+            let status = c.compress_vec(&payload[before..], &mut out, FlushCompress::Sync);
+            let done = c.total_in() as usize == payload.len();
+            match status {
+                Ok(Status::Ok | Status::BufError) if done && out.ends_with(&[0, 0, 0xff, 0xff]) => {
+                    out.truncate(out.len() - 4);
+                    return Some(out);
+                }
+                Ok(_) if out.len() > payload.len() + 64 => return None,
+                Ok(_) => out.reserve(out.capacity().max(256)),
+                Err(_) => return None,
+            }
+        }
+    })?;
+    if body.len() + 4 >= payload.len() {
+        return None;
+    }
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: true,
+        opcode: if opcode == 1 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Binary)
+        },
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(header.len(body.len() as u64) + body.len());
+    let _ = header.format(body.len() as u64, &mut out);
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+/// Compresses the final data frames of at least `min` payload bytes in
+/// `frames` (whole unmasked frames back to back, as tungstenite writes
+/// them for one connection), fast, and leaves the others as they are: the
+/// replies of a connection that negotiated compression.
+pub fn deflate_frames(frames: &[u8], min: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frames.len());
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let Some(len) = frame_len(rest) else {
+            out.extend_from_slice(rest);
+            break;
+        };
+        let (one, tail) = rest.split_at(len);
+        match split_frame(one) {
+            Some((b0, payload)) if payload.len() >= min => {
+                match deflate_frame(b0, payload, Level::Own) {
+                    Some(d) => out.extend_from_slice(&d),
+                    None => out.extend_from_slice(one),
+                }
+            }
+            _ => out.extend_from_slice(one),
+        }
+        rest = tail;
+    }
+    out
+}
+
+/// The length of the unmasked frame at the start of `bytes`, if it is all there.
+fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let b1 = *bytes.get(1)?;
+    let (head, len) = match b1 & 0x7f {
+        126 => (
+            4,
+            u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
+        ),
+        127 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(bytes.get(2..10)?);
+            (10, u64::from_be_bytes(b))
+        }
+        n => (2, u64::from(n)),
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let total = (head + mask) as u64 + len;
+    (total <= bytes.len() as u64).then_some(total as usize)
+}
 
 /// Encodes one final text frame around `payload` (already valid UTF-8 JSON).
 pub fn text_frame(payload: &[u8]) -> Vec<u8> {
@@ -59,7 +265,7 @@ pub fn parse_envelope(bytes: &[u8]) -> Option<Envelope<'_>> {
 
 /// Envelope + frame, once, for a broadcast or a send.
 pub fn shared_message(kind: &str, payload: Option<&RawValue>) -> SharedFrame {
-    Arc::from(text_frame(&envelope(kind, payload)))
+    Frame::shared(text_frame(&envelope(kind, payload)))
 }
 
 /// Serializes a library caller's payload (a `Value` always serializes).
@@ -184,7 +390,7 @@ pub fn stream_message(
         payload,
     })
     .unwrap_or_default();
-    Arc::from(text_frame(&json))
+    Frame::shared(text_frame(&json))
 }
 
 /// `{"type":"join"|"leave","channel","payload":{"userId"}}`: a presence event.
@@ -195,7 +401,7 @@ pub fn presence_event(kind: &str, channel: &str, user: &str) -> SharedFrame {
         "payload": { "userId": user }
     })
     .to_string();
-    Arc::from(text_frame(json.as_bytes()))
+    Frame::shared(text_frame(json.as_bytes()))
 }
 
 /// `{"type":"pong",...}`: the answer to a client's `{"type":"ping"}`, with
@@ -292,5 +498,59 @@ mod tests {
             envelope("t", None),
             br#"{"type":"t","payload":null}"#.to_vec()
         );
+    }
+
+    /// Inflates a permessage-deflate frame's payload (RSV1 set) back.
+    fn inflate_frame(f: &[u8]) -> (u8, Vec<u8>) {
+        let (b0, body) = split_frame(f).expect("one whole frame");
+        let mut input = body.to_vec();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut d = flate2::Decompress::new(false);
+        let mut out = Vec::with_capacity(1 << 20);
+        d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+            .expect("inflates");
+        (b0, out)
+    }
+
+    fn json_of(n: usize) -> Vec<u8> {
+        let items: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"id": i, "title": "hello", "read": false}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"type": "t", "payload": items})).expect("json")
+    }
+
+    #[test]
+    fn a_shared_frame_is_compressed_once_with_rsv1_and_inflates_back() {
+        let json = json_of(60);
+        let f = Frame::shared(text_frame(&json));
+        let d = f.deflated(256).expect("compresses").to_vec();
+        assert_eq!(d[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
+        assert!(d.len() * 3 < f.len(), "{} vs {}", d.len(), f.len());
+        let (_, back) = inflate_frame(&d);
+        assert_eq!(back, json);
+        // Made once: the same bytes, at the same address, every time.
+        let again = f.deflated(256).expect("kept");
+        assert_eq!(again.as_ptr(), f.deflated_bytes().expect("made").as_ptr());
+        // Below the threshold, or not shrinking: the plain frame is used.
+        let small = Frame::shared(text_frame(br#"{"type":"t","payload":1}"#));
+        assert!(small.deflated(256).is_none());
+        assert!(small.deflated(0).is_none(), "a tiny frame does not shrink");
+        assert!(small.deflated_bytes().is_none());
+    }
+
+    #[test]
+    fn replies_are_compressed_frame_by_frame_and_control_frames_pass() {
+        let json = json_of(40);
+        let mut frames = vec![0x8a, 0]; // an empty pong
+        frames.extend_from_slice(&text_frame(&json));
+        frames.extend_from_slice(&text_frame(b"{}"));
+        let out = deflate_frames(&frames, 256);
+        assert_eq!(&out[..2], &[0x8a, 0]);
+        let first = frame_len(&out[2..]).expect("a frame") + 2;
+        let (b0, back) = inflate_frame(&out[2..first]);
+        assert_eq!((b0, back), (0xc1, json));
+        assert_eq!(&out[first..], &text_frame(b"{}")[..]);
+        // A cut-off tail is left as it was.
+        assert_eq!(deflate_frames(&[0x81, 5, b'a'], 0), vec![0x81, 5, b'a']);
     }
 }

@@ -93,6 +93,83 @@ pub fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     f
 }
 
+/// Server output with every compressed message (RSV1 on its first frame)
+/// replaced by one plain frame of the inflated payload, the rest as is, so
+/// that a client without compression can check it. Panics on a compressed
+/// message that does not inflate: the server must never send one.
+pub fn plain_server_frames(mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut message: Option<(u8, Vec<u8>)> = None;
+    while bytes.len() >= 2 {
+        let (b0, b1) = (bytes[0], bytes[1]);
+        let (len, at) = match b1 & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => {
+                let mut l = [0u8; 8];
+                l.copy_from_slice(&bytes[2..10]);
+                (u64::from_be_bytes(l) as usize, 10)
+            }
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        let at: usize = at + if b1 & 0x80 != 0 { 4 } else { 0 };
+        let Some(end) = at.checked_add(len).filter(|e| *e <= bytes.len()) else {
+            break;
+        };
+        let (frame, rest) = bytes.split_at(end);
+        bytes = rest;
+        let opcode = b0 & 0x0f;
+        let compressed = match (&mut message, opcode) {
+            (Some((_, data)), 0) => {
+                data.extend_from_slice(&frame[at..]);
+                true
+            }
+            (None, 1 | 2) if b0 & 0x40 != 0 => {
+                message = Some((opcode, frame[at..].to_vec()));
+                true
+            }
+            _ => false,
+        };
+        if !compressed {
+            out.extend_from_slice(frame);
+            continue;
+        }
+        if b0 & 0x80 != 0 {
+            if let Some((op, data)) = message.take() {
+                let mut d = flate2::Decompress::new(false);
+                let mut input = data;
+                input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                let mut plain = Vec::with_capacity(input.len() * 4 + 64);
+                loop {
+                    let at = d.total_in() as usize;
+                    d.decompress_vec(&input[at..], &mut plain, flate2::FlushDecompress::Sync)
+                        .expect("the server's compressed message inflates");
+                    if d.total_in() as usize == input.len() && plain.len() < plain.capacity() {
+                        break;
+                    }
+                    plain.reserve(plain.capacity().max(64));
+                }
+                let mut f = vec![0x80 | op];
+                match plain.len() {
+                    n if n < 126 => f.push(n as u8),
+                    n if n <= 0xffff => {
+                        f.push(126);
+                        f.extend_from_slice(&(n as u16).to_be_bytes());
+                    }
+                    n => {
+                        f.push(127);
+                        f.extend_from_slice(&(n as u64).to_be_bytes());
+                    }
+                }
+                f.extend(plain);
+                out.extend(f);
+            }
+        }
+    }
+    out.extend_from_slice(bytes);
+    out
+}
+
 /// The wire of a structured input and the filter output it must give
 /// (`None` when an entry makes the stream invalid on purpose).
 fn structured(mut data: &[u8], seed: u8, max: usize) -> (Vec<u8>, Option<Vec<u8>>) {

@@ -91,6 +91,9 @@ pub(crate) fn check_output(out: &mut Outbound, raw_echo: bool) {
     let mut written = 0;
     out.flush_to(&mut bytes, &mut written)
         .expect("a Vec takes everything");
+    // Compressed messages (on a session that negotiated permessage-deflate)
+    // inflated first: tungstenite has no compression.
+    let bytes = super::permessage_deflate::plain_server_frames(&bytes);
     let cfg = WebSocketConfig::default()
         .max_message_size(None)
         .max_frame_size(None);

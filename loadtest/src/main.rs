@@ -29,6 +29,7 @@ mod rest;
 mod run;
 mod server;
 mod sys;
+mod tls;
 mod tokens;
 mod ws;
 
@@ -144,9 +145,15 @@ struct Cli {
     /// Also write an HTML report with charts to this file
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
-    /// Load a running server instead, e.g. ws://127.0.0.1:3000 (loopback only); a comma-separated list spreads the connections over a running cluster's nodes, with the REST calls to the first
-    #[arg(long, value_name = "ws://HOST:PORT[,…]")]
+    /// Load a running server instead, e.g. ws://127.0.0.1:3000, or wss://localhost:3443 for TLS (WebSockets over wss://, REST over https://; loopback only); a comma-separated list spreads the connections over a running cluster's nodes, with the REST calls to the first
+    #[arg(long, value_name = "ws[s]://HOST:PORT[,…]")]
     target: Option<String>,
+    /// TLS: trust the CA certificates of this PEM file on top of the system's roots (for a wss:// --target with a private or self-signed certificate)
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Start the server(s) here with TLS (--tls-cert/--tls-key), the drill's too: a throwaway CA and a certificate for localhost and 127.0.0.1 are made at start-up in a temp directory and trusted; the clients use wss:// and the REST calls https://
+    #[arg(long)]
+    server_tls: bool,
     /// Start a cluster of this many wsedge nodes (child processes joined through Redis), spread the connections over them and send the REST calls to node 0
     #[arg(long, value_name = "NODES")]
     cluster: Option<usize>,

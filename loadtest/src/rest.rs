@@ -26,6 +26,7 @@ use memchr::memmem;
 use crate::channels;
 use crate::client::new_histogram;
 use crate::sys::unix_micros;
+use crate::tls::{self, Tls};
 use crate::ws::sample_payload;
 
 /// What each request asks the server to do.
@@ -44,6 +45,9 @@ pub enum Mode {
 
 pub struct RestConfig {
     pub addr: SocketAddr,
+    /// `https://`: TLS on every lane (blocking rustls; a lane's writer and
+    /// reader threads share its state, see [`tls::Split`]).
+    pub tls: Option<Tls>,
     pub host_header: String,
     pub bearer: String,
     pub payload_bytes: usize,
@@ -107,7 +111,7 @@ struct Live {
 const LANE_REQUESTS: u64 = 900;
 
 struct Lane {
-    stream: TcpStream,
+    stream: LaneWriter,
     /// Requests written on this connection.
     sent: u64,
     permits: Receiver<()>,
@@ -158,7 +162,19 @@ impl RestDriver {
         let stream = TcpStream::connect_timeout(&self.cfg.addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // The TLS handshake is bounded by those timeouts; then the reader's
+        // short timeout, so it notices a dead lane.
+        let (reader, stream): (Box<dyn Read + Send>, LaneWriter) = match &self.cfg.tls {
+            None => (Box::new(stream.try_clone()?), LaneWriter::Plain(stream)),
+            Some(t) => {
+                let (r, w) = tls::Split::handshake(t, stream)?;
+                (Box::new(r), LaneWriter::Tls(w))
+            }
+        };
+        stream
+            .tcp()
+            .set_read_timeout(Some(Duration::from_millis(500)))?;
         let window = self.cfg.window.max(1);
         let (permit_tx, permits) = bounded(window);
         for _ in 0..window {
@@ -167,7 +183,7 @@ impl RestDriver {
         let (meta_tx, meta_rx) = unbounded::<Instant>();
         let dead = Arc::new(AtomicBool::new(false));
         let reader = {
-            let stream = stream.try_clone()?;
+            let stream = reader;
             let tally = self.tally.clone();
             let live = self.live.clone();
             let dead = dead.clone();
@@ -463,9 +479,39 @@ impl RestDriver {
     }
 }
 
+/// The writing half of a lane: the socket itself, or TLS over it.
+enum LaneWriter {
+    Plain(TcpStream),
+    Tls(tls::SplitWriter),
+}
+
+impl LaneWriter {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            LaneWriter::Plain(s) => s,
+            LaneWriter::Tls(w) => w.tcp(),
+        }
+    }
+}
+
+impl Write for LaneWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            LaneWriter::Plain(s) => s.write(buf),
+            LaneWriter::Tls(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            LaneWriter::Plain(s) => s.flush(),
+            LaneWriter::Tls(w) => w.flush(),
+        }
+    }
+}
+
 fn close_lane(mut lane: Lane) {
     lane.meta = None;
-    let _ = lane.stream.shutdown(std::net::Shutdown::Both);
+    let _ = lane.stream.tcp().shutdown(std::net::Shutdown::Both);
     if let Some(r) = lane.reader.take() {
         let _ = r.join();
     }
@@ -474,7 +520,7 @@ fn close_lane(mut lane: Lane) {
 /// Reads answers in order on one lane until the writer goes away or the
 /// connection fails. Each answer returns one permit to the window.
 fn read_answers(
-    mut stream: TcpStream,
+    mut stream: Box<dyn Read + Send>,
     meta: Receiver<Instant>,
     permits: Sender<()>,
     tally: Arc<Mutex<Tally>>,
@@ -546,7 +592,7 @@ pub struct Answer {
 
 /// Reads the next whole answer from `buf[*start..]`, reading more as needed.
 fn next_answer(
-    stream: &mut TcpStream,
+    stream: &mut dyn Read,
     buf: &mut Vec<u8>,
     start: &mut usize,
     dead: &AtomicBool,
@@ -600,16 +646,21 @@ fn next_answer(
 /// Parses one answer (Content-Length or chunked body) at the front of
 /// `data`: `Ok(None)` when incomplete.
 /// One blocking `GET` (Connection: close) answered with JSON, bounded by
-/// 2 s timeouts; for setup checks, never on the measured path.
-pub fn get_json(addr: SocketAddr, path: &str, bearer: &str) -> Result<serde_json::Value, String> {
-    let t = Duration::from_secs(2);
-    let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(t)).map_err(|e| e.to_string())?;
+/// 2 s timeouts; for setup checks, never on the measured path. Over
+/// `https://` with a blocking rustls stream.
+pub fn get_json(
+    addr: SocketAddr,
+    tls: Option<&Tls>,
+    path: &str,
+    bearer: &str,
+) -> Result<serde_json::Value, String> {
+    let mut s =
+        tls::Blocking::connect(addr, tls, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n"
     )
+    .and_then(|()| s.flush())
     .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.take(16 << 20)
@@ -738,6 +789,7 @@ mod tests {
         RestDriver {
             cfg: RestConfig {
                 addr: "127.0.0.1:1".parse().unwrap(),
+                tls: None,
                 host_header: "127.0.0.1:1".into(),
                 bearer: "tok".into(),
                 payload_bytes: 64,

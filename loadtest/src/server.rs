@@ -16,6 +16,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::sys;
+use crate::tls::ServerCert;
 
 /// How the server under test runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -52,6 +53,8 @@ pub struct Own<'a> {
     /// The address to listen on (`None`: a free loopback port); a child
     /// restarted by the drill takes its old port again.
     pub bind: Option<SocketAddr>,
+    /// `--server-tls`: serve HTTPS and WSS with this certificate and key.
+    pub tls: Option<&'a ServerCert>,
     /// `--jwt-algorithm` and `--jwt-public-key` for asymmetric tokens
     /// (`None`: HS256 with `secret`).
     pub jwt: Option<&'a (String, std::path::PathBuf)>,
@@ -68,6 +71,10 @@ fn config(own: &Own) -> wsedge::Config {
     c.max_connections_per_user = own.max_per_user.max(c.max_connections_per_user);
     if let Some(n) = own.history_size {
         c.history_size = n;
+    }
+    if let Some(t) = own.tls {
+        c.tls_cert = Some(t.cert_path.clone());
+        c.tls_key = Some(t.key_path.clone());
     }
     if let Some((alg, key)) = own.jwt {
         c.jwt_secret = None;
@@ -186,8 +193,14 @@ impl ServerUnderTest {
     /// address comes from its `listening on` log line.
     pub fn binary(path: &str, own: &Own) -> Result<ServerUnderTest, String> {
         let mut cmd = Command::new(path);
-        cmd.args(["--bind", "127.0.0.1:0", "--no-web"])
-            .arg("--shards")
+        cmd.args(["--bind", "127.0.0.1:0", "--no-web"]);
+        if let Some(t) = own.tls {
+            cmd.arg("--tls-cert")
+                .arg(&t.cert_path)
+                .arg("--tls-key")
+                .arg(&t.key_path);
+        }
+        cmd.arg("--shards")
             .arg(own.shards.to_string())
             .arg("--max-connections-per-user")
             .arg(own.max_per_user.max(100).to_string())
@@ -326,6 +339,10 @@ fn child_command(own: &Own) -> Result<Command, String> {
     }
     if let Some(addr) = own.bind {
         cmd.env("WSEDGE_LOADTEST_BIND", addr.to_string());
+    }
+    if let Some(t) = own.tls {
+        cmd.env("WSEDGE_LOADTEST_TLS_CERT", &t.cert_path)
+            .env("WSEDGE_LOADTEST_TLS_KEY", &t.key_path);
     }
     Ok(cmd)
 }
@@ -486,8 +503,16 @@ pub fn serve_child(shards: usize, max_per_user: usize, history_size: Option<usiz
         bind: std::env::var("WSEDGE_LOADTEST_BIND")
             .ok()
             .and_then(|a| a.parse().ok()),
+        tls: None,
     };
     let mut cfg = config(&own);
+    if let (Some(cert), Some(key)) = (
+        std::env::var_os("WSEDGE_LOADTEST_TLS_CERT"),
+        std::env::var_os("WSEDGE_LOADTEST_TLS_KEY"),
+    ) {
+        cfg.tls_cert = Some(cert.into());
+        cfg.tls_key = Some(key.into());
+    }
     if let Ok(url) = std::env::var("WSEDGE_LOADTEST_REDIS_URL") {
         cfg.redis_url = Some(url);
         cfg.cluster_name = std::env::var("WSEDGE_LOADTEST_CLUSTER").unwrap_or_default();

@@ -107,6 +107,31 @@ fn a_restarted_single_node_makes_every_client_reload_and_lose_nothing_after() {
 }
 
 #[test]
+fn killing_a_cluster_node_over_tls_loses_nothing() {
+    // The same drill with --server-tls: the nodes serve a throwaway
+    // certificate, the clients reconnect over wss:// and the publisher
+    // posts over https://.
+    let (code, r, out) = run(&[
+        "-n",
+        "150",
+        "--cluster",
+        "3",
+        "--kill-node-after",
+        "1.5",
+        "--drill-secs",
+        "2",
+        "--server-tls",
+    ]);
+    assert_eq!(r["drill"], "kill-node", "{out}");
+    check_zero(&r, &out);
+    assert_eq!(r["dropped"], 50, "{out}");
+    assert_eq!(r["reconnected"], 50, "{out}");
+    assert_eq!(r["recovered_true"], 50, "{out}");
+    assert_eq!(r["pass"], true, "{out}");
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
 fn the_drill_refuses_what_it_cannot_do() {
     for args in [
         &["--kill-node-after", "1"][..],

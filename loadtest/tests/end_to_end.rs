@@ -12,6 +12,23 @@ const TOOL: &str = env!("CARGO_BIN_EXE_wsedge-loadtest");
 
 /// Runs the tool with `args`; returns its JSON line.
 fn run(args: &[&str]) -> Value {
+    let (ok, stdout, stderr) = run_raw(args);
+    assert!(ok, "stdout {stdout}; stderr {stderr}");
+    json_line(&stdout)
+}
+
+/// The JSON line of the tool's output.
+fn json_line(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in {stdout}"));
+    serde_json::from_str(line).expect("JSON line")
+}
+
+/// Runs the tool with `args`: whether it exited 0, stdout, stderr.
+fn run_raw(args: &[&str]) -> (bool, String, String) {
     let mut child = Command::new(TOOL)
         .args(args)
         .args(["--quiet", "--warmup-secs", "0", "--server-shards", "2"])
@@ -32,19 +49,11 @@ fn run(args: &[&str]) -> Value {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
+    (
         out.status.success(),
-        "status {}; stdout {stdout}; stderr {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line in {stdout}"));
-    serde_json::from_str(line).expect("JSON line")
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn check_delivery(report: &Value, connections: u64) {
@@ -131,6 +140,133 @@ fn channel_mode_delivers_each_publish_to_its_channels_subscribers_only() {
     }
     let plain = run(&["-n", "50", "--duration", "0.2"]);
     assert!(plain.get("channels").is_none(), "{plain}");
+}
+
+/// Over TLS the figures are the same: every broadcast reaches every
+/// connection, no REST error, and the TLS handshake is timed per connection.
+fn check_tls(r: &Value, connections: u64) {
+    check_delivery(r, connections);
+    assert_eq!(r["connect"]["failed"], 0, "{r}");
+    assert_eq!(r["connect"]["tls"], true, "{r}");
+    assert_eq!(
+        r["connect"]["tls_handshake_ms"]["count"], connections,
+        "{r}"
+    );
+    let phase = &r["phases"][0];
+    assert_eq!(phase["rest_errors"], serde_json::json!({}), "{phase}");
+    assert!(phase["received"].as_u64().unwrap_or(0) > 0, "{phase}");
+}
+
+#[test]
+fn server_tls_delivers_every_broadcast_over_wss_and_https() {
+    let r = run(&["-n", "200", "--duration", "1", "--server-tls"]);
+    check_tls(&r, 200);
+}
+
+/// A CA and a leaf for localhost / 127.0.0.1 it signed, as PEM files.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let dir = std::env::temp_dir().join(format!("wsedge-lt-pki-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("leaf")
+            .signed_by(&key, &issuer)
+            .expect("leaf cert");
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+        std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write");
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+        Pki { dir }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A wsedge serving WSS and HTTPS with `pki`'s leaf, in this process.
+fn tls_server(pki: &Pki, secret: &str) -> wsedge::Server {
+    let cfg = wsedge::Config {
+        bind: "127.0.0.1:0".parse().expect("addr"),
+        shards: 2,
+        jwt_secret: Some(secret.into()),
+        serve_web: false,
+        tls_cert: Some(pki.dir.join("cert.pem")),
+        tls_key: Some(pki.dir.join("key.pem")),
+        ..wsedge::Config::default()
+    };
+    wsedge::Server::start(cfg).expect("TLS server")
+}
+
+#[test]
+fn a_wss_target_is_loaded_trusting_the_ca_file_and_refused_without_it() {
+    let pki = Pki::new("target");
+    let secret = "loadtest-tls-secret";
+    let srv = tls_server(&pki, secret);
+    let target = format!("wss://localhost:{}/ws", srv.local_addr().port());
+    let ca = pki.path("ca.pem");
+    let r = run(&[
+        "-n",
+        "100",
+        "--duration",
+        "1",
+        "--target",
+        &target,
+        "--secret",
+        secret,
+        "--ca-file",
+        &ca,
+    ]);
+    check_tls(&r, 100);
+    // Without the CA file the certificate is not trusted: every connection
+    // fails, with the TLS reason, and the tool says none opened.
+    let (ok, stdout, stderr) = run_raw(&[
+        "-n",
+        "20",
+        "--duration",
+        "1",
+        "--target",
+        &target,
+        "--secret",
+        secret,
+        "--connect-timeout-secs",
+        "10",
+    ]);
+    assert!(!ok, "no connection should open; stderr {stderr}");
+    let r = json_line(&stdout);
+    assert_eq!(r["connect"]["open"], 0, "{r}");
+    let reasons = r["connect"]["failures"].to_string();
+    assert!(
+        reasons.contains("TLS") && reasons.contains("certificate"),
+        "{reasons}"
+    );
+    srv.shutdown();
+}
+
+#[test]
+fn hostile_refuses_tls_and_a_ca_file_needs_a_wss_target() {
+    let (ok, _, stderr) = run_raw(&["-n", "10", "--hostile", "5", "--server-tls"]);
+    assert!(!ok, "--hostile accepted over TLS");
+    assert!(stderr.contains("plaintext only"), "{stderr}");
+    let (ok, _, stderr) = run_raw(&["-n", "10", "--ca-file", "ca.pem"]);
+    assert!(!ok, "--ca-file accepted without a wss:// target");
+    assert!(stderr.contains("--ca-file is for a wss://"), "{stderr}");
 }
 
 #[test]

@@ -4,14 +4,17 @@
 //! milliseconds.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use rustls::pki_types::ServerName;
 use tungstenite::http::Uri;
 
 use super::backoff;
 use super::error::ClientError;
+use super::tls;
 
 /// A function returning a fresh token; called on the client thread before
 /// every connection attempt (the first one and every reconnect).
@@ -53,8 +56,8 @@ impl TokenSource {
 /// Client settings. Build with [`ClientConfig::new`] and the chained setters.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `ws://host[:port]/ws` (no TLS in this client: `wss://` is refused;
-    /// terminate TLS in front of it or use the browser client).
+    /// `ws://host[:port]/ws`, or `wss://host[:port]/ws` for TLS (port 443
+    /// by default; the certificate must match `host`, name or IP address).
     pub url: String,
     /// The JWT, sent as `?token=` (percent-encoded).
     pub token: TokenSource,
@@ -93,6 +96,15 @@ pub struct ClientConfig {
     /// twice this), so the connection outlives its token instead of being
     /// closed with `4001`. `None` disables. Default 30 s.
     pub refresh_before: Option<Duration>,
+    /// `wss://`: a PEM file of CA certificates trusted on top of the
+    /// system's roots (every certificate in it), e.g. a private CA or a
+    /// self-signed server certificate. Read once, by [`Client::new`](super::Client::new).
+    pub ca_file: Option<PathBuf>,
+    /// `wss://`: a whole rustls configuration, used as it is instead of the
+    /// one built from the system roots and [`ca_file`](Self::ca_file) (for
+    /// client certificates, pinning, other roots). Offer ALPN `http/1.1` in
+    /// it if the server or a proxy in front of it negotiates ALPN.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -113,6 +125,8 @@ impl ClientConfig {
             max_message_bytes: 16 << 20,
             max_send_buffer_bytes: 4 << 20,
             refresh_before: Some(Duration::from_secs(30)),
+            ca_file: None,
+            tls_config: None,
         }
     }
 
@@ -174,6 +188,19 @@ impl ClientConfig {
         self
     }
 
+    /// `wss://`: also trust the CA certificates of this PEM file
+    /// ([`ClientConfig::ca_file`]).
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+    /// `wss://`: use this rustls configuration as it is
+    /// ([`ClientConfig::tls_config`]; `ca_file` is then ignored).
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls_config = Some(config);
+        self
+    }
+
     /// The delay before reconnect attempt `attempt` (0-based), with a fresh
     /// jitter sample from the thread's RNG: [`backoff_delay`](crate::client::backoff_delay) with
     /// this config's base, cap and jitter.
@@ -187,9 +214,21 @@ impl ClientConfig {
         )
     }
 
-    /// Checks the URL: `ws://` scheme and a host.
+    /// Checks the URL (`ws://` or `wss://` and a host) and, for `wss://`,
+    /// builds the TLS configuration once (reading the system's roots and
+    /// the CA file), so that a bad CA file fails `Client::new`, not every
+    /// connection attempt.
     pub(crate) fn validate(&self) -> Result<Endpoint, ClientError> {
-        Endpoint::parse(&self.url)
+        let mut endpoint = Endpoint::parse(&self.url)?;
+        if endpoint.secure {
+            let config = match &self.tls_config {
+                Some(c) => c.clone(),
+                None => tls::tls_client_config(self.ca_file.as_deref())?,
+            };
+            let name = tls::server_name(&endpoint.host)?;
+            endpoint.tls = Some(TlsTarget { config, name });
+        }
+        Ok(endpoint)
     }
 }
 
@@ -201,12 +240,33 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// A checked `ws://` URL: where to open the TCP connection.
+/// A checked `ws://` or `wss://` URL: where to open the TCP connection,
+/// and for `wss://` how to run TLS over it.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
     pub url: String,
     pub host: String,
     pub port: u16,
+    /// The scheme is `wss://`.
+    pub secure: bool,
+    /// `wss://`: how to run TLS, set by [`ClientConfig::validate`].
+    pub tls: Option<TlsTarget>,
+}
+
+/// The TLS side of a `wss://` endpoint.
+#[derive(Clone)]
+pub(crate) struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    /// SNI, and the name the certificate must match: the URL's host.
+    pub name: ServerName<'static>,
+}
+
+impl fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsTarget")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
@@ -214,15 +274,15 @@ impl Endpoint {
         let uri: Uri = url
             .parse()
             .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => {
                 return Err(ClientError::Url(format!(
-                    "{url}: wss:// is not supported by this client (no TLS); use ws:// behind a TLS terminator"
+                    "{url}: the scheme must be ws:// or wss://"
                 )))
             }
-            _ => return Err(ClientError::Url(format!("{url}: the scheme must be ws://"))),
-        }
+        };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
@@ -231,10 +291,13 @@ impl Endpoint {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Endpoint {
             url: url.to_string(),
             host,
-            port: uri.port_u16().unwrap_or(80),
+            port,
+            secure: tls,
+            tls: None,
         })
     }
 
@@ -309,6 +372,37 @@ mod tests {
     }
 
     #[test]
+    fn wss_urls_default_to_443_and_get_a_tls_config() {
+        let e = Endpoint::parse("wss://example.com/ws").expect("url");
+        assert!(e.secure);
+        assert_eq!(e.port, 443);
+        let e = Endpoint::parse("ws://example.com/ws").expect("url");
+        assert!(!e.secure);
+        // A given rustls configuration is used as it is (no system store read).
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let given = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        let e = ClientConfig::new("wss://127.0.0.1:9/ws")
+            .tls_config(given.clone())
+            .validate()
+            .expect("valid");
+        let t = e.tls.expect("tls");
+        assert!(Arc::ptr_eq(&t.config, &given));
+        assert!(matches!(t.name, ServerName::IpAddress(_)));
+        // A CA file that is not there fails at once, as a TLS error.
+        let bad = ClientConfig::new("wss://h/ws").ca_file("/nonexistent/wsedge-ca.pem");
+        assert!(matches!(bad.validate(), Err(ClientError::Tls(_))));
+        // ws:// never reads it.
+        let plain = ClientConfig::new("ws://h/ws").ca_file("/nonexistent/wsedge-ca.pem");
+        assert!(plain.validate().expect("valid").tls.is_none());
+    }
+
+    #[test]
     fn ipv6_hosts_lose_their_brackets() {
         let e = Endpoint::parse("ws://[::1]:3000/ws").expect("url");
         assert_eq!(e.host, "::1");
@@ -318,7 +412,7 @@ mod tests {
     fn bad_urls_are_refused() {
         for url in [
             "http://h/ws",
-            "wss://h/ws",
+            "https://h/ws",
             "h:3000/ws",
             "not a url",
             "ws:///ws",

@@ -14,7 +14,7 @@ pub enum ClientError {
     /// `send` while the client is not connected (the message is dropped).
     #[error("not connected")]
     NotConnected,
-    /// The URL cannot be used (not `ws://host[:port]/path`).
+    /// The URL cannot be used (not `ws://` or `wss://host[:port]/path`).
     #[error("invalid URL: {0}")]
     Url(String),
     /// The token provider returned an error.
@@ -29,6 +29,14 @@ pub enum ClientError {
     /// A socket error (connection refused, reset, ...).
     #[error("I/O error: {0}")]
     Io(Arc<io::Error>),
+    /// `wss://`: the TLS handshake or session failed (the server's
+    /// certificate is not trusted, is for another name or has expired; no
+    /// common protocol version; a bad record), or the TLS configuration
+    /// could not be built (unreadable CA file). A failed handshake counts as
+    /// a failed connection attempt: the client retries it with the backoff
+    /// like any other (see the module documentation, *Reconnect*).
+    #[error("TLS error: {0}")]
+    Tls(String),
     /// The WebSocket protocol was broken by the peer (or by tungstenite).
     #[error("WebSocket error: {0}")]
     Protocol(String),
@@ -73,6 +81,7 @@ impl ClientError {
             ClientError::Handshake(_) => "handshake",
             ClientError::HandshakeTimeout(_) => "handshake_timeout",
             ClientError::Io(_) => "io",
+            ClientError::Tls(_) => "tls",
             ClientError::Protocol(_) => "protocol",
             ClientError::KeepaliveTimeout(_) => "keepalive_timeout",
             ClientError::InvalidMessage(_) => "invalid_message",
@@ -86,8 +95,13 @@ impl ClientError {
 }
 
 impl From<io::Error> for ClientError {
+    /// rustls reports its errors (an untrusted certificate, a bad record)
+    /// inside `io::Error`s: those become [`ClientError::Tls`].
     fn from(e: io::Error) -> Self {
-        ClientError::Io(Arc::new(e))
+        match super::tls::rustls_error(&e) {
+            Some(tls) => ClientError::Tls(tls.to_string()),
+            None => ClientError::Io(Arc::new(e)),
+        }
     }
 }
 

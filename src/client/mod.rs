@@ -25,7 +25,8 @@
 //!
 //! Each [`Client`] owns one background thread (`wsedge-client`), started by
 //! [`Client::new`] and joined when the client is dropped. That thread owns
-//! the socket — a blocking tungstenite `WebSocket<TcpStream>` whose reads
+//! the socket — a blocking tungstenite WebSocket over TCP, or over TLS for
+//! `wss://` (see [TLS](#tls)), whose reads
 //! time out every [`ClientConfig::poll_interval`] (50 ms) so that they
 //! interleave with the commands the `Client` methods queue (`send`,
 //! `connect`, `disconnect`) — and the reconnect state machine
@@ -119,10 +120,35 @@
 //! last one ends the refreshing (no loop on a provider that hands out the
 //! same token). A static [`ClientConfig::token`] is never refreshed.
 //!
-//! # Not included
+//! # TLS
 //!
-//! No TLS (`wss://` is refused; put the client behind a TLS-terminating
-//! proxy or use a TLS-capable client).
+//! A `wss://` URL (port 443 unless given) connects TCP, runs a rustls TLS
+//! handshake (TLS 1.2 or 1.3, aws-lc-rs, ALPN `http/1.1`, SNI = the URL's
+//! host; an IP address host is checked against the certificate's IP SANs),
+//! then the same upgrade. The server's certificate is verified against the
+//! system's roots plus, with [`ClientConfig::ca_file`], every certificate of
+//! a PEM file (a private CA, or a self-signed server certificate). Both are
+//! read once, in [`Client::new`]: an unreadable or empty CA file fails
+//! there with [`ClientError::Tls`]. [`ClientConfig::tls_config`] takes a
+//! whole `Arc<rustls::ClientConfig>` instead (client certificates, other
+//! roots); [`tls_client_config`] builds the default one, to start from.
+//!
+//! A failed TLS handshake (untrusted certificate, wrong name, expired, no
+//! common version) is an `error` event of kind `tls`
+//! ([`ClientError::Tls`], the rustls reason in its message) and counts as a
+//! failed attempt: **it is retried** with the backoff like a refused
+//! connection, up to [`ClientConfig::max_attempts`]. A certificate error is
+//! usually a configuration mistake that retrying will not fix, but not
+//! always (a certificate being rotated, a node behind a load balancer with
+//! a stale one, a clock just corrected), and the attempts are bounded and
+//! spaced, so the client treats it like the browser does a failed `wss://`
+//! connection rather than giving up at the first one. Watch for `kind ==
+//! "tls"` to stop early ([`Client::disconnect`]). A handshake that stalls
+//! is [`ClientError::HandshakeTimeout`]; the TLS handshake and the upgrade
+//! share [`ClientConfig::handshake_timeout`] per read or write.
+//!
+//! When the client closes, it sends the TLS `close_notify` after the
+//! WebSocket close handshake.
 
 mod backoff;
 mod config;
@@ -131,6 +157,7 @@ mod events;
 mod refresh;
 mod shared;
 mod streams;
+mod tls;
 mod worker;
 
 use std::sync::Arc;
@@ -145,6 +172,7 @@ pub use backoff::backoff_delay;
 pub use config::{ClientConfig, TokenProvider, TokenSource};
 pub use error::ClientError;
 pub use events::{Event, Subscription, ANY};
+pub use tls::tls_client_config;
 
 use shared::Shared;
 use worker::{Command, Worker};

@@ -16,6 +16,8 @@ const MAX_IOV: usize = 64;
 #[derive(Debug)]
 enum Chunk {
     Shared(SharedFrame),
+    /// A shared frame's compressed twin (made before it was queued).
+    Deflated(SharedFrame),
     Owned(Vec<u8>),
 }
 
@@ -23,6 +25,7 @@ impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Shared(f) => f,
+            Chunk::Deflated(f) => f.deflated_bytes().unwrap_or(f),
             Chunk::Owned(v) => v,
         }
     }
@@ -59,6 +62,19 @@ impl Outbound {
     pub fn push_shared(&mut self, frame: SharedFrame) {
         self.len += frame.len();
         self.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Queues the compressed twin of `frame` when there is one (made now if
+    /// it was not yet, for a payload of at least `min` bytes), else the
+    /// plain frame: for a connection that negotiated compression.
+    pub fn push_deflated(&mut self, frame: SharedFrame, min: usize) {
+        match frame.deflated(min) {
+            Some(d) => {
+                self.len += d.len();
+                self.chunks.push_back(Chunk::Deflated(frame));
+            }
+            None => self.push_shared(frame),
+        }
     }
 
     pub fn push_owned(&mut self, bytes: Vec<u8>) {
@@ -142,7 +158,7 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::frame::Frame;
 
     /// A writer that takes at most `cap` bytes per call and then blocks.
     struct Trickle {
@@ -170,7 +186,7 @@ mod tests {
     fn partial_writes_keep_order() {
         let mut q = Outbound::default();
         q.push_owned(b"abc".to_vec());
-        q.push_shared(Arc::from(&b"defgh"[..]));
+        q.push_shared(Frame::shared(b"defgh".to_vec()));
         q.push_owned(b"ij".to_vec());
         assert_eq!(q.len(), 10);
         let mut w = Trickle {
@@ -195,7 +211,7 @@ mod tests {
     #[test]
     fn drop_unsent_keeps_the_rest_of_a_started_chunk() {
         let mut q = Outbound::default();
-        q.push_shared(Arc::from(&b"frame-one"[..]));
+        q.push_shared(Frame::shared(b"frame-one".to_vec()));
         q.push_owned(b"frame-two".to_vec());
         let mut w = Trickle {
             out: vec![],

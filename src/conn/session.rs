@@ -110,7 +110,8 @@ pub fn feed<R: Read>(
     out: &mut Outbound,
     env: &WsEnv<'_>,
 ) -> (WsRead, Option<WsEnd>) {
-    read_messages(ws, &mut Io::new(input, out), &None, env)
+    let mut io = Io::new(input, out).deflating(ws);
+    read_messages(ws, &mut io, &None, env)
 }
 
 /// Queues a reply through the protocol machine.

@@ -67,6 +67,11 @@ pub struct WsState {
     /// The permessage-deflate filter in front of tungstenite, only when
     /// negotiated (a connection without it pays one pointer).
     pub(super) inbound: Option<Box<deflate::Inbound>>,
+    /// With permessage-deflate negotiated: the payload size from which the
+    /// server's messages to it go compressed (`--compression-min-bytes`).
+    /// `None` also when the client asked for a window smaller than the one
+    /// the server compresses with: it gets plain frames.
+    pub(super) deflate_min: Option<usize>,
 }
 
 /// Offsets at or below which a connection takes no live message.
@@ -98,6 +103,9 @@ pub(super) struct Io<'a, R = Sock> {
     pub out: &'a mut Outbound,
     /// Bytes read through it so far.
     pub read: u64,
+    /// Compress the data frames written through it from this payload size
+    /// on (the connection negotiated permessage-deflate).
+    deflate: Option<usize>,
 }
 
 /// Socket bytes one connection may read per loop turn. Counted in bytes,
@@ -109,7 +117,18 @@ pub(super) const READ_BYTES_BUDGET: u64 = 64 * 1024;
 
 impl<'a, R> Io<'a, R> {
     pub fn new(sock: &'a mut R, out: &'a mut Outbound) -> Io<'a, R> {
-        Io { sock, out, read: 0 }
+        Io {
+            sock,
+            out,
+            read: 0,
+            deflate: None,
+        }
+    }
+
+    /// Writes through it compress as `ws` negotiated.
+    pub fn deflating(mut self, ws: &WsState) -> Io<'a, R> {
+        self.deflate = ws.deflate_min;
+        self
     }
 
     /// The turn's byte budget is spent.
@@ -132,8 +151,13 @@ impl<R: Read> Read for Io<'_, R> {
 }
 
 impl<R> Write for Io<'_, R> {
+    /// Takes whole frames: tungstenite hands over its whole output buffer
+    /// at once, and this never takes less.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push_owned(buf.to_vec());
+        match self.deflate {
+            Some(min) => self.out.push_owned(frame::deflate_frames(buf, min)),
+            None => self.out.push_owned(buf.to_vec()),
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -221,6 +245,11 @@ impl WsState {
         leeway: u64,
         now: Instant,
     ) -> WsState {
+        // The server compresses with one window (15 bits): a client that
+        // asked for less takes plain frames only.
+        let deflate_min = deflate
+            .filter(Agreement::takes_compressed)
+            .map(|_| cfg.compression_min_bytes);
         let (leftover, inbound) = match deflate {
             Some(a) => (
                 Vec::new(),
@@ -246,6 +275,7 @@ impl WsState {
             last_ping: now,
             awaiting_pong: None,
             floors: Floors::default(),
+            deflate_min,
         }
     }
 
@@ -369,7 +399,7 @@ impl Conn {
         if ws.phase != WsPhase::Open {
             return false;
         }
-        let mut io = Io::new(&mut self.sock, &mut self.out);
+        let mut io = Io::new(&mut self.sock, &mut self.out).deflating(ws);
         ws.ctx.write(&mut io, Message::text(text)).is_ok()
     }
 
@@ -465,7 +495,13 @@ impl Conn {
     }
 
     fn push_open(&mut self, frame: &SharedFrame, cap: usize, now: Instant) -> bool {
-        self.out.push_shared(frame.clone());
+        match &self.state {
+            State::Ws(ws) if ws.deflate_min.is_some() => {
+                let min = ws.deflate_min.unwrap_or_default();
+                self.out.push_deflated(frame.clone(), min);
+            }
+            _ => self.out.push_shared(frame.clone()),
+        }
         if self.out.len() > cap {
             self.slow_consumer(now);
             return false;
@@ -514,7 +550,7 @@ impl Conn {
         let State::Ws(ws) = &mut self.state else {
             return Readable::Done;
         };
-        let mut io = Io::new(&mut self.sock, &mut self.out);
+        let mut io = Io::new(&mut self.sock, &mut self.out).deflating(ws);
         let (outcome, end) = session::read_messages(ws, &mut io, &self.channels, &env.ws);
         let m = env.ws.metrics;
         m.bytes_in.fetch_add(io.read, Relaxed);

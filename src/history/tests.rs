@@ -1,6 +1,7 @@
 //! Unit tests of the history: offsets, recovery, eviction and merging.
 
 use super::*;
+use crate::frame::Frame;
 
 fn limits(size: usize, max_bytes: usize) -> Limits {
     Limits {
@@ -11,7 +12,7 @@ fn limits(size: usize, max_bytes: usize) -> Limits {
 }
 
 fn frame(text: &str) -> impl FnOnce(u64) -> SharedFrame + '_ {
-    move |offset| Arc::from(format!("{text}#{offset}").into_bytes())
+    move |offset| Frame::shared(format!("{text}#{offset}").into_bytes())
 }
 
 fn texts(frames: Option<Vec<(u64, SharedFrame)>>) -> Option<Vec<String>> {

@@ -13,7 +13,6 @@
 
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
 use serde_json::Value;
 
 use super::track::{ClientLog, Connected, Got, Stream, Subscribed};
 use crate::channels;
 use crate::sys;
+use crate::tls::{self, Tls};
 use crate::ws::{self, Parsed};
 
 /// Largest server frame a drill client takes.
@@ -73,6 +74,8 @@ pub struct Spec {
 pub struct Config {
     /// Node 0 first.
     pub targets: Vec<SocketAddr>,
+    /// `--server-tls`: TLS to every node (`None`: plain TCP).
+    pub tls: Option<Tls>,
     /// One per user.
     pub tokens: Arc<Vec<String>>,
     /// Attempts in flight per worker.
@@ -104,6 +107,8 @@ enum State {
 
 struct Conn {
     stream: TcpStream,
+    /// `--server-tls`: the TLS state; `buf` and `out` hold plaintext.
+    tls: Option<Box<ClientConnection>>,
     state: State,
     started: Instant,
     accept: String,
@@ -278,6 +283,10 @@ impl Worker {
     fn open(&mut self, i: usize) -> io::Result<Conn> {
         let c = &self.clients[i];
         let target = self.cfg.targets[usize::from(c.node) % self.cfg.targets.len()];
+        let tls = match &self.cfg.tls {
+            Some(t) => Some(Box::new(t.connect()?)),
+            None => None,
+        };
         let mut stream = sys::connect_from(c.spec.source, target, None)?;
         self.poll.registry().register(
             &mut stream,
@@ -289,6 +298,7 @@ impl Worker {
             ws::keyed_upgrade_request(&target.to_string(), &Self::path(c), token, false);
         let mut conn = Conn {
             stream,
+            tls,
             state: State::Connecting,
             started: Instant::now(),
             accept,
@@ -299,6 +309,15 @@ impl Worker {
         };
         // Usually connected at once on loopback; otherwise the writable
         // event takes it from here.
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            // The request waits in rustls for the end of the handshake.
+            let n = tls::send(tls, &conn.out)?;
+            conn.out.drain(..n);
+            if tls::flush_tls(tls, &mut conn.stream).is_ok() {
+                conn.state = State::Handshaking;
+            }
+            return Ok(conn);
+        }
         if let Ok(n) = conn.stream.write(&conn.out) {
             conn.out.drain(..n);
             conn.state = State::Handshaking;
@@ -393,13 +412,15 @@ impl Worker {
             let Some(conn) = self.clients[i].conn.as_mut() else {
                 return;
             };
-            let n = match sys::recv(conn.stream.as_raw_fd(), &mut self.scratch) {
-                Ok(0) => return self.end(i, "eof".into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.end(i, e.to_string()),
-            };
+            let n =
+                match tls::read_plain(conn.tls.as_deref_mut(), &mut conn.stream, &mut self.scratch)
+                {
+                    Ok(0) => return self.end(i, "eof".into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return self.end(i, e.to_string()),
+                };
             conn.buf.extend_from_slice(&self.scratch[..n]);
             if conn.state == State::Handshaking {
                 match ws::check_upgrade_response(&conn.buf, &conn.accept) {
@@ -701,18 +722,7 @@ pub fn percent_encode(s: &str) -> String {
 
 /// Writes what is queued; keeps the rest for the next writable event.
 fn flush(conn: &mut Conn) -> io::Result<()> {
-    while !conn.out.is_empty() {
-        match conn.stream.write(&conn.out) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.out.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    tls::write_plain(conn.tls.as_deref_mut(), &mut conn.stream, &mut conn.out)
 }
 
 #[cfg(test)]

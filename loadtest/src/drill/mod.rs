@@ -29,6 +29,7 @@ use crate::channels::{self, Layout};
 use crate::rest::{self, Mode};
 use crate::server::{Own, ServerUnderTest};
 use crate::sys;
+use crate::tls::{Blocking, ServerCert, Tls};
 use crate::tokens::Signer;
 use crate::Cli;
 
@@ -81,6 +82,12 @@ impl Plan {
                 return Err("--restart-after restarts the one server: without --cluster".into())
             }
         };
+        if cli.ca_file.is_some() {
+            return Err(
+                "the drill starts its own servers: no --ca-file (--server-tls trusts its own CA)"
+                    .into(),
+            );
+        }
         if cli.target.is_some() || cli.in_process || cli.server_bin.is_some() {
             return Err("the drill kills servers it started in child processes: no --target, --in-process or --server-bin".into());
         }
@@ -134,6 +141,10 @@ pub fn run(cli: &Cli) -> Result<DrillReport, String> {
             fd.soft, plan.n
         ));
     }
+    // --server-tls: the nodes (and a restarted server) serve a throwaway
+    // certificate; the clients and the publisher trust its CA.
+    let cert = cli.server_tls.then(ServerCert::new).transpose()?;
+    let tls = cert.as_ref().map(ServerCert::client_tls).transpose()?;
     let secret = random_hex(32);
     let signer = Signer::new(cli, &secret)?;
     let (user_ids, tokens) =
@@ -150,6 +161,7 @@ pub fn run(cli: &Cli) -> Result<DrillReport, String> {
         // every connection of a user twice.
         max_per_user: 2 * plan.n.div_ceil(plan.users) + 2,
         history_size: cli.server_history_size,
+        tls: cert.as_ref(),
         bind: None,
         jwt: signer.server_key.as_ref(),
     };
@@ -158,7 +170,7 @@ pub fn run(cli: &Cli) -> Result<DrillReport, String> {
         Drill::Restart => ServerUnderTest::child(&own)?,
     };
     let result = drill(
-        cli, &plan, &mut srv, &own, user_ids, tokens, bearer, started,
+        cli, &plan, &mut srv, &own, user_ids, tokens, bearer, started, tls,
     );
     srv.stop();
     result
@@ -176,6 +188,7 @@ fn drill(
     tokens: Arc<Vec<String>>,
     bearer: String,
     started: Instant,
+    tls: Option<Tls>,
 ) -> Result<DrillReport, String> {
     let addrs = srv.addrs();
     say(format!(
@@ -193,11 +206,12 @@ fn drill(
         plan.layout.per_conn
     ));
     if addrs.len() > 1 {
-        wait_linked(&addrs);
+        wait_linked(&addrs, tls.as_ref());
     }
     let shared = Arc::new(client::Shared::default());
     let cfg = Arc::new(client::Config {
         targets: addrs.clone(),
+        tls: tls.clone(),
         tokens,
         max_pending: cli.connect_concurrency.div_ceil(plan.threads).max(1),
         handshake_timeout: Duration::from_secs(cli.handshake_timeout_secs.max(1)),
@@ -231,11 +245,12 @@ fn drill(
         return Err(e);
     }
     if addrs.len() > 1 {
-        wait_presence(addrs[0], &bearer, plan.n);
+        wait_presence(addrs[0], tls.as_ref(), &bearer, plan.n);
     }
     // Publishing, the event in the middle.
     let pcfg = publish::PubConfig {
         addr: addrs[0],
+        tls,
         bearer,
         user_ids,
         channels: plan.layout.channels,
@@ -378,10 +393,10 @@ fn wait_ready(cli: &Cli, plan: &Plan, shared: &client::Shared) -> Result<(), Str
 /// (`/healthz` says `ok`, not `degraded`). A node has taken the cluster's
 /// history epoch by then; a client that connected earlier would hold the
 /// node's provisional one, and could not recover on another node.
-fn wait_linked(addrs: &[std::net::SocketAddr]) {
+fn wait_linked(addrs: &[std::net::SocketAddr], tls: Option<&Tls>) {
     let end = Instant::now() + Duration::from_secs(10);
     for addr in addrs {
-        while !healthz_ok(*addr) {
+        while !healthz_ok(*addr, tls) {
             if Instant::now() >= end {
                 say(format!(
                     "{addr} did not reach Redis within 10 s; starting anyway"
@@ -394,12 +409,11 @@ fn wait_linked(addrs: &[std::net::SocketAddr]) {
 }
 
 /// Whether `addr` answers `GET /healthz` with `ok`.
-fn healthz_ok(addr: std::net::SocketAddr) -> bool {
+fn healthz_ok(addr: std::net::SocketAddr, tls: Option<&Tls>) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+    let Ok(mut s) = Blocking::connect(addr, tls, Duration::from_secs(1)) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lt\r\nConnection: close\r\n\r\n")
         .is_err()
     {
@@ -418,10 +432,10 @@ fn healthz_ok(addr: std::net::SocketAddr) -> bool {
 
 /// A cluster: waits (at most 5 s) until node 0's presence counts every
 /// client, so that the first sends find their users.
-fn wait_presence(node0: std::net::SocketAddr, bearer: &str, n: usize) {
+fn wait_presence(node0: std::net::SocketAddr, tls: Option<&Tls>, bearer: &str, n: usize) {
     let end = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end {
-        let total = rest::get_json(node0, "/v1/websocket/stats?limit=0", bearer)
+        let total = rest::get_json(node0, tls, "/v1/websocket/stats?limit=0", bearer)
             .ok()
             .and_then(|v| v["totalConnections"].as_u64());
         if total == Some(n as u64) {

@@ -9,7 +9,7 @@
 //! order node 0 accepted them, the order every client must see them in.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,12 @@ use super::track::{Outcome, Published, Stream};
 use crate::channels;
 use crate::rest::parse_answer;
 use crate::sys::unix_micros;
+use crate::tls::{Blocking, Tls};
 
 pub struct PubConfig {
     pub addr: SocketAddr,
+    /// `--server-tls`: the requests go over `https://`.
+    pub tls: Option<Tls>,
     pub bearer: String,
     pub user_ids: Arc<Vec<String>>,
     pub channels: u32,
@@ -73,7 +76,7 @@ pub fn run(cfg: &PubConfig, end: Instant) -> Vec<Published> {
     let users = cfg.user_ids.len() as u32;
     let start = Instant::now();
     let mut out = Vec::new();
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Blocking> = None;
     let mut seqs: std::collections::HashMap<Stream, u64> = std::collections::HashMap::new();
     let mut k: u64 = 0;
     loop {
@@ -118,18 +121,19 @@ pub fn run(cfg: &PubConfig, end: Instant) -> Vec<Published> {
 
 /// One request on the kept connection (opened when there is none): the
 /// answer's status, or whether the request had been written when it failed.
-fn call(
-    cfg: &PubConfig,
-    conn: &mut Option<TcpStream>,
-    path: &str,
-    body: &str,
-) -> Result<u16, bool> {
+fn call(cfg: &PubConfig, conn: &mut Option<Blocking>, path: &str, body: &str) -> Result<u16, bool> {
     if conn.is_none() {
-        let s =
-            TcpStream::connect_timeout(&cfg.addr, Duration::from_millis(500)).map_err(|_| false)?;
-        let _ = s.set_nodelay(true);
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+        // The connect within 500 ms, then 2 s for each read and write
+        // (the TLS handshake's too, on the first write).
+        let s = Blocking::connect(cfg.addr, cfg.tls.as_ref(), Duration::from_millis(500))
+            .map_err(|_| false)?;
+        let timeout = Some(Duration::from_secs(2));
+        let tcp = match &s {
+            Blocking::Plain(t) => t,
+            Blocking::Tls(t) => t.get_ref(),
+        };
+        let _ = tcp.set_read_timeout(timeout);
+        let _ = tcp.set_write_timeout(timeout);
         *conn = Some(s);
     }
     let Some(s) = conn.as_mut() else {

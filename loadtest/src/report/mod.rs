@@ -101,9 +101,17 @@ pub struct ConnectInfo {
     pub failed: usize,
     pub failures: BTreeMap<String, u64>,
     pub seconds: f64,
-    /// Connections per second: TCP connect + upgrade (JWT check) + 101.
+    /// Connections per second: TCP connect (+ TLS handshake over `wss://`)
+    /// + upgrade (JWT check) + 101.
     pub per_second: f64,
+    /// `connect(2)` to the `101`, the TLS handshake included.
     pub handshake_ms: Pct,
+    /// The connections ran over TLS (`wss://`).
+    pub tls: bool,
+    /// `wss://`: `connect(2)` to the end of the TLS handshake (a part of
+    /// `handshake_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_ms: Option<Pct>,
 }
 
 #[derive(Debug, Serialize)]

@@ -63,14 +63,23 @@ impl Report {
         let k = &self.connect;
         let _ = writeln!(
             o,
-            "connect       {} open / {} requested in {:.2} s = {} conn/s (TCP + upgrade + JWT); handshake p50 {} ms, p99 {} ms, max {} ms; failed {} ({})",
+            "connect       {} open / {} requested in {:.2} s = {} conn/s (TCP + {}upgrade + JWT); handshake p50 {} ms, p99 {} ms, max {} ms{}; failed {} ({})",
             k.open,
             k.requested,
             k.seconds,
             si(k.per_second),
+            if k.tls { "TLS + " } else { "" },
             ms(k.handshake_ms.p50),
             ms(k.handshake_ms.p99),
             ms(k.handshake_ms.max),
+            k.tls_handshake_ms
+                .as_ref()
+                .map(|t| format!(
+                    " (of which TCP + TLS p50 {} ms, p99 {} ms)",
+                    ms(t.p50),
+                    ms(t.p99)
+                ))
+                .unwrap_or_default(),
             k.failed,
             map_text(&k.failures)
         );

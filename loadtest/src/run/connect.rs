@@ -88,6 +88,7 @@ fn spawn_workers(
     let threads = sizes.threads;
     let ccfg = Arc::new(ClientConfig {
         targets: endpoints.iter().map(|e| e.addr).collect(),
+        tls: endpoints.iter().filter_map(|e| e.tls.clone()).collect(),
         host_header: endpoints[0].host_header.clone(),
         path: endpoints[0].path.clone(),
         token_in_header: cli.token_in_header,
@@ -192,6 +193,7 @@ impl Run {
         loop {
             let seen = rest::get_json(
                 self.server.endpoints[0].addr,
+                self.server.endpoints[0].tls.as_ref(),
                 "/v1/websocket/stats?limit=0",
                 &self.creds.bearer,
             )

@@ -30,6 +30,7 @@ pub struct Samples {
 /// What the workers kept until they stopped, added up.
 struct Merged {
     handshake: Histogram<u64>,
+    tls_handshake: Histogram<u64>,
     failures: BTreeMap<String, u64>,
     closes: BTreeMap<String, u64>,
     buckets: Vec<u64>,
@@ -54,6 +55,7 @@ fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
 fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
     let mut m = Merged {
         handshake: client::new_histogram(),
+        tls_handshake: client::new_histogram(),
         failures: BTreeMap::new(),
         closes: BTreeMap::new(),
         buckets: Vec::new(),
@@ -66,6 +68,7 @@ fn merge_workers(workers: &[WorkerResult], ran: &mut [Ran]) -> Merged {
     };
     for r in workers {
         let _ = m.handshake.add(&r.handshake);
+        let _ = m.tls_handshake.add(&r.tls_handshake);
         add_counts(&mut m.failures, &r.failures);
         add_counts(&mut m.closes, &r.closes);
         if m.buckets.len() < r.buckets.len() {
@@ -150,6 +153,9 @@ impl Run {
                 seconds: self.clients.seconds,
                 per_second: self.clients.per_second(),
                 handshake_ms: Pct::of(&merged.handshake),
+                tls: self.server.endpoints.iter().any(|e| e.tls.is_some()),
+                tls_handshake_ms: (!merged.tls_handshake.is_empty())
+                    .then(|| Pct::of(&merged.tls_handshake)),
             },
             memory,
             channels,

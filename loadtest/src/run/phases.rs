@@ -235,6 +235,7 @@ impl Run {
         let endpoint = &self.server.endpoints[0];
         let driver = RestDriver::connect(RestConfig {
             addr: endpoint.addr,
+            tls: endpoint.tls.clone(),
             host_header: endpoint.host_header.clone(),
             bearer: self.creds.bearer.clone(),
             payload_bytes: cli.payload_bytes,

@@ -3,6 +3,7 @@
 //! server(s) under test, and the tokens.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::channels::{self, Layout};
 use crate::rest::Mode;
 use crate::server::{Kind, Own, ServerUnderTest};
 use crate::sys;
+use crate::tls::{ServerCert, Tls};
 use crate::tokens::Signer;
 use crate::Cli;
 
@@ -40,6 +42,10 @@ pub fn check_flags(cli: &Cli) -> Result<(), String> {
         }
     }
     check_hostile_flags(cli)?;
+    if cli.ca_file.is_some() && (cli.server_tls || !uses_tls(cli)) {
+        // Silently unused otherwise: --server-tls trusts its own CA only.
+        return Err("--ca-file is for a wss:// (or https://) --target".into());
+    }
     layout(cli).map(|_| ())
 }
 
@@ -68,7 +74,24 @@ fn check_hostile_flags(cli: &Cli) -> Result<(), String> {
     if cli.hostile > 0 && cli.duration <= 0.0 && cli.rate.is_none() {
         return Err("--hostile runs a measured phase again under attack: it needs --duration above 0 or --rate".into());
     }
+    if cli.hostile > 0 && uses_tls(cli) {
+        // The attacks write raw bytes on the socket (slow heads, garbage
+        // frames): over TLS they would test the TLS layer, not the server's
+        // HTTP and WebSocket limits they are meant for.
+        return Err(
+            "--hostile is plaintext only: not with a wss:// --target or --server-tls".into(),
+        );
+    }
     Ok(())
+}
+
+/// The run is over TLS: `--server-tls`, or a `wss://`/`https://` target.
+pub fn uses_tls(cli: &Cli) -> bool {
+    cli.server_tls
+        || cli.target.as_deref().is_some_and(|t| {
+            t.split(',')
+                .any(|u| u.trim().starts_with("wss://") || u.trim().starts_with("https://"))
+        })
 }
 
 /// A last resort against any wait this tool failed to bound: the whole
@@ -205,13 +228,27 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub host_header: String,
     pub path: String,
+    /// `wss://` (and `https://` for the REST calls): the TLS settings,
+    /// with the URL's host as the name the certificate must match.
+    pub tls: Option<Tls>,
 }
 
-fn parse_target(url: &str) -> Result<Endpoint, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("--target {url:?}: expected ws://HOST:PORT[/path] (no TLS)"))?;
+/// `ws://` or `http://` (plain), `wss://` or `https://` (TLS, trusting the
+/// system's roots and `ca_file`).
+fn parse_target(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, String> {
+    let (rest, secure) = if let Some(r) = url.strip_prefix("ws://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (r, true)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
+    } else {
+        return Err(format!(
+            "--target {url:?}: expected ws://HOST:PORT[/path] or wss://HOST:PORT[/path]"
+        ));
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/ws"),
@@ -224,10 +261,23 @@ fn parse_target(url: &str) -> Result<Endpoint, String> {
         .ok_or_else(|| {
             format!("--target {url:?}: only loopback IPv4 targets (127.0.0.0/8, localhost): the clients bind 127.0.0.x source addresses")
         })?;
+    let tls = if secure {
+        // The name the certificate must match: the host without its port
+        // (and without the brackets of an IPv6 literal).
+        let host = match hostport.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => hostport,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some(Tls::new(ca_file, host).map_err(|e| format!("--target {url:?}: {e}"))?)
+    } else {
+        None
+    };
     Ok(Endpoint {
         addr,
         host_header: hostport.to_string(),
         path: path.to_string(),
+        tls,
     })
 }
 
@@ -253,6 +303,9 @@ pub struct Server {
     pub signer: Signer,
     /// A target's own open-file soft limit, when it can be read.
     pub soft_limit: Option<u64>,
+    /// `--server-tls`: the throwaway certificate files, kept (and then
+    /// removed) for as long as the server(s) may read them.
+    pub cert: Option<ServerCert>,
 }
 
 impl Server {
@@ -266,6 +319,14 @@ impl Server {
             }
             (None, _) => random_hex(32),
         };
+        let cert = match (cli.server_tls, &cli.target) {
+            (false, _) => None,
+            (true, Some(_)) => {
+                return Err("--server-tls is for a server started here: give a wss:// --target (and --ca-file) instead".into())
+            }
+            (true, None) => Some(ServerCert::new()?),
+        };
+        let client_tls = cert.as_ref().map(ServerCert::client_tls).transpose()?;
         let signer = Signer::new(cli, &secret)?;
         let jwt = own_jwt(cli, &signer)?;
         let own = Own {
@@ -274,14 +335,21 @@ impl Server {
             max_per_user: sizes.per_user + 1,
             history_size: cli.server_history_size,
             bind: None,
+            tls: cert.as_ref(),
             jwt: jwt.as_ref(),
         };
         let (endpoints, srv) = match &cli.target {
             Some(urls) => {
                 let eps = urls
                     .split(',')
-                    .map(|u| parse_target(u.trim()))
+                    .map(|u| parse_target(u.trim(), cli.ca_file.as_deref()))
                     .collect::<Result<Vec<_>, _>>()?;
+                if eps.iter().any(|e| e.tls.is_some()) && eps.iter().any(|e| e.tls.is_none()) {
+                    return Err(
+                        "--target: every node plain (ws://) or every node TLS (wss://), not a mix"
+                            .into(),
+                    );
+                }
                 let srv = ServerUnderTest::target(eps[0].addr, cli.server_pid);
                 (eps, srv)
             }
@@ -294,6 +362,7 @@ impl Server {
                         addr,
                         host_header: addr.to_string(),
                         path: "/ws".into(),
+                        tls: client_tls.clone(),
                     })
                     .collect();
                 (eps, srv)
@@ -304,6 +373,7 @@ impl Server {
             endpoints,
             signer,
             soft_limit: None,
+            cert,
         };
         server.soft_limit = server.announce(sizes.n, notes);
         Ok(server)
@@ -330,6 +400,15 @@ impl Server {
                 " (pid unknown: no memory/CPU figures; give --server-pid)".into()
             })
         ));
+        if let Some(cert) = &self.cert {
+            say(format!(
+                "TLS: the server serves a throwaway certificate for localhost and 127.0.0.1 (CA {})",
+                cert.ca_path.display()
+            ));
+        }
+        if self.endpoints.iter().any(|e| e.tls.is_some()) {
+            notes.push("over TLS (wss:// and https://): the connect rate and handshake times include the TLS handshake, reported apart as well".into());
+        }
         let soft_limit = if srv.kind == Kind::Target {
             srv.pid.and_then(sys::fd_soft_limit_of)
         } else {
@@ -420,11 +499,38 @@ mod tests {
 
     #[test]
     fn targets_must_be_loopback() {
-        let ep = parse_target("ws://127.0.0.1:3100").unwrap();
+        let ep = parse_target("ws://127.0.0.1:3100", None).unwrap();
         assert_eq!(ep.path, "/ws");
         assert_eq!(ep.addr.port(), 3100);
-        assert_eq!(parse_target("ws://localhost:9/x").unwrap().path, "/x");
-        assert!(parse_target("ws://10.0.0.1:80").is_err());
-        assert!(parse_target("wss://127.0.0.1:80").is_err());
+        assert_eq!(parse_target("ws://localhost:9/x", None).unwrap().path, "/x");
+        assert!(parse_target("ws://10.0.0.1:80", None).is_err());
+        assert!(parse_target("ftp://127.0.0.1:80", None).is_err());
+        assert!(parse_target("ws://127.0.0.1:80", None)
+            .unwrap()
+            .tls
+            .is_none());
+    }
+
+    #[test]
+    fn wss_targets_take_the_hosts_name_and_the_ca_file() {
+        let cert = ServerCert::new().expect("throwaway certificate");
+        let ca = Some(cert.ca_path.as_path());
+        let ep = parse_target("wss://localhost:3443/ws", ca).unwrap();
+        assert_eq!(ep.addr.port(), 3443);
+        assert_eq!(ep.host_header, "localhost:3443");
+        let tls = ep.tls.expect("tls");
+        assert_eq!(format!("{:?}", tls.name), r#"DnsName("localhost")"#);
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let ep = parse_target("https://127.0.0.1:3443", ca).unwrap();
+        assert!(matches!(
+            ep.tls.expect("tls").name,
+            rustls::pki_types::ServerName::IpAddress(_)
+        ));
+        // A CA file that is not there is an error before anything connects.
+        let missing = cert.dir.join("missing.pem");
+        let err = parse_target("wss://localhost:3443", Some(&missing))
+            .err()
+            .expect("refused");
+        assert!(err.contains("missing.pem"), "{err}");
     }
 }

@@ -143,6 +143,7 @@ impl Run {
         let seen = loop {
             let seen = rest::get_json(
                 self.server.endpoints[0].addr,
+                self.server.endpoints[0].tls.as_ref(),
                 "/v1/websocket/stats?limit=0",
                 &self.creds.bearer,
             )

@@ -1,8 +1,9 @@
 //! The client's I/O thread: one per [`Client`](super::Client), alive from
 //! `Client::new` until the client is dropped.
 //!
-//! It owns the socket (a blocking tungstenite `WebSocket<TcpStream>` with a
-//! short read timeout, so that reads interleave with the command queue) and
+//! It owns the socket (a blocking tungstenite `WebSocket<Transport>`, plain
+//! TCP or TLS over it, with a short read timeout on the TCP socket, so that
+//! reads interleave with the command queue) and
 //! runs the connection state machine:
 //!
 //! ```text
@@ -42,6 +43,7 @@ use super::events::Event;
 use super::refresh::{jwt_exp, Refresh};
 use super::shared::Shared;
 use super::streams::Streams;
+use super::tls::Transport;
 use super::State;
 
 /// How long a close handshake may take before the socket is dropped.
@@ -71,7 +73,7 @@ enum Phase {
 }
 
 struct Session {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Transport>,
     /// Set until the `connected` event has fired for this connection.
     hello_due: Option<Instant>,
     last_rx: Instant,
@@ -373,8 +375,8 @@ impl Worker {
         None
     }
 
-    /// Token, TCP connect, upgrade.
-    fn open(&mut self) -> Result<WebSocket<TcpStream>, ClientError> {
+    /// Token, TCP connect, TLS handshake (`wss://`), upgrade.
+    fn open(&mut self) -> Result<WebSocket<Transport>, ClientError> {
         let token = self.fetch_token()?;
         self.token.clone_from(&token);
         // After a first connection: where to resume (docs/PROTOCOL.md §11.3).
@@ -390,6 +392,20 @@ impl Worker {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.cfg.handshake_timeout))?;
         stream.set_write_timeout(Some(self.cfg.handshake_timeout))?;
+        // The TLS handshake is run to its end here, before tungstenite's,
+        // so that its failure is told apart (`Tls`, or a timeout) instead of
+        // surfacing as an I/O error of the upgrade. The handshake timeout
+        // bounds each read and write of it, as it does the upgrade's.
+        let stream = match &self.endpoint.tls {
+            None => Transport::Plain(stream),
+            Some(t) => Transport::tls(t.config.clone(), t.name.clone(), stream).map_err(|e| {
+                if is_timeout(&e) {
+                    ClientError::HandshakeTimeout(self.cfg.handshake_timeout)
+                } else {
+                    ClientError::from(e)
+                }
+            })?,
+        };
         let mut ws_cfg = WebSocketConfig::default();
         ws_cfg.read_buffer_size = 8 * 1024;
         ws_cfg.write_buffer_size = 0;
@@ -398,7 +414,7 @@ impl Worker {
         ws_cfg.max_frame_size = Some(self.cfg.max_message_bytes);
         match tungstenite::client::client_with_config(url.as_str(), stream, Some(ws_cfg)) {
             Ok((ws, _response)) => {
-                let tcp = ws.get_ref();
+                let tcp = ws.get_ref().tcp();
                 let poll = self.cfg.poll_interval.max(Duration::from_millis(1));
                 tcp.set_read_timeout(Some(poll))?;
                 tcp.set_write_timeout(Some(poll))?;
@@ -551,8 +567,9 @@ impl Worker {
 }
 
 /// Reads until the peer closes the TCP connection (or `CLOSE_TIMEOUT`),
-/// which also sends tungstenite's queued close reply.
-fn finish_close(ws: &mut WebSocket<TcpStream>) {
+/// which also sends tungstenite's queued close reply; over TLS, then sends
+/// a `close_notify` if the server has not ended the TLS stream already.
+fn finish_close(ws: &mut WebSocket<Transport>) {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     while Instant::now() < deadline {
         match ws.read() {
@@ -561,6 +578,7 @@ fn finish_close(ws: &mut WebSocket<TcpStream>) {
             Err(_) => break,
         }
     }
+    ws.get_mut().close_notify();
 }
 
 fn is_timeout(e: &io::Error) -> bool {
