@@ -202,3 +202,35 @@ impl CloseCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deflate_errors_through_tungstenite_map_to_close_codes() {
+        let io = |e: InboundError| {
+            tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        };
+        assert_eq!(
+            CloseCode::for_ws_error(&io(InboundError::TooBig)),
+            Some(CloseCode::TooBig)
+        );
+        for e in [
+            InboundError::Corrupt,
+            InboundError::Rsv1OnControl,
+            InboundError::Rsv1OnContinuation,
+            InboundError::Rsv1OnReserved,
+            InboundError::ExpectedContinuation,
+            InboundError::Unmasked,
+        ] {
+            assert_eq!(CloseCode::for_ws_error(&io(e)), Some(CloseCode::Protocol));
+        }
+        // Any other I/O error: the peer is gone.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            CloseCode::for_ws_error(&tungstenite::Error::Io(reset)),
+            None
+        );
+    }
+}

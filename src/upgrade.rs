@@ -158,6 +158,29 @@ mod tests {
     }
 
     #[test]
+    fn negotiates_deflate_unless_turned_off() {
+        let t = mint_hs256("s", &serde_json::json!({"sub":"u","exp":now_secs()+60}));
+        let offer = "Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Extensions: permessage-deflate; bogus, permessage-deflate; server_max_window_bits=11\r\n";
+        let up = run(&req(offer, &t), &Config::default()).expect("accepted");
+        assert_eq!(
+            up.deflate,
+            Some(Agreement {
+                server_max_window_bits: Some(11)
+            })
+        );
+        assert_eq!(up.deflate.map(|a| a.takes_compressed()), Some(false));
+        let off = Config {
+            compression: false,
+            ..Config::default()
+        };
+        assert_eq!(run(&req(offer, &t), &off).expect("accepted").deflate, None);
+        assert_eq!(
+            run(&req("", &t), &Config::default()).expect("ok").deflate,
+            None
+        );
+    }
+
+    #[test]
     fn refusals() {
         let t = mint_hs256("s", &serde_json::json!({"sub":"u","exp":now_secs()+60}));
         let cfg = Config {
