@@ -420,3 +420,50 @@ fn message_at_the_limit_passes() {
     assert_eq!(raw.close_code(), 1009);
     srv.shutdown();
 }
+
+/// Measurement, not a check (`--ignored --nocapture`): a child server's
+/// RSS per idle connection, with and without compression negotiated, after
+/// each connection sent one 2 KB message (compressed or plain) and got its
+/// echo. Per connection is the slope between 1000 and 2000 connections, so
+/// that what a shard holds once (its inflater, its compressors) does not
+/// count. Nothing of a message stays with its connection.
+#[test]
+#[ignore]
+fn idle_memory_per_connection_with_and_without_compression() {
+    const N: usize = 1000;
+    let secret = [("JWT_SECRET", common::SECRET)];
+    // (offer, send compressed): plain; negotiated but plain messages;
+    // negotiated and compressed messages.
+    for (offer, compressed) in [
+        (&[][..], false),
+        (&["permessage-deflate"][..], false),
+        (&["permessage-deflate"][..], true),
+    ] {
+        let proc = process::spawn(&["--max-connections-per-user", "100000"], &secret);
+        let pid = proc.child.id();
+        let msg = json!({"type": "note", "payload": "x".repeat(2000)}).to_string();
+        let mut conns = Vec::with_capacity(2 * N);
+        let mut rss = Vec::new();
+        for _ in 0..2 {
+            for _ in 0..N {
+                let (_, mut raw) = upgrade(proc.addr, offer);
+                assert_eq!(raw.json()["type"], "connected");
+                if compressed {
+                    raw.send(&frame(0xc1, &deflate(msg.as_bytes())));
+                } else {
+                    raw.send(&frame(0x81, msg.as_bytes()));
+                }
+                assert_eq!(raw.json()["type"], "echo");
+                conns.push(raw);
+            }
+            rss.push(rss_kib_of(pid));
+        }
+        eprintln!(
+            "offer {offer:?}, compressed {compressed}: RSS {} KiB at {N}, {} KiB at {}: {:.2} KiB per connection",
+            rss[0],
+            rss[1],
+            2 * N,
+            (rss[1] - rss[0]) as f64 / N as f64
+        );
+    }
+}
