@@ -161,5 +161,38 @@ fn envelope_and_frame(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, http_parse, jwt_verify, envelope_and_frame);
+/// A ~2 KiB JSON notification list, as an application would broadcast.
+fn notification_json() -> Vec<u8> {
+    let items: Vec<_> = (0..24)
+        .map(|i| {
+            let kind = ["mention", "like", "reply"][i % 3];
+            json!({"id": 1000 + i * 7, "kind": kind,
+                   "from": format!("user-{}", (i * 37) % 101), "read": i % 2 == 0,
+                   "at": 1732700000000u64 + (i as u64) * 1931})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"type": "notification", "payload": items})).expect("json")
+}
+
+/// permessage-deflate: what a broadcast's compress-once costs (one
+/// deflate, shared by every connection that negotiated it) and what one
+/// connection's compressed reply costs.
+fn deflate(c: &mut Criterion) {
+    let json = notification_json();
+    let plain = frame::text_frame(&json);
+    let mut g = c.benchmark_group("deflate");
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_function("shared_frame_2KiB", |b| {
+        b.iter(|| {
+            let f = frame::Frame::shared(black_box(plain.clone()));
+            f.deflated(256).map(<[u8]>::len)
+        })
+    });
+    g.bench_function("reply_2KiB", |b| {
+        b.iter(|| frame::deflate_frames(black_box(&plain), 256).len())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, http_parse, jwt_verify, envelope_and_frame, deflate);
 criterion_main!(benches);

@@ -19,7 +19,9 @@ pub use crate::deflate::negotiate::{
     negotiate as negotiate_deflate, parse as parse_extensions, response as deflate_response,
 };
 pub use crate::deflate::{Agreement, Inbound as DeflateInbound, InboundError};
-pub use crate::frame::{envelope, shared_message, stream_message, text_frame, SharedFrame};
+pub use crate::frame::{
+    deflate_frames, envelope, shared_message, stream_message, text_frame, Frame, SharedFrame,
+};
 pub use crate::http::{
     decode_chunked, parse_request, percent_decode, Chunked, Limits, Parsed, Request, Response,
 };
