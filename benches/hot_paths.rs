@@ -194,5 +194,63 @@ fn deflate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, http_parse, jwt_verify, envelope_and_frame, deflate);
+/// A masked client frame (the zero key: unmasking costs the same).
+fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![b0, 0x80 | 126];
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// permessage-deflate inbound: a client's compressed 2 KiB message through
+/// the filter in front of tungstenite (collect, inflate on the thread's
+/// inflater, rebuild a plain frame), and what the filter costs a plain
+/// message on a connection that negotiated.
+fn inflate(c: &mut Criterion) {
+    use flate2::{Compress, Compression, FlushCompress};
+    use std::io::Cursor;
+    use wsedge::testbed::{Agreement, DeflateInbound};
+
+    let json = notification_json();
+    let mut z = Vec::with_capacity(json.len() + 64);
+    Compress::new(Compression::default(), false)
+        .compress_vec(&json, &mut z, FlushCompress::Sync)
+        .expect("compress");
+    z.truncate(z.len() - 4); // RFC 7692: the 00 00 ff ff tail goes
+    let compressed = client_frame(0xc1, &z);
+    let plain = client_frame(0x81, &json);
+    let agreement = Agreement {
+        server_max_window_bits: None,
+    };
+    let mut g = c.benchmark_group("inflate");
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    for (name, wire) in [("message_2KiB", &compressed), ("plain_2KiB", &plain)] {
+        g.bench_function(name, |b| {
+            let mut buf = vec![0u8; 4096];
+            b.iter(|| {
+                let mut filter = DeflateInbound::new(agreement, 64 * 1024, Vec::new());
+                let mut src = Cursor::new(black_box(wire.as_slice()));
+                let mut total = 0;
+                while let Ok(n) = filter.read_from(&mut src, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    http_parse,
+    jwt_verify,
+    envelope_and_frame,
+    deflate,
+    inflate
+);
 criterion_main!(benches);
