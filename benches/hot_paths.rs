@@ -161,5 +161,96 @@ fn envelope_and_frame(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, http_parse, jwt_verify, envelope_and_frame);
+/// A ~2 KiB JSON notification list, as an application would broadcast.
+fn notification_json() -> Vec<u8> {
+    let items: Vec<_> = (0..24)
+        .map(|i| {
+            let kind = ["mention", "like", "reply"][i % 3];
+            json!({"id": 1000 + i * 7, "kind": kind,
+                   "from": format!("user-{}", (i * 37) % 101), "read": i % 2 == 0,
+                   "at": 1732700000000u64 + (i as u64) * 1931})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"type": "notification", "payload": items})).expect("json")
+}
+
+/// permessage-deflate: what a broadcast's compress-once costs (one
+/// deflate, shared by every connection that negotiated it) and what one
+/// connection's compressed reply costs.
+fn deflate(c: &mut Criterion) {
+    let json = notification_json();
+    let plain = frame::text_frame(&json);
+    let mut g = c.benchmark_group("deflate");
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_function("shared_frame_2KiB", |b| {
+        b.iter(|| {
+            let f = frame::Frame::shared(black_box(plain.clone()));
+            f.deflated(256).map(<[u8]>::len)
+        })
+    });
+    g.bench_function("reply_2KiB", |b| {
+        b.iter(|| frame::deflate_frames(black_box(&plain), 256).len())
+    });
+    g.finish();
+}
+
+/// A masked client frame (the zero key: unmasking costs the same).
+fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![b0, 0x80 | 126];
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// permessage-deflate inbound: a client's compressed 2 KiB message through
+/// the filter in front of tungstenite (collect, inflate on the thread's
+/// inflater, rebuild a plain frame), and what the filter costs a plain
+/// message on a connection that negotiated.
+fn inflate(c: &mut Criterion) {
+    use flate2::{Compress, Compression, FlushCompress};
+    use std::io::Cursor;
+    use wsedge::testbed::{Agreement, DeflateInbound};
+
+    let json = notification_json();
+    let mut z = Vec::with_capacity(json.len() + 64);
+    Compress::new(Compression::default(), false)
+        .compress_vec(&json, &mut z, FlushCompress::Sync)
+        .expect("compress");
+    z.truncate(z.len() - 4); // RFC 7692: the 00 00 ff ff tail goes
+    let compressed = client_frame(0xc1, &z);
+    let plain = client_frame(0x81, &json);
+    let agreement = Agreement {
+        server_max_window_bits: None,
+    };
+    let mut g = c.benchmark_group("inflate");
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    for (name, wire) in [("message_2KiB", &compressed), ("plain_2KiB", &plain)] {
+        g.bench_function(name, |b| {
+            let mut buf = vec![0u8; 4096];
+            b.iter(|| {
+                let mut filter = DeflateInbound::new(agreement, 64 * 1024, Vec::new());
+                let mut src = Cursor::new(black_box(wire.as_slice()));
+                let mut total = 0;
+                while let Ok(n) = filter.read_from(&mut src, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    http_parse,
+    jwt_verify,
+    envelope_and_frame,
+    deflate,
+    inflate
+);
 criterion_main!(benches);

@@ -96,6 +96,13 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// Serve the test page and `realtime.js` (`--no-web` turns off). Default on.
     pub serve_web: bool,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it
+    /// (`--no-compression` turns off). Default on.
+    pub compression: bool,
+    /// Messages the server sends shorter than this go uncompressed even to
+    /// a connection that negotiated compression (`--compression-min-bytes`).
+    /// Default 256.
+    pub compression_min_bytes: usize,
     /// Redis to join a cluster through (`--redis-url`, `WSEDGE_REDIS_URL`).
     /// Unset: a single node that needs no Redis.
     pub redis_url: Option<String>,
@@ -152,6 +159,8 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             drain_timeout_secs: 5,
             serve_web: true,
+            compression: true,
+            compression_min_bytes: 256,
             redis_url: None,
             node_id: None,
             cluster_name: "wsedge".to_string(),

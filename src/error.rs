@@ -6,6 +6,7 @@
 //! (docs/PROTOCOL.md §3), and which management call or peer error picks
 //! which. Nothing else in the crate invents a status or a close code.
 
+use crate::deflate::InboundError;
 use crate::metrics::Reject;
 
 /// A request the server refuses, and why. Turned into a response by
@@ -179,7 +180,57 @@ impl CloseCode {
                 tungstenite::error::ProtocolError::ResetWithoutClosingHandshake => None,
                 _ => Some(CloseCode::Protocol),
             },
+            // The inflating filter in front of tungstenite refused the
+            // stream; its error comes back through the reader.
+            Error::Io(e) => InboundError::from_io(e).map(CloseCode::for_deflate),
             _ => None,
         }
+    }
+
+    /// The close code for a refused compressed message: over the limit,
+    /// compressed or inflated, is `1009`; anything else (data that does not
+    /// inflate, RSV1 where it may not be) is `1002`.
+    pub fn for_deflate(err: InboundError) -> CloseCode {
+        match err {
+            InboundError::TooBig => CloseCode::TooBig,
+            InboundError::Corrupt
+            | InboundError::Rsv1OnControl
+            | InboundError::Rsv1OnContinuation
+            | InboundError::Rsv1OnReserved
+            | InboundError::ExpectedContinuation
+            | InboundError::Unmasked => CloseCode::Protocol,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deflate_errors_through_tungstenite_map_to_close_codes() {
+        let io = |e: InboundError| {
+            tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        };
+        assert_eq!(
+            CloseCode::for_ws_error(&io(InboundError::TooBig)),
+            Some(CloseCode::TooBig)
+        );
+        for e in [
+            InboundError::Corrupt,
+            InboundError::Rsv1OnControl,
+            InboundError::Rsv1OnContinuation,
+            InboundError::Rsv1OnReserved,
+            InboundError::ExpectedContinuation,
+            InboundError::Unmasked,
+        ] {
+            assert_eq!(CloseCode::for_ws_error(&io(e)), Some(CloseCode::Protocol));
+        }
+        // Any other I/O error: the peer is gone.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            CloseCode::for_ws_error(&tungstenite::Error::Io(reset)),
+            None
+        );
     }
 }

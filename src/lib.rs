@@ -82,6 +82,7 @@ pub mod client;
 mod cluster;
 mod config;
 mod conn;
+mod deflate;
 mod error;
 mod frame;
 mod handler;

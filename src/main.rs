@@ -146,6 +146,12 @@ struct Cli {
     /// Do not serve the test page (/) and the browser client (/realtime.js)
     #[arg(long, env = "WSEDGE_NO_WEB")]
     no_web: bool,
+    /// Never negotiate permessage-deflate compression, even when a client offers it
+    #[arg(long, env = "WSEDGE_NO_COMPRESSION")]
+    no_compression: bool,
+    /// Messages the server sends shorter than this go uncompressed [default: 256]
+    #[arg(long, env = "WSEDGE_COMPRESSION_MIN_BYTES", value_name = "BYTES")]
+    compression_min_bytes: Option<usize>,
     /// Join a cluster through this Redis (redis://HOST:PORT[/DB]); unset: single node
     #[arg(long, env = "WSEDGE_REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
@@ -216,9 +222,12 @@ impl Cli {
             redis_url,
             node_id
         );
-        set!(shard_inbox_capacity);
+        set!(shard_inbox_capacity, compression_min_bytes);
         if self.no_web {
             c.serve_web = false;
+        }
+        if self.no_compression {
+            c.compression = false;
         }
         c.allowed_origins.retain(|o| !o.trim().is_empty());
         c.cors_origins.retain(|o| !o.trim().is_empty());

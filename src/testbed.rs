@@ -15,7 +15,13 @@ pub use crate::cluster::sequence::{split as split_numbered, streams as cluster_s
 pub use crate::cluster::view::{NodeCounters, View};
 pub use crate::cluster::wire::{decode as decode_cluster_packet, Body as ClusterBody};
 pub use crate::conn::{feed, Outbound, WsEnv, WsRead, WsState};
-pub use crate::frame::{envelope, shared_message, stream_message, text_frame, SharedFrame};
+pub use crate::deflate::negotiate::{
+    negotiate as negotiate_deflate, parse as parse_extensions, response as deflate_response,
+};
+pub use crate::deflate::{Agreement, Inbound as DeflateInbound, InboundError};
+pub use crate::frame::{
+    deflate_frames, envelope, shared_message, stream_message, text_frame, Frame, SharedFrame,
+};
 pub use crate::http::{
     decode_chunked, parse_request, percent_decode, Chunked, Limits, Parsed, Request, Response,
 };

@@ -8,6 +8,7 @@
 
 use crate::auth::{extract_token, UserClaims, Verifier};
 use crate::config::Config;
+use crate::deflate::{negotiate, Agreement};
 use crate::error::HttpError;
 use crate::history::Resume;
 use crate::http::Request;
@@ -22,6 +23,9 @@ pub struct Upgrade {
     pub resume: Option<Resume>,
     /// `Sec-WebSocket-Accept` value for the 101 answer.
     pub accept_key: String,
+    /// permessage-deflate, when the client offered it acceptably and
+    /// compression is on (`--no-compression` off).
+    pub deflate: Option<Agreement>,
 }
 
 /// Checks the handshake headers, the origin and the token, in that order.
@@ -65,10 +69,23 @@ pub fn check(req: &Request<'_>, cfg: &Config, verifier: &Verifier) -> Result<Upg
         HttpError::Unauthorized
     })?;
     let resume = resume_request(req.query)?;
+    // Offers that are not valid UTF-8 cannot be tokens: skipped, like any
+    // offer the server declines (RFC 7692 §5).
+    let deflate = if cfg.compression {
+        negotiate::negotiate(
+            req.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .filter_map(|(_, v)| std::str::from_utf8(v).ok()),
+        )
+    } else {
+        None
+    };
     Ok(Upgrade {
         claims,
         resume,
         accept_key: tungstenite::handshake::derive_accept_key(key),
+        deflate,
     })
 }
 
@@ -138,6 +155,29 @@ mod tests {
         let up = run(&req("", &t), &Config::default()).expect("accepted");
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.claims.user_id, "u");
+    }
+
+    #[test]
+    fn negotiates_deflate_unless_turned_off() {
+        let t = mint_hs256("s", &serde_json::json!({"sub":"u","exp":now_secs()+60}));
+        let offer = "Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Extensions: permessage-deflate; bogus, permessage-deflate; server_max_window_bits=11\r\n";
+        let up = run(&req(offer, &t), &Config::default()).expect("accepted");
+        assert_eq!(
+            up.deflate,
+            Some(Agreement {
+                server_max_window_bits: Some(11)
+            })
+        );
+        assert_eq!(up.deflate.map(|a| a.takes_compressed()), Some(false));
+        let off = Config {
+            compression: false,
+            ..Config::default()
+        };
+        assert_eq!(run(&req(offer, &t), &off).expect("accepted").deflate, None);
+        assert_eq!(
+            run(&req("", &t), &Config::default()).expect("ok").deflate,
+            None
+        );
     }
 
     #[test]

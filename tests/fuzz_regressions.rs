@@ -34,7 +34,7 @@ fn token_with_largest_exp_opens_and_refreshes() {
     let now = Instant::now();
     for exp in [u64::MAX, u64::MAX - 30, 1 << 63, i64::MAX as u64] {
         let user = harness::USER.into();
-        let mut ws = WsState::new(user, exp, "0-1-1".into(), Vec::new(), &cfg, 30, now);
+        let mut ws = WsState::new(user, exp, "0-1-1".into(), Vec::new(), None, &cfg, 30, now);
         assert!(ws.next_deadline(&cfg) > now);
 
         let token = mint_hs256(
@@ -61,6 +61,16 @@ fn token_with_largest_exp_opens_and_refreshes() {
     }
 }
 
+/// A compressed message left unfinished at EOF kept its collected payload
+/// in the filter (until the connection went). Found by `permessage_deflate`
+/// in its first seconds.
+#[test]
+fn permessage_deflate_eof_mid_message() {
+    harness::permessage_deflate::run(include_bytes!(
+        "fuzz_regressions/permessage_deflate/eof-mid-compressed-message"
+    ));
+}
+
 /// A socket with these bytes, then `WouldBlock`.
 struct Drained<'a>(&'a [u8]);
 
@@ -83,12 +93,13 @@ type Target = (&'static str, fn(&[u8]));
 #[test]
 fn seeds_and_crashers_replay() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let targets: [Target; 5] = [
+    let targets: [Target; 6] = [
         ("chunked_cost", harness::chunked_cost::run),
         ("http_request", harness::http_request::run),
         ("upgrade", harness::upgrade::run),
         ("ws_inbound", harness::ws_inbound::run),
         ("cluster_packet", harness::cluster_packet::run),
+        ("permessage_deflate", harness::permessage_deflate::run),
     ];
     let mut ran = 0;
     for (name, run) in targets {

@@ -10,6 +10,7 @@
 pub mod chunked_cost;
 pub mod cluster_packet;
 pub mod http_request;
+pub mod permessage_deflate;
 pub mod upgrade;
 pub mod ws_inbound;
 

@@ -80,6 +80,7 @@ pub fn run(data: &[u8]) {
                 up.claims.exp,
                 "0-1-1".into(),
                 buf[used..].to_vec(),
+                up.deflate,
                 cfg,
                 verifier.leeway(),
                 Instant::now(),

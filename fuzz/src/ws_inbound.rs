@@ -86,11 +86,14 @@ impl Write for Peer {
 }
 
 /// Everything the server queued must be well-formed server frames.
-fn check_output(out: &mut Outbound, raw_echo: bool) {
+pub(crate) fn check_output(out: &mut Outbound, raw_echo: bool) {
     let mut bytes = Vec::new();
     let mut written = 0;
     out.flush_to(&mut bytes, &mut written)
         .expect("a Vec takes everything");
+    // Compressed messages (on a session that negotiated permessage-deflate)
+    // inflated first: tungstenite has no compression.
+    let bytes = super::permessage_deflate::plain_server_frames(&bytes);
     let cfg = WebSocketConfig::default()
         .max_message_size(None)
         .max_frame_size(None);
@@ -150,6 +153,7 @@ pub fn run(data: &[u8]) {
         now_secs() + 3600,
         "0-1-1".into(),
         wire[..leftover].to_vec(),
+        None,
         &cfg,
         super::LEEWAY,
         now,

@@ -177,7 +177,7 @@ impl HttpState {
         let keep_alive = req.keep_alive;
         let is_head = req.method == "HEAD";
         let step = match d.dispatch(admitted, &req) {
-            Dispatch::Upgrade(up) => Step::Upgrade(up),
+            Dispatch::Upgrade(up) => Step::Upgrade(Box::new(up)),
             Dispatch::Answer(mut resp) => {
                 resp.head |= is_head;
                 Step::Answer { resp, keep_alive }
@@ -254,7 +254,9 @@ enum Step {
     /// An answer to queue; without `keep_alive` the connection closes after it.
     Answer { resp: Response, keep_alive: bool },
     /// A valid upgrade; the rest of the buffer belongs to the WebSocket.
-    Upgrade(Upgrade),
+    /// Boxed: the other steps are small and this one is once per
+    /// connection.
+    Upgrade(Box<Upgrade>),
 }
 
 impl Conn {
@@ -371,7 +373,7 @@ impl Conn {
                         .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
                     continue;
                 }
-                Step::Upgrade(up) => return (Some(up), requests + 1),
+                Step::Upgrade(up) => return (Some(*up), requests + 1),
                 Step::Answer { resp, keep_alive } => (resp, keep_alive),
             };
             requests += 1;

@@ -46,7 +46,7 @@ pub(super) fn read_messages<R: Read>(
     let mut outcome = WsRead::More;
     let mut end = None;
     for _ in 0..READ_BUDGET {
-        match ws.ctx.read(io) {
+        match ws.read_message(io) {
             Ok(msg) => {
                 ws.awaiting_pong = None;
                 match msg {

@@ -23,6 +23,7 @@ use super::{session, Conn, Env, Outbound, Readable, Sock, State};
 use crate::auth::Verifier;
 use crate::channels::Grants;
 use crate::config::Config;
+use crate::deflate::{self, Agreement};
 use crate::error::CloseCode;
 use crate::frame::{self, SharedFrame};
 use crate::handler::MessageHandler;
@@ -63,8 +64,13 @@ pub struct WsState {
     /// below them, is not delivered live (it was replayed, or predates
     /// the connection).
     pub(super) floors: Floors,
+    /// The permessage-deflate filter in front of tungstenite, only when
+    /// negotiated (a connection without it pays one pointer).
+    pub(super) inbound: Option<Box<deflate::Inbound>>,
     /// With permessage-deflate negotiated: the payload size from which the
     /// server's messages to it go compressed (`--compression-min-bytes`).
+    /// `None` also when the client asked for a window smaller than the one
+    /// the server compresses with: it gets plain frames.
     pub(super) deflate_min: Option<usize>,
 }
 
@@ -226,16 +232,37 @@ pub(super) fn expiry_instant(exp: u64, leeway: u64, now: Instant) -> Instant {
 
 impl WsState {
     /// A session of `user` whose token expires at `exp` (unix seconds).
+    /// With `deflate`, the bytes that came with the upgrade request
+    /// (`leftover`) go through the inflating filter like later reads.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         user: Arc<str>,
         exp: u64,
         id: String,
         leftover: Vec<u8>,
+        deflate: Option<Agreement>,
         cfg: &Config,
         leeway: u64,
         now: Instant,
     ) -> WsState {
+        // The server compresses with one window (15 bits): a client that
+        // asked for less takes plain frames only.
+        let deflate_min = deflate
+            .filter(Agreement::takes_compressed)
+            .map(|_| cfg.compression_min_bytes);
+        let (leftover, inbound) = match deflate {
+            Some(a) => (
+                Vec::new(),
+                Some(Box::new(deflate::Inbound::new(
+                    a,
+                    cfg.max_message_bytes,
+                    leftover,
+                ))),
+            ),
+            None => (leftover, None),
+        };
         WsState {
+            inbound,
             ctx: WebSocketContext::from_partially_read(
                 leftover,
                 Role::Server,
@@ -248,12 +275,31 @@ impl WsState {
             last_ping: now,
             awaiting_pong: None,
             floors: Floors::default(),
-            deflate_min: None,
+            deflate_min,
         }
     }
 
     pub fn is_open(&self) -> bool {
         self.phase == WsPhase::Open
+    }
+
+    /// The permessage-deflate agreement, when the connection negotiated
+    /// it: the outbound side sends it compressed frames when
+    /// [`Agreement::takes_compressed`].
+    pub fn deflate(&self) -> Option<&Agreement> {
+        self.inbound.as_deref().map(deflate::Inbound::agreement)
+    }
+
+    /// Reads one message through tungstenite, behind the inflating filter
+    /// when the connection negotiated permessage-deflate.
+    pub(super) fn read_message<S: Read + Write>(
+        &mut self,
+        stream: &mut S,
+    ) -> tungstenite::Result<Message> {
+        match self.inbound.as_deref_mut() {
+            Some(filter) => self.ctx.read(&mut deflate::Filtered { filter, stream }),
+            None => self.ctx.read(stream),
+        }
     }
 
     pub fn next_deadline(&self, cfg: &Config) -> Instant {
@@ -299,6 +345,7 @@ impl Conn {
         id: String,
         grants: Grants,
         greet: bool,
+        deflate: Option<Agreement>,
         start: &frame::Start<'_>,
         replay: Vec<SharedFrame>,
         env: &Env<'_>,
@@ -323,6 +370,7 @@ impl Conn {
             exp,
             id,
             leftover,
+            deflate,
             env.config,
             leeway,
             env.ws.now,

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::deflate::{negotiate, Agreement};
 use crate::error::HttpError;
 
 /// A response ready to be written.
@@ -132,10 +133,15 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The `101 Switching Protocols` answer to a valid upgrade.
-pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
+/// The `101 Switching Protocols` answer to a valid upgrade, with the
+/// permessage-deflate agreement when there is one.
+pub fn switching_protocols(accept_key: &str, deflate: Option<&Agreement>) -> Vec<u8> {
+    let ext = match deflate {
+        Some(a) => format!("Sec-WebSocket-Extensions: {}\r\n", negotiate::response(a)),
+        None => String::new(),
+    };
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{ext}\r\n"
     )
     .into_bytes()
 }

@@ -38,6 +38,7 @@ use crate::bus::{ConnRef, Inbox};
 use crate::channels::{Directory, Grants};
 use crate::config::Config;
 use crate::conn::{Conn, Env, Readable, Sock, TlsSock, WsEnv};
+use crate::deflate::Agreement;
 use crate::frame;
 use crate::handler::MessageHandler;
 use crate::history::{History, Resume};
@@ -83,6 +84,8 @@ pub(crate) struct Opening {
     pub greet: bool,
     /// What it asks to recover.
     pub resume: Option<Resume>,
+    /// permessage-deflate, when negotiated.
+    pub deflate: Option<Agreement>,
 }
 
 pub(crate) struct ShardCtx {
@@ -324,7 +327,7 @@ impl Shard {
             conn.respond(&Response::error(&e).with_close(true), now);
             return;
         }
-        conn.queue(switching_protocols(&up.accept_key));
+        conn.queue(switching_protocols(&up.accept_key, up.deflate.as_ref()));
         let greet = self.ctx.handler.sends_connected();
         // Frames may have arrived with the request: with edge-triggered
         // readiness no new event will announce them. Otherwise a read here
@@ -335,6 +338,7 @@ impl Shard {
             grants: Grants::new(std::mem::take(&mut up.claims.channels)),
             greet,
             resume: up.resume.take(),
+            deflate: up.deflate,
         };
         if self.become_ws(key, opening, now) {
             self.on_ready(key, Read::ToEnd, now);
@@ -367,7 +371,9 @@ impl Shard {
             user: s.user,
             recovered: s.recovered,
         };
-        conn.open_ws(o.exp, o.user, id, o.grants, o.greet, &start, s.replay, &env)
+        conn.open_ws(
+            o.exp, o.user, id, o.grants, o.greet, o.deflate, &start, s.replay, &env,
+        )
     }
 
     /// Accepts what this shard's listener has queued (up to its budget).

@@ -94,6 +94,7 @@ impl SinkShard {
                 grants: Default::default(),
                 greet: false,
                 resume: None,
+                deflate: None,
             };
             sh.become_ws(key, opening, now);
         }
