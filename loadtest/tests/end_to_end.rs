@@ -92,7 +92,7 @@ fn one_node_delivers_every_broadcast_to_every_connection() {
 
 /// `--compression` with realistic 2 KiB JSON: every broadcast arrives and
 /// inflates, the server negotiates permessage-deflate on every connection,
-/// and the frames on the wire are well under the same run's without it.
+/// and the frames on the wire are well under 0.6× the same run's without it.
 #[test]
 fn compression_delivers_everything_inflated_and_shrinks_the_wire_bytes() {
     let args = [
@@ -130,39 +130,23 @@ fn compression_delivers_everything_inflated_and_shrinks_the_wire_bytes() {
     let (wz, wp) = (wire(&z), wire(&plain));
     // A 2048-byte payload in the broadcast envelope, 4 bytes of header.
     assert!((2048.0..2300.0).contains(&wp), "plain wire bytes {wp}");
-    NEGOTIATES.check(&z, wz, wp);
-}
-
-/// What the server started here does with the offer.
-#[allow(dead_code)] // one variant is in use at a time
-enum Negotiation {
-    /// It answers without the extension: messages come plain.
-    Declines,
-    /// It accepts on every connection and compresses every broadcast.
-    Accepts,
-}
-
-const NEGOTIATES: Negotiation = Negotiation::Declines;
-
-impl Negotiation {
-    fn check(&self, z: &Value, wz: f64, wp: f64) {
-        let phase = &z["phases"][0];
-        match self {
-            Negotiation::Declines => {
-                assert_eq!(z["connect"]["compression_negotiated"], 0, "{z}");
-                assert_eq!(phase["compressed"], 0, "{phase}");
-                assert!((wz - wp).abs() < 64.0, "{wz} vs {wp}");
-            }
-            Negotiation::Accepts => {
-                assert_eq!(z["connect"]["compression_negotiated"], 200, "{z}");
-                assert_eq!(phase["compressed"], phase["received"], "{phase}");
-                assert!(
-                    wz < 0.6 * wp,
-                    "compressed {wz} B vs plain {wp} B per delivery"
-                );
-            }
-        }
-    }
+    // The server negotiates on every connection and compresses every
+    // broadcast (2 KiB ≥ its --compression-min-bytes of 256).
+    assert_eq!(z["connect"]["compression_negotiated"], 200, "{z}");
+    let phase = &z["phases"][0];
+    assert_eq!(phase["compressed"], phase["received"], "{phase}");
+    // The same compressed bytes to every connection: each client thread
+    // inflates a broadcast about once, not once per connection.
+    let inflations = z["inflations"].as_u64().unwrap_or(0);
+    let received = phase["received"].as_u64().unwrap_or(0);
+    assert!(
+        inflations > 0 && inflations * 10 <= received,
+        "{inflations} inflations for {received} deliveries"
+    );
+    assert!(
+        wz < 0.6 * wp,
+        "compressed {wz} B vs plain {wp} B per delivery"
+    );
 }
 
 #[test]
