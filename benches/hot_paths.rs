@@ -189,7 +189,11 @@ fn deflate(c: &mut Criterion) {
         })
     });
     g.bench_function("reply_2KiB", |b| {
-        b.iter(|| frame::deflate_frames(black_box(&plain), 256).len())
+        let how = frame::Deflating {
+            min: 256,
+            window: 15,
+        };
+        b.iter(|| frame::deflate_frames(black_box(&plain), how).len())
     });
     g.finish();
 }

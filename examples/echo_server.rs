@@ -25,6 +25,12 @@ fn main() {
             c.max_message_bytes = 64 << 20;
             c.outbound_buffer_bytes = 256 << 20;
             c.max_connections_per_user = 100_000;
+            // Every echo compressed on a connection that negotiated
+            // permessage-deflate, even small or incompressible ones, so
+            // that Autobahn's cases 12 and 13 check every message through
+            // both directions of the extension (and kosoku, their runner,
+            // fails on an uncompressed message there).
+            c.compression_min_bytes = 0;
         })
         .start()
         .unwrap_or_else(|e| {

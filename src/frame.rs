@@ -64,7 +64,8 @@ impl Frame {
     }
 
     /// The frame compressed, with RSV1 set, when its payload has at least
-    /// `min` bytes and compression makes the frame smaller. Compressed once:
+    /// `min` bytes and compression makes the frame smaller (with `min` 0:
+    /// always, as [`Deflating::min`] says). Compressed once:
     /// a shard that asks while another compresses waits the few
     /// microseconds it takes rather than doing it twice.
     pub fn deflated(&self, min: usize) -> Option<&[u8]> {
@@ -76,7 +77,9 @@ impl Frame {
             return None;
         }
         self.deflated
-            .get_or_init(|| deflate_frame(head, payload, Level::Shared).map(Vec::into_boxed_slice))
+            .get_or_init(|| {
+                deflate_frame(head, payload, Level::Shared, min == 0).map(Vec::into_boxed_slice)
+            })
             .as_deref()
     }
 
@@ -110,38 +113,73 @@ fn split_frame(bytes: &[u8]) -> Option<(u8, &[u8])> {
     (len == rest.len() as u64).then_some((b0, rest))
 }
 
-thread_local! {
-    /// Raw deflate state, reset for every message: a compressor costs
-    /// hundreds of KiB, so there is one per thread and level (shared frames
-    /// are compressed once and well, a connection's own replies fast),
-    /// never one per connection.
-    static DEFLATE: RefCell<[Compress; 2]> = RefCell::new([
-        Compress::new(Compression::default(), false),
-        Compress::new(Compression::fast(), false),
-    ]);
+/// How a connection that negotiated permessage-deflate takes the server's
+/// messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deflating {
+    /// Payload bytes from which a message goes compressed
+    /// (`--compression-min-bytes`). From 1 on, a message that would not
+    /// shrink goes plain; 0 compresses every data message, shrinking or not
+    /// (for a peer that wants every message compressed).
+    pub min: usize,
+    /// The LZ77 window it allows the server, in bits (9..=15).
+    pub window: u8,
+}
+
+impl Deflating {
+    /// The window a shared frame's compressed twin is made with: a
+    /// connection that allows less gets the plain frame.
+    pub const SHARED_WINDOW: u8 = 15;
 }
 
 /// How hard to compress.
 #[derive(Clone, Copy)]
 enum Level {
-    /// A frame compressed once for many connections.
+    /// A frame compressed once for many connections, with the full window.
     Shared,
-    /// One connection's own reply.
-    Own,
+    /// One connection's own reply, fast, with the window it allows.
+    Own(u8),
+}
+
+thread_local! {
+    /// Raw deflate state, reset for every message: a compressor costs
+    /// hundreds of KiB, so there is one per thread and kind (shared frames
+    /// compressed once and well; a connection's own replies fast, one per
+    /// window size in use), never one per connection.
+    static SHARED: RefCell<Compress> = RefCell::new(Compress::new(Compression::default(), false));
+    static OWN: RefCell<[Option<Compress>; 7]> = const { RefCell::new([None, None, None, None, None, None, None]) };
+}
+
+/// Runs `f` on this thread's compressor for `level`, reset.
+fn with_compressor<T>(level: Level, f: impl FnOnce(&mut Compress) -> T) -> T {
+    match level {
+        Level::Shared => SHARED.with(|c| {
+            let mut c = c.borrow_mut();
+            c.reset();
+            f(&mut c)
+        }),
+        Level::Own(window) => OWN.with(|all| {
+            let window = window.clamp(9, 15);
+            let mut all = all.borrow_mut();
+            let c = all[usize::from(window - 9)].get_or_insert_with(|| {
+                Compress::new_with_window_bits(Compression::fast(), false, window)
+            });
+            c.reset();
+            f(c)
+        }),
+    }
 }
 
 /// Compresses one final data frame (first header byte `b0`, `payload`) as a
 /// permessage-deflate message: RSV1 set, the `00 00 ff ff` tail left off.
-/// `None` when it is not a final text or binary frame, or does not shrink.
-fn deflate_frame(b0: u8, payload: &[u8], level: Level) -> Option<Vec<u8>> {
+/// `None` when it is not a final text or binary frame, or (unless
+/// `always`) does not shrink.
+fn deflate_frame(b0: u8, payload: &[u8], level: Level, always: bool) -> Option<Vec<u8>> {
     let opcode = b0 & 0x0f;
     if b0 & 0x80 == 0 || b0 & 0x70 != 0 || !(opcode == 1 || opcode == 2) {
         return None;
     }
-    let body = DEFLATE.with(|all| {
-        let mut all = all.borrow_mut();
-        let c = &mut all[level as usize];
-        c.reset();
+    let body = with_compressor(level, |c| {
         let mut out = Vec::with_capacity(payload.len() / 2 + 64);
         loop {
             let before = c.total_in() as usize;
@@ -152,13 +190,13 @@ fn deflate_frame(b0: u8, payload: &[u8], level: Level) -> Option<Vec<u8>> {
                     out.truncate(out.len() - 4);
                     return Some(out);
                 }
-                Ok(_) if out.len() > payload.len() + 64 => return None,
+                Ok(_) if !always && out.len() > payload.len() + 64 => return None,
                 Ok(_) => out.reserve(out.capacity().max(256)),
                 Err(_) => return None,
             }
         }
     })?;
-    if body.len() + 4 >= payload.len() {
+    if !always && body.len() + 4 >= payload.len() {
         return None;
     }
     let header = FrameHeader {
@@ -177,11 +215,11 @@ fn deflate_frame(b0: u8, payload: &[u8], level: Level) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Compresses the final data frames of at least `min` payload bytes in
-/// `frames` (whole unmasked frames back to back, as tungstenite writes
-/// them for one connection), fast, and leaves the others as they are: the
-/// replies of a connection that negotiated compression.
-pub fn deflate_frames(frames: &[u8], min: usize) -> Vec<u8> {
+/// Compresses the final data frames of `frames` (whole unmasked frames back
+/// to back, as tungstenite writes them for one connection) as `how` says,
+/// fast, and leaves the others as they are: the replies of a connection
+/// that negotiated compression.
+pub fn deflate_frames(frames: &[u8], how: Deflating) -> Vec<u8> {
     let mut out = Vec::with_capacity(frames.len());
     let mut rest = frames;
     while !rest.is_empty() {
@@ -191,8 +229,8 @@ pub fn deflate_frames(frames: &[u8], min: usize) -> Vec<u8> {
         };
         let (one, tail) = rest.split_at(len);
         match split_frame(one) {
-            Some((b0, payload)) if payload.len() >= min => {
-                match deflate_frame(b0, payload, Level::Own) {
+            Some((b0, payload)) if payload.len() >= how.min => {
+                match deflate_frame(b0, payload, Level::Own(how.window), how.min == 0) {
                     Some(d) => out.extend_from_slice(&d),
                     None => out.extend_from_slice(one),
                 }
@@ -534,8 +572,12 @@ mod tests {
         // Below the threshold, or not shrinking: the plain frame is used.
         let small = Frame::shared(text_frame(br#"{"type":"t","payload":1}"#));
         assert!(small.deflated(256).is_none());
-        assert!(small.deflated(0).is_none(), "a tiny frame does not shrink");
+        assert!(small.deflated(1).is_none(), "a tiny frame does not shrink");
         assert!(small.deflated_bytes().is_none());
+        // With 0, every data frame goes compressed, shrinking or not.
+        let tiny = Frame::shared(text_frame(b"{}"));
+        let d = tiny.deflated(0).expect("always").to_vec();
+        assert_eq!(inflate_frame(&d), (0xc1, b"{}".to_vec()));
     }
 
     #[test]
@@ -544,13 +586,29 @@ mod tests {
         let mut frames = vec![0x8a, 0]; // an empty pong
         frames.extend_from_slice(&text_frame(&json));
         frames.extend_from_slice(&text_frame(b"{}"));
-        let out = deflate_frames(&frames, 256);
+        let out = deflate_frames(
+            &frames,
+            Deflating {
+                min: 256,
+                window: 15,
+            },
+        );
         assert_eq!(&out[..2], &[0x8a, 0]);
         let first = frame_len(&out[2..]).expect("a frame") + 2;
         let (b0, back) = inflate_frame(&out[2..first]);
-        assert_eq!((b0, back), (0xc1, json));
+        assert_eq!((b0, &back), (0xc1, &json));
         assert_eq!(&out[first..], &text_frame(b"{}")[..]);
         // A cut-off tail is left as it was.
-        assert_eq!(deflate_frames(&[0x81, 5, b'a'], 0), vec![0x81, 5, b'a']);
+        let always = Deflating { min: 0, window: 9 };
+        assert_eq!(
+            deflate_frames(&[0x81, 5, b'a'], always),
+            vec![0x81, 5, b'a']
+        );
+        // With min 0 even a frame that grows goes compressed, and a small
+        // window still inflates back.
+        let tiny = deflate_frames(&text_frame(b"{}"), always);
+        assert_eq!(inflate_frame(&tiny), (0xc1, b"{}".to_vec()));
+        let (_, back) = inflate_frame(&deflate_frames(&text_frame(&json), always));
+        assert_eq!(back, json);
     }
 }

@@ -168,7 +168,10 @@ mod tests {
                 server_max_window_bits: Some(11)
             })
         );
-        assert_eq!(up.deflate.map(|a| a.takes_compressed()), Some(false));
+        assert_eq!(
+            up.deflate.and_then(|a| a.outbound(256)).map(|d| d.window),
+            Some(11)
+        );
         let off = Config {
             compression: false,
             ..Config::default()

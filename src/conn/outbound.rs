@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-use crate::frame::SharedFrame;
+use crate::frame::{Deflating, SharedFrame};
 
 /// At most this many chunks go into one vectored send.
 const MAX_IOV: usize = 64;
@@ -64,13 +64,18 @@ impl Outbound {
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
-    /// Queues the compressed twin of `frame` when there is one (made now if
-    /// it was not yet, for a payload of at least `min` bytes), else the
-    /// plain frame: for a connection that negotiated compression.
-    pub fn push_deflated(&mut self, frame: SharedFrame, min: usize) {
-        match frame.deflated(min) {
-            Some(d) => {
-                self.len += d.len();
+    /// Queues a shared frame as the connection takes it: its compressed
+    /// twin when the connection negotiated compression and the twin exists
+    /// (made now if it was not yet), else the plain frame. The twin is
+    /// compressed with the full window: a connection that allows less gets
+    /// the plain frame.
+    pub fn push_frame(&mut self, frame: SharedFrame, deflating: Option<Deflating>) {
+        let twin = deflating
+            .filter(|d| d.window == Deflating::SHARED_WINDOW)
+            .and_then(|d| frame.deflated(d.min).map(<[u8]>::len));
+        match twin {
+            Some(len) => {
+                self.len += len;
                 self.chunks.push_back(Chunk::Deflated(frame));
             }
             None => self.push_shared(frame),

@@ -67,11 +67,10 @@ pub struct WsState {
     /// The permessage-deflate filter in front of tungstenite, only when
     /// negotiated (a connection without it pays one pointer).
     pub(super) inbound: Option<Box<deflate::Inbound>>,
-    /// With permessage-deflate negotiated: the payload size from which the
-    /// server's messages to it go compressed (`--compression-min-bytes`).
-    /// `None` also when the client asked for a window smaller than the one
-    /// the server compresses with: it gets plain frames.
-    pub(super) deflate_min: Option<usize>,
+    /// With permessage-deflate negotiated: how the server's messages to it
+    /// are compressed (from `--compression-min-bytes`, with the window it
+    /// allows). `None` also when no window zlib can use fits (8 bits).
+    pub(super) deflating: Option<frame::Deflating>,
 }
 
 /// Offsets at or below which a connection takes no live message.
@@ -103,9 +102,9 @@ pub(super) struct Io<'a, R = Sock> {
     pub out: &'a mut Outbound,
     /// Bytes read through it so far.
     pub read: u64,
-    /// Compress the data frames written through it from this payload size
-    /// on (the connection negotiated permessage-deflate).
-    deflate: Option<usize>,
+    /// Compress the data frames written through it (the connection
+    /// negotiated permessage-deflate).
+    deflate: Option<frame::Deflating>,
 }
 
 /// Socket bytes one connection may read per loop turn. Counted in bytes,
@@ -127,7 +126,7 @@ impl<'a, R> Io<'a, R> {
 
     /// Writes through it compress as `ws` negotiated.
     pub fn deflating(mut self, ws: &WsState) -> Io<'a, R> {
-        self.deflate = ws.deflate_min;
+        self.deflate = ws.deflating;
         self
     }
 
@@ -155,7 +154,7 @@ impl<R> Write for Io<'_, R> {
     /// at once, and this never takes less.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.deflate {
-            Some(min) => self.out.push_owned(frame::deflate_frames(buf, min)),
+            Some(d) => self.out.push_owned(frame::deflate_frames(buf, d)),
             None => self.out.push_owned(buf.to_vec()),
         }
         Ok(buf.len())
@@ -245,11 +244,7 @@ impl WsState {
         leeway: u64,
         now: Instant,
     ) -> WsState {
-        // The server compresses with one window (15 bits): a client that
-        // asked for less takes plain frames only.
-        let deflate_min = deflate
-            .filter(Agreement::takes_compressed)
-            .map(|_| cfg.compression_min_bytes);
+        let deflating = deflate.and_then(|a| a.outbound(cfg.compression_min_bytes));
         let (leftover, inbound) = match deflate {
             Some(a) => (
                 Vec::new(),
@@ -275,7 +270,7 @@ impl WsState {
             last_ping: now,
             awaiting_pong: None,
             floors: Floors::default(),
-            deflate_min,
+            deflating,
         }
     }
 
@@ -283,9 +278,7 @@ impl WsState {
         self.phase == WsPhase::Open
     }
 
-    /// The permessage-deflate agreement, when the connection negotiated
-    /// it: the outbound side sends it compressed frames when
-    /// [`Agreement::takes_compressed`].
+    /// The permessage-deflate agreement, when the connection negotiated it.
     pub fn deflate(&self) -> Option<&Agreement> {
         self.inbound.as_deref().map(deflate::Inbound::agreement)
     }
@@ -359,11 +352,6 @@ impl Conn {
             self.out.push_owned(frame::connected(&user, &id, start));
             env.ws.metrics.messages_out.fetch_add(1, Relaxed);
         }
-        let replayed = replay.len() as u64;
-        for f in replay {
-            self.out.push_shared(f);
-        }
-        env.ws.metrics.messages_out.fetch_add(replayed, Relaxed);
         let leeway = env.ws.verifier.leeway();
         let mut ws = WsState::new(
             user.clone(),
@@ -379,6 +367,13 @@ impl Conn {
             all: start.all,
             user: start.user,
         };
+        // What it recovers goes out as live messages do: compressed once
+        // and shared when it negotiated compression.
+        let replayed = replay.len() as u64;
+        for f in replay {
+            self.out.push_frame(f, ws.deflating);
+        }
+        env.ws.metrics.messages_out.fetch_add(replayed, Relaxed);
         if grants != Grants::default() {
             self.channels = Some(Box::new(Subscriptions {
                 grants,
@@ -496,10 +491,7 @@ impl Conn {
 
     fn push_open(&mut self, frame: &SharedFrame, cap: usize, now: Instant) -> bool {
         match &self.state {
-            State::Ws(ws) if ws.deflate_min.is_some() => {
-                let min = ws.deflate_min.unwrap_or_default();
-                self.out.push_deflated(frame.clone(), min);
-            }
+            State::Ws(ws) => self.out.push_frame(frame.clone(), ws.deflating),
             _ => self.out.push_shared(frame.clone()),
         }
         if self.out.len() > cap {

@@ -14,18 +14,15 @@
 //! The server always asks for `server_no_context_takeover` and
 //! `client_no_context_takeover`: every message is (de)compressed on its own,
 //! so no zlib state is kept per connection. The one inflater is per thread
-//! (one per shard), reset before each message.
+//! (one per shard), reset before each message. The outbound side, which
+//! compresses a broadcast once for every connection, is in `frame`.
 
 mod inbound;
 pub mod negotiate;
 
 pub use inbound::{Filtered, Inbound};
 
-/// The window the server compresses with. miniz_oxide (flate2's pure-Rust
-/// backend) always uses the full 32 KiB window, so a connection that asked
-/// for a smaller one (`server_max_window_bits` under 15) must get plain
-/// frames: see [`Agreement::takes_compressed`].
-pub const COMPRESS_WINDOW_BITS: u8 = 15;
+pub use crate::frame::Deflating;
 
 /// What a connection agreed to with the server. Both no-context-takeover
 /// parameters always hold and are not recorded.
@@ -37,13 +34,13 @@ pub struct Agreement {
 }
 
 impl Agreement {
-    /// Whether a message compressed with a window of
-    /// [`COMPRESS_WINDOW_BITS`] may be sent to this connection. A client
-    /// that asked for a smaller window gets uncompressed frames, which RFC
-    /// 7692 always allows (RSV1 clear).
-    pub fn takes_compressed(&self) -> bool {
-        self.server_max_window_bits
-            .is_none_or(|bits| bits >= COMPRESS_WINDOW_BITS)
+    /// How the server's messages to this connection are compressed, from
+    /// `min` payload bytes on: with the window the client allows. zlib
+    /// cannot deflate with a 256-byte window, so a client that asked for 8
+    /// bits gets uncompressed frames only, which RFC 7692 always allows.
+    pub fn outbound(&self, min: usize) -> Option<Deflating> {
+        let window = self.server_max_window_bits.unwrap_or(15);
+        (window >= 9).then_some(Deflating { min, window })
     }
 }
 
