@@ -9,7 +9,8 @@
 //! clock read per `read(2)`, and a byte scan of the payload. With
 //! `--compression` the connections offer permessage-deflate without
 //! context takeover, and a compressed message is inflated by the worker's
-//! one inflater (reset per message, its buffer kept) before the scan.
+//! one inflater (reset per message, which keeps its last 64 inflations for
+//! the same broadcast to the worker's other connections) before the scan.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
@@ -238,8 +239,8 @@ pub struct WorkerResult {
     /// Compressed messages that did not inflate (corrupt, or past 16 MiB);
     /// they count as lost.
     pub inflate_errors: u64,
-    /// Compressed messages actually inflated: the others were the same
-    /// bytes as the one before (the same broadcast to another connection).
+    /// Compressed messages actually inflated: the others had the same
+    /// bytes as a recent one (the same broadcast to another connection).
     pub inflations: u64,
     pub pings_answered: u64,
     pub open_at_end: usize,
