@@ -276,6 +276,28 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One client frame as a client writes it: `b0` (FIN, RSV and opcode),
+/// then the payload masked with `mask`. The server never writes one; the
+/// fuzz targets and tests build what a peer sends with it.
+pub fn client_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push(b0);
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
 /// The JSON envelope around an already-serialized payload.
 pub fn envelope(kind: &str, payload: Option<&RawValue>) -> Vec<u8> {
     #[derive(Serialize)]

@@ -20,8 +20,8 @@ pub use crate::deflate::negotiate::{
 };
 pub use crate::deflate::{Agreement, Inbound as DeflateInbound, InboundError};
 pub use crate::frame::{
-    deflate_frames, envelope, shared_message, stream_message, text_frame, Deflating, Frame,
-    SharedFrame,
+    client_frame, deflate_frames, envelope, shared_message, stream_message, text_frame, Deflating,
+    Frame, SharedFrame,
 };
 pub use crate::http::{
     decode_chunked, parse_request, percent_decode, Chunked, Limits, Parsed, Request, Response,

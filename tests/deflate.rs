@@ -115,22 +115,7 @@ fn inflate(data: &[u8]) -> Vec<u8> {
 
 /// A masked client frame; `b0` is FIN/RSV/opcode.
 fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![b0];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    wsedge::testbed::client_frame(b0, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 impl Raw {

@@ -74,24 +74,7 @@ pub fn deflate(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A masked client frame.
-pub fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![b0];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
+pub use wsedge::testbed::client_frame as frame;
 
 /// Server output with every compressed message (RSV1 on its first frame)
 /// replaced by one plain frame of the inflated payload, the rest as is, so

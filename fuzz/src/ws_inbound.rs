@@ -48,21 +48,7 @@ impl Read for Segment<'_> {
 
 /// A masked client text frame.
 fn client_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0x81];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    wsedge::testbed::client_frame(0x81, payload, mask)
 }
 
 /// The client's side of the output: reads, and swallows its own replies.

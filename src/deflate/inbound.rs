@@ -496,24 +496,7 @@ mod tests {
         out
     }
 
-    /// A masked client frame.
-    fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut f = vec![b0];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        f
-    }
+    use crate::frame::client_frame as frame;
 
     /// A plain client frame as the filter writes it (zero mask).
     fn plain(opcode: u8, payload: &[u8]) -> Vec<u8> {

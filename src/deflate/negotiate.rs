@@ -42,9 +42,10 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_tchar)
 }
 
-/// Splits `value` at the commas that are not inside a quoted-string. An
+/// Splits `value` at the `sep` bytes (`,` between offers, `;` between an
+/// offer's parameters) that are not inside a quoted-string. An
 /// unterminated quote makes the rest one (invalid) element.
-fn split_list(value: &str) -> Vec<&str> {
+fn split_unquoted(value: &str, sep: u8) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut quoted = false;
@@ -60,46 +61,14 @@ fn split_list(value: &str) -> Vec<&str> {
             }
             continue;
         }
-        match b {
-            b'"' => quoted = true,
-            b',' => {
-                out.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+        if b == b'"' {
+            quoted = true;
+        } else if b == sep {
+            out.push(&value[start..i]);
+            start = i + 1;
         }
     }
     out.push(&value[start..]);
-    out
-}
-
-/// Splits one element at the `;` outside quotes.
-fn split_params(elem: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, b) in elem.bytes().enumerate() {
-        if quoted {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => quoted = true,
-            b';' => {
-                out.push(&elem[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&elem[start..]);
     out
 }
 
@@ -123,7 +92,7 @@ fn unquote(s: &str) -> Option<String> {
 /// Parses one list element into an offer; `None` when it does not follow
 /// the grammar (empty name, a bad parameter, a value that is not a token).
 fn parse_offer(elem: &str) -> Option<Offer> {
-    let mut parts = split_params(elem).into_iter();
+    let mut parts = split_unquoted(elem, b';').into_iter();
     let name = parts.next()?.trim();
     if !is_token(name) {
         return None;
@@ -167,7 +136,7 @@ fn parse_offer(elem: &str) -> Option<Offer> {
 pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Option<Offer>> {
     values
         .into_iter()
-        .flat_map(split_list)
+        .flat_map(|v| split_unquoted(v, b','))
         .filter(|e| !e.trim().is_empty())
         .map(parse_offer)
         .collect()
