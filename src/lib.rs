@@ -28,7 +28,10 @@
 //!   tls.rs        a TLS session over TCP: handshake, records, close_notify
 //! http/         request parsing on bytes (httparse) and response writing
 //! router.rs     a complete request → the upgrade checks or the REST API
-//! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT
+//! upgrade.rs    GET /ws checks: handshake headers, Origin, JWT, the
+//!               permessage-deflate offer
+//! deflate/      permessage-deflate: negotiation (negotiate.rs) and the
+//!               filter that inflates client messages before tungstenite
 //! auth/         JWT validation and admin credentials (mod.rs);
 //!   jwks.rs       keys from a JWKS endpoint, refreshed off the shards
 //! rest/         the management API's routes → operations
@@ -42,7 +45,8 @@
 //! handler.rs    MessageHandler: what an application answers to messages
 //! shared.rs     the state one server's threads share
 //! bus.rs        commands to shards over crossbeam channels + mio::Waker
-//! frame.rs      JSON envelopes and WebSocket frames, encoded once
+//! frame.rs      JSON envelopes and WebSocket frames, encoded once, and
+//!               their compressed twins, compressed once
 //! presence.rs   who is connected, how often, on which shards
 //! metrics.rs    counters per shard; Prometheus text
 //! ratelog.rs    refusals logged at a bounded rate
