@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -44,15 +44,6 @@ fn collect(rx: &Receiver<String>) -> Vec<String> {
             Err(RecvTimeoutError::Timeout) => panic!("output did not end: {out:?}"),
         }
     }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{sig} failed");
 }
 
 /// Waits for the close frame, answers it, returns its code.

@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -783,24 +783,6 @@ impl Drop for Child64 {
     }
 }
 
-/// Waits for a stderr line containing `needle`; returns it.
-fn wait_line(rx: &Receiver<String>, needle: &str, log: &mut Vec<String>) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                log.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => panic!("no {needle:?} within {WAIT:?}: {log:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("wsedge exited: {log:?}"),
-        }
-    }
-}
-
 fn healthz(addr: SocketAddr) -> Option<u16> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(WAIT)).ok()?;
@@ -846,7 +828,7 @@ fn running_out_of_descriptors_does_not_stop_the_server() {
     });
     let mut proc = Child64 { child, stderr: rx };
     let mut log = Vec::new();
-    let line = wait_line(&proc.stderr, "wsedge listening on ", &mut log);
+    let line = process::wait_line(&proc.stderr, "wsedge listening on ", &mut log);
     let addr: SocketAddr = line
         .split_once("wsedge listening on ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
@@ -859,7 +841,7 @@ fn running_out_of_descriptors_does_not_stop_the_server() {
     let clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
-    wait_line(&proc.stderr, "pausing accepts", &mut log);
+    process::wait_line(&proc.stderr, "pausing accepts", &mut log);
     assert!(
         proc.child.try_wait().expect("try_wait").is_none(),
         "still running"

@@ -7,8 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
-use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use common::tls::{https_raw, read_to_close, tls_connect, wss_connect, TestPki, Wss};
@@ -159,29 +157,6 @@ fn large_and_queued_messages_cross_in_order() {
     echo(&mut idle, "after the burst");
 }
 
-fn kill(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{sig} failed");
-}
-
-/// Waits for a stderr line containing `needle`.
-fn wait_log(stderr: &Receiver<String>, needle: &str) {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match stderr.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return,
-            Ok(line) => seen.push(line),
-            Err(e) => panic!("no {needle:?} in the log ({e}); saw {seen:?}"),
-        }
-    }
-}
-
 #[test]
 fn sighup_reloads_the_pair_and_a_bad_file_keeps_the_old_one() {
     let pki = TestPki::new();
@@ -198,8 +173,12 @@ fn sighup_reloads_the_pair_and_a_bad_file_keeps_the_old_one() {
     let next = TestPki::new();
     std::fs::copy(&next.cert_path, &pki.cert_path).expect("copy cert");
     std::fs::copy(&next.key_path, &pki.key_path).expect("copy key");
-    kill(proc.child.id(), "HUP");
-    wait_log(&proc.stderr, "TLS certificate and key reloaded");
+    process::signal(&proc.child, "HUP");
+    process::wait_line(
+        &proc.stderr,
+        "TLS certificate and key reloaded",
+        &mut Vec::new(),
+    );
 
     // New handshakes present the new certificate...
     let mut fresh = wss_connect(addr, next.client(), &token("after-reload", 60));
@@ -217,8 +196,12 @@ fn sighup_reloads_the_pair_and_a_bad_file_keeps_the_old_one() {
 
     // A broken file: logged, and the pair in use stays.
     std::fs::write(&pki.cert_path, "-----BEGIN CERTIFICATE-----\nnope\n").expect("write");
-    kill(proc.child.id(), "HUP");
-    wait_log(&proc.stderr, "keeping the previous certificate");
+    process::signal(&proc.child, "HUP");
+    process::wait_line(
+        &proc.stderr,
+        "keeping the previous certificate",
+        &mut Vec::new(),
+    );
     let mut again = wss_connect(addr, next.client(), &token("after-bad-reload", 60));
     echo(&mut again, "kept");
     echo(&mut old, "old session still");

@@ -120,3 +120,31 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
         }
     }
 }
+
+/// Sends `sig` (a name: `TERM`, `HUP`…) to a child with kill(1).
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+/// Waits for a stderr line containing `needle`; returns it.
+pub fn wait_line(rx: &Receiver<String>, needle: &str, log: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => panic!("no {needle:?} within {WAIT:?}: {log:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("wsedge exited: {log:?}"),
+        }
+    }
+}
