@@ -14,6 +14,7 @@ pub mod permessage_deflate;
 pub mod upgrade;
 pub mod ws_inbound;
 
+use std::io::{self, Read};
 use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
@@ -155,4 +156,28 @@ pub fn substitute_with(bytes: &[u8], marker: &[u8], with: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A socket as a shard sees it: the bytes of `data` read at most `size`
+/// at a time, then `WouldBlock` once drained (or EOF when `eof`).
+pub struct Source<'a> {
+    pub data: &'a [u8],
+    pub size: usize,
+    pub eof: bool,
+}
+
+impl Read for Source<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.data.is_empty() {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.size).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
 }

@@ -20,39 +20,15 @@
 //! valid compressed messages are common; then the filter's output is also
 //! compared with the plain frames it must equal.
 
-use std::io::{self, Read};
 use std::time::Instant;
 
+use super::Source;
 use flate2::{Compress, Compression, FlushCompress};
 use wsedge::now_secs;
 use wsedge::testbed::{
     self, deflate_response, feed, negotiate_deflate, parse_extensions, Agreement, DeflateInbound,
     InboundError, Outbound, ShardMetrics, WsRead, WsState,
 };
-
-/// Bytes in `rest` read at most `size` at a time, then `WouldBlock`
-/// (or EOF when `eof`) once drained.
-struct Source<'a> {
-    data: &'a [u8],
-    size: usize,
-    eof: bool,
-}
-
-impl Read for Source<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.data.is_empty() {
-            return if self.eof {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
-        }
-        let n = buf.len().min(self.size).min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
-    }
-}
 
 /// Raw deflate, sync-flushed, the tail stripped (RFC 7692 §7.2.1).
 pub fn deflate(data: &[u8]) -> Vec<u8> {

@@ -15,36 +15,13 @@
 use std::io::{self, Cursor, Read, Write};
 use std::time::Instant;
 
-use super::TokenSpec;
+use super::{Source, TokenSpec};
 use serde_json::Value;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 use wsedge::now_secs;
 use wsedge::testbed;
 use wsedge::testbed::{feed, Outbound, ShardMetrics, WsRead, WsState};
-
-/// The socket: one segment per readable event, `WouldBlock` when it is
-/// consumed, `Ok(0)` once the peer is gone.
-struct Segment<'a> {
-    data: &'a [u8],
-    eof: bool,
-}
-
-impl Read for Segment<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.data.is_empty() {
-            return if self.eof {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
-        }
-        let n = buf.len().min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
-    }
-}
 
 /// A masked client text frame.
 fn client_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
@@ -156,8 +133,10 @@ pub fn run(data: &[u8]) {
         chunks.push(&[]);
     }
     'events: for chunk in chunks {
-        let mut sock = Segment {
+        // One segment per readable event.
+        let mut sock = Source {
             data: chunk,
+            size: usize::MAX,
             eof: false,
         };
         loop {
@@ -172,8 +151,9 @@ pub fn run(data: &[u8]) {
         }
     }
     if !ended && flags & 8 == 0 {
-        let mut sock = Segment {
+        let mut sock = Source {
             data: &[],
+            size: usize::MAX,
             eof: true,
         };
         let (_, end) = feed(&mut ws, &mut sock, &mut out, &env);
