@@ -459,11 +459,6 @@ impl Conn {
         } else if http.idle {
             log::debug!("idle HTTP connection closed");
             self.state = State::Closed;
-        } else if self.sock.is_handshaking() {
-            // A TLS handshake that did not finish in time: a `408` could
-            // not be read by the peer, so the connection just ends.
-            env.dispatcher.refused(&HttpError::RequestTimeout);
-            self.abort();
         } else {
             let e = HttpError::RequestTimeout;
             env.dispatcher.refused(&e);

@@ -177,6 +177,13 @@ impl Conn {
     /// Stops reading; closes once the queue is written, lingering when the
     /// connection ends because of its peer.
     fn finish(&mut self, now: Instant, linger: bool) {
+        if self.sock.is_handshaking() {
+            // Nothing is read once flushing, so a TLS handshake under way
+            // can never finish, and nothing queued could reach the peer
+            // (a `408` at the handshake timeout, a `503` while draining).
+            self.abort();
+            return;
+        }
         self.state = State::Flushing {
             deadline: now + FLUSH_TIMEOUT,
             linger: linger && self.sock.can_linger(),
